@@ -1,0 +1,32 @@
+"""Datasets and the input pipeline (tfds array_record + grain, sharded per host, resumable).
+
+Datasets (`data.name`): "digits" (scikit-learn's 8×8 digits, K = 17 levels, embedded default),
+"imagenet2012" (from data.manual_dir), "cifar10" (from data.manual_dir) and "image_folder"
+(data.image_folder = root/<split>/<label>/<image>). Images are NHWC float32 in [−1, 1] with
+x = 2(k + ½)/K − 1 for integer levels k; labels are int32.
+"""
+
+from vdm_jax.data.pipeline import (
+    DATASETS,
+    BatchIterator,
+    DatasetInfo,
+    center_crop,
+    dataset_info,
+    eval_iterator,
+    levels_to_unit,
+    train_iterator,
+)
+from vdm_jax.data.tfds_utils import DatasetNotFoundError, default_data_dir
+
+__all__ = [
+    "DATASETS",
+    "BatchIterator",
+    "DatasetInfo",
+    "DatasetNotFoundError",
+    "center_crop",
+    "dataset_info",
+    "default_data_dir",
+    "eval_iterator",
+    "levels_to_unit",
+    "train_iterator",
+]

@@ -1,0 +1,420 @@
+"""Input pipeline: tfds array_record sources read with grain, sharded per host, resumable.
+
+Every dataset is a prepared tfds builder (see the dataset modules); its splits are random-access
+sources of decoded examples `{"image": (H, W, C) uint8, "label": int, ...}`. Preprocessing, in
+numpy/Pillow, per example:
+
+  1. ADM center crop (`center_crop`): halve with a BOX filter while min(H, W) ≥ 2·size, resize
+     with BICUBIC so that min(H, W) = size, crop the central size × size square;
+  2. optional horizontal flip with probability ½ (training only), drawn from grain's
+     per-record rng, so a given record in a given epoch is always flipped the same way;
+  3. scaling of the integer level k ∈ {0..K−1} to x = 2(k + ½)/K − 1 ∈ (−1, 1)
+     (CONVENTIONS.md; K = 17 for the digits, 256 for 8-bit images).
+
+Training (`train_iterator`): grain IndexSampler + DataLoader, globally shuffled from `seed`,
+reshuffled every epoch, repeated forever; host p of P reads only the contiguous shard p of the
+split (grain ShardOptions: contiguous even split, the first N mod P hosts taking one extra
+example) and yields the local batch of global_batch_size / P examples. Since every host's stream
+is infinite, no host waits on another at an epoch boundary. The iterator's state (grain
+checkpointing, JSON bytes) restores the exact stream.
+
+Evaluation (`eval_iterator`): one unshuffled pass over the test split; batches are padded and
+carry a boolean `mask`, and every host yields the same number of batches.
+
+Config (`data`): name, data_dir, manual_dir, image_folder, image_size (default: 8 for digits,
+32 for cifar10, required otherwise), random_flip; optional worker_count (grain worker processes,
+default 0) and read_threads (grain reader threads, default 0 for digits, 8 otherwise). The number
+of levels K is a property of the dataset (DatasetInfo.num_levels); `data.num_levels` is not read.
+The digits, 1497 tiny records, are decoded once and served from memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import grain.python as grain
+import jax
+import numpy as np
+from absl import flags
+from jax.sharding import NamedSharding, PartitionSpec
+from PIL import Image
+
+from vdm_jax.data import cifar10, digits, image_folder, imagenet
+from vdm_jax.data.tfds_utils import DatasetNotFoundError, data_source
+
+DATASETS = ("digits", "imagenet2012", "cifar10", "image_folder")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the model and the likelihood need to know about a dataset after preprocessing.
+
+    image_shape: (H, W, C) of the batches; num_levels: K, the number of intensity levels
+    (bits/dim are computed for data discretized to K levels); num_train / num_test: examples in
+    the training and evaluation splits.
+    """
+
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    num_levels: int
+    num_train: int
+    num_test: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Dataset:
+    builder: Any
+    train_split: str
+    eval_split: str | None
+    num_classes: int
+    num_levels: int
+    channels: int
+    image_size: int
+    in_memory: bool  # small datasets: decode every record once, keep the arrays in memory
+    read_threads: int  # grain reader threads: worth it only when decoding releases the GIL
+
+
+class InMemorySource:
+    """A split's images and labels decoded once into arrays: (N, H, W, C) uint8 and (N,).
+
+    For small datasets (the digits) this removes tfds's per-record deserialization; it is a
+    random-access source like tfds's, so sampling, sharding and checkpointing are unchanged.
+    """
+
+    def __init__(self, source: Any):
+        examples = source.__getitems__(list(range(len(source))))
+        self.images = np.stack([np.asarray(ex["image"]) for ex in examples])
+        self.labels = np.asarray([ex["label"] for ex in examples], dtype=np.int32)
+        self._repr = f"InMemorySource({source!r})"  # stable: grain checks it on restore
+
+    def __repr__(self) -> str:
+        return self._repr
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return {"image": self.images[index], "label": self.labels[index]}
+
+
+def _get(config: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    value = config.get(key, default)
+    return default if value is None else value
+
+
+# name -> (module, native image size or None, channels)
+_MODULES = {
+    "digits": (digits, 8, 1),
+    "imagenet2012": (imagenet, None, 3),
+    "cifar10": (cifar10, 32, 3),
+    "image_folder": (image_folder, None, 3),
+}
+
+
+def _open(config: Mapping[str, Any]) -> _Dataset:
+    """Prepares (if needed) and opens the dataset named by `config.name`."""
+    name = _get(config, "name", "digits")
+    if name not in _MODULES:
+        raise ValueError(f"Unknown dataset data.name={name!r}; expected one of {DATASETS}.")
+    module, native, channels = _MODULES[name]
+    size = _get(config, "image_size", native)
+    if not isinstance(size, int) or size <= 0:  # checked before a long preparation
+        raise ValueError(
+            f"data.image_size must be a positive int for {name!r} (got {size!r}); "
+            "e.g. 256 for ImageNet 256×256."
+        )
+    data_dir = _get(config, "data_dir")
+    if name == "image_folder":
+        builder = image_folder.load_builder(_get(config, "image_folder"), data_dir)
+        splits = builder.info.splits
+        test = next((s for s in image_folder.EVAL_SPLITS if s in splits), None)
+    elif name == "digits":
+        builder, test = digits.load_builder(data_dir), digits.EVAL_SPLIT
+    else:
+        builder, test = module.load_builder(data_dir, _get(config, "manual_dir")), module.EVAL_SPLIT
+    return _Dataset(
+        builder=builder,
+        train_split=module.TRAIN_SPLIT,
+        eval_split=test,
+        num_classes=builder.info.features["label"].num_classes,
+        num_levels=module.NUM_LEVELS,
+        channels=channels,
+        image_size=size,
+        in_memory=name == "digits",
+        read_threads=int(_get(config, "read_threads", 0 if name == "digits" else 8)),
+    )
+
+
+def dataset_info(data_config: Mapping[str, Any]) -> DatasetInfo:
+    """Shapes, classes, levels and split sizes of `data_config.name` (prepares it if needed)."""
+    ds = _open(data_config)
+    splits = ds.builder.info.splits
+    return DatasetInfo(
+        image_shape=(ds.image_size, ds.image_size, ds.channels),
+        num_classes=ds.num_classes,
+        num_levels=ds.num_levels,
+        num_train=splits[ds.train_split].num_examples,
+        num_test=splits[ds.eval_split].num_examples if ds.eval_split else 0,
+    )
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """ADM's center crop: (H, W, C) uint8 -> (size, size, C) uint8.
+
+    Halves the image with a BOX filter while min(H, W) ≥ 2·size, resizes it with BICUBIC so that
+    min(H, W) = size (each side rounded), then keeps the central size × size square.
+    """
+    height, width, channels = image.shape
+    if (height, width) == (size, size):
+        return image
+    pil = Image.fromarray(image[..., 0] if channels == 1 else image)
+    while min(pil.size) >= 2 * size:
+        pil = pil.resize(tuple(s // 2 for s in pil.size), resample=Image.BOX)
+    scale = size / min(pil.size)
+    pil = pil.resize(tuple(round(s * scale) for s in pil.size), resample=Image.BICUBIC)
+    out = np.asarray(pil).reshape(pil.size[1], pil.size[0], channels)  # (h, w, C)
+    top, left = (out.shape[0] - size) // 2, (out.shape[1] - size) // 2
+    return out[top : top + size, left : left + size]
+
+
+def levels_to_unit(levels: np.ndarray, num_levels: int) -> np.ndarray:
+    """x = 2(k + ½)/K − 1 for integer levels k ∈ {0..K−1}: (...) int -> (...) float32."""
+    k = np.clip(levels.astype(np.float32), 0, num_levels - 1)
+    return (2.0 * k + 1.0) / num_levels - 1.0
+
+
+def _preprocess(
+    example: Mapping[str, Any], size: int, num_levels: int, flip: bool
+) -> dict[str, np.ndarray]:
+    image = center_crop(np.asarray(example["image"]), size)  # (size, size, C) uint8
+    if flip:
+        image = image[:, ::-1]
+    return {
+        "image": levels_to_unit(image, num_levels),  # (size, size, C) float32
+        "label": np.int32(example["label"]),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainPreprocess(grain.RandomMapTransform):
+    """Center crop, random flip (grain's per-record rng), scaling to [−1, 1]."""
+
+    image_size: int
+    num_levels: int
+    random_flip: bool
+
+    def random_map(self, element: Mapping[str, Any], rng: np.random.Generator) -> dict:
+        flip = self.random_flip and bool(rng.random() < 0.5)
+        return _preprocess(element, self.image_size, self.num_levels, flip)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPreprocess(grain.MapTransform):
+    """Center crop and scaling to [−1, 1], no augmentation."""
+
+    image_size: int
+    num_levels: int
+
+    def map(self, element: Mapping[str, Any]) -> dict:
+        return _preprocess(element, self.image_size, self.num_levels, flip=False)
+
+
+# --------------------------------------------------------------------------- iterators
+
+
+def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    if not 0 <= index < count:
+        raise ValueError(f"process_index={index} must be in [0, process_count={count}).")
+    return index, count
+
+
+def _check_sharding(sharding: NamedSharding | None, index: int, count: int) -> None:
+    if sharding is not None and (index, count) != (jax.process_index(), jax.process_count()):
+        raise ValueError(
+            f"mesh_sharding needs the real process layout: got process {index} of {count}, but "
+            f"jax runs process {jax.process_index()} of {jax.process_count()}. Simulated hosts "
+            "yield local numpy batches: leave mesh_sharding=None."
+        )
+
+
+def _local_batch(batch_size: int, process_count: int, what: str) -> int:
+    if batch_size <= 0 or batch_size % process_count:
+        raise ValueError(
+            f"{what}={batch_size} must be a positive multiple of process_count={process_count} "
+            "(each host loads batch_size / process_count examples)."
+        )
+    return batch_size // process_count
+
+
+def _shard_range(num_examples: int, index: int, count: int) -> tuple[int, int]:
+    """Host `index`'s contiguous shard [start, stop): the first num_examples % count hosts get
+    one extra example (grain's even_split without drop_remainder)."""
+    per, extra = divmod(num_examples, count)
+    start = index * per + min(index, extra)
+    return start, start + per + (index < extra)
+
+
+def _to_global(
+    batch: dict[str, np.ndarray], sharding: NamedSharding, global_batch_size: int
+) -> dict[str, jax.Array]:
+    """Local (B/P, ...) numpy arrays -> global (B, ...) jax.Arrays sharded along the batch."""
+    out = {}
+    for key, local in batch.items():
+        spec = PartitionSpec(*tuple(sharding.spec)[: local.ndim])  # labels/mask: batch axis only
+        out[key] = jax.make_array_from_process_local_data(
+            NamedSharding(sharding.mesh, spec), local, (global_batch_size, *local.shape[1:])
+        )
+    return out
+
+
+class BatchIterator:
+    """Infinite iterator of training batches with grain's checkpointable state.
+
+    Yields {"image": (B, H, W, C) float32 in [−1, 1], "label": (B,) int32}, where B is the local
+    batch (numpy) or, with `mesh_sharding`, the global batch (jax.Array).
+    """
+
+    def __init__(
+        self,
+        loader_iterator: Any,
+        mesh_sharding: NamedSharding | None,
+        global_batch_size: int,
+    ):
+        self._iterator = loader_iterator
+        self._sharding = mesh_sharding
+        self._global_batch_size = global_batch_size
+
+    def __iter__(self) -> BatchIterator:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        batch = next(self._iterator)
+        if self._sharding is None:
+            return batch
+        return _to_global(batch, self._sharding, self._global_batch_size)
+
+    def get_state(self) -> bytes:
+        """The position in the stream, as JSON bytes (grain DataLoader state)."""
+        return self._iterator.get_state()
+
+    def set_state(self, state: bytes | str) -> None:
+        """Restores a position saved by `get_state` (bytes, or the same JSON as str)."""
+        self._iterator.set_state(state.encode() if isinstance(state, str) else state)
+
+
+def train_iterator(
+    data_config: Mapping[str, Any],
+    *,
+    global_batch_size: int,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    mesh_sharding: NamedSharding | None = None,
+) -> BatchIterator:
+    """Infinite, shuffled, per-host-sharded stream of training batches (see the module doc).
+
+    process_index / process_count default to jax's; each host yields global_batch_size /
+    process_count examples per batch, or global jax.Arrays when `mesh_sharding` (the batch
+    sharding) is given. `seed` (0 ≤ seed < 2³²) fixes the order of every epoch and the flips.
+    """
+    index, count = _processes(process_index, process_count)
+    _check_sharding(mesh_sharding, index, count)
+    local_batch = _local_batch(global_batch_size, count, "global_batch_size")
+    if not (isinstance(seed, int | np.integer) and 0 <= int(seed) < 2**32):
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}.")
+    ds = _open(data_config)
+    source = data_source(ds.builder, ds.train_split)
+    if ds.in_memory:
+        source = InMemorySource(source)
+    if len(source) < count:
+        raise ValueError(f"{len(source)} training examples cannot be sharded over {count} hosts.")
+    worker_count = int(_get(data_config, "worker_count", 0))
+    if worker_count > 0 and not flags.FLAGS.is_parsed():
+        # grain's worker processes read absl flags; outside absl.app.run use their defaults.
+        flags.FLAGS.mark_as_parsed()
+    shard = grain.ShardOptions(shard_index=index, shard_count=count, drop_remainder=False)
+    sampler = grain.IndexSampler(
+        num_records=len(source), shard_options=shard, shuffle=True, num_epochs=None, seed=int(seed)
+    )
+    loader = grain.DataLoader(
+        data_source=source,
+        sampler=sampler,
+        operations=[
+            TrainPreprocess(ds.image_size, ds.num_levels, bool(_get(data_config, "random_flip"))),
+            grain.Batch(local_batch, drop_remainder=True),
+        ],
+        worker_count=worker_count,
+        shard_options=shard,
+        # A small read-ahead: huge buffers only add thread churn on few-core hosts.
+        read_options=grain.ReadOptions(
+            num_threads=ds.read_threads, prefetch_buffer_size=min(256, max(64, 2 * local_batch))
+        ),
+    )
+    return BatchIterator(iter(loader), mesh_sharding, global_batch_size)
+
+
+def eval_iterator(
+    data_config: Mapping[str, Any],
+    *,
+    batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    mesh_sharding: NamedSharding | None = None,
+) -> Iterator[dict[str, Any]]:
+    """One unshuffled pass over the evaluation split, padded so all hosts yield as many batches.
+
+    `batch_size` is global: each host yields batch_size / process_count rows per batch,
+    {"image": (b, H, W, C) float32, "label": (b,) int32, "mask": (b,) bool}, where padded rows
+    have mask False (and zero image/label). Host p reads the contiguous shard p of the split;
+    there are ⌈⌈N / P⌉ / b⌉ batches per host. With `mesh_sharding`, yields global jax.Arrays.
+    """
+    index, count = _processes(process_index, process_count)
+    _check_sharding(mesh_sharding, index, count)
+    local_batch = _local_batch(batch_size, count, "batch_size")
+    ds = _open(data_config)
+    if ds.eval_split is None:
+        raise DatasetNotFoundError(
+            f"{ds.builder.name}: no evaluation split ({'/'.join(image_folder.EVAL_SPLITS)}) in "
+            f"{ds.builder.data_dir!r}."
+        )
+    source = data_source(ds.builder, ds.eval_split)
+    start, stop = _shard_range(len(source), index, count)
+    num_batches = math.ceil(math.ceil(len(source) / count) / local_batch)
+    batches = (
+        grain.MapDataset.source(source)[start:stop]
+        .map(EvalPreprocess(ds.image_size, ds.num_levels))
+        .batch(local_batch, drop_remainder=False)
+        .to_iter_dataset(grain.ReadOptions(num_threads=ds.read_threads, prefetch_buffer_size=256))
+    )
+    shape = (ds.image_size, ds.image_size, ds.channels)
+    return _padded(iter(batches), num_batches, local_batch, shape, mesh_sharding, batch_size)
+
+
+def _padded(
+    batches: Iterator[dict[str, np.ndarray]],
+    num_batches: int,
+    local_batch: int,
+    image_shape: tuple[int, int, int],
+    mesh_sharding: NamedSharding | None,
+    global_batch_size: int,
+) -> Iterator[dict[str, Any]]:
+    for _ in range(num_batches):
+        batch = next(batches, None)
+        n = 0 if batch is None else len(batch["label"])
+        out = {
+            "image": np.zeros((local_batch, *image_shape), np.float32),
+            "label": np.zeros((local_batch,), np.int32),
+            "mask": np.arange(local_batch) < n,
+        }
+        if n:
+            out["image"][:n] = batch["image"]
+            out["label"][:n] = batch["label"]
+        yield out if mesh_sharding is None else _to_global(out, mesh_sharding, global_batch_size)

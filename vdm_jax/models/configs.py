@@ -1,0 +1,110 @@
+"""Model size registry and validation of custom specs.
+
+A spec is a plain dict. Common keys: family ('dit' | 'jit'), depth, hidden_size, num_heads,
+patch_size, mlp_ratio. JiT adds bottleneck_dim (width of the p×p patch projection),
+in_context_len (number of class tokens) and in_context_start (index of the first block that sees
+them). Registry sizes follow DiT (Peebles & Xie 2023, Table 1) and JiT (Li & He 2025,
+github.com/LTH14/JiT model_jit.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+_DIT_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+# (depth, hidden, heads, bottleneck_dim, in_context_start); in_context_len is 32 for all.
+_JIT_SIZES = {"B": (12, 768, 12, 128, 4), "L": (24, 1024, 16, 128, 8), "H": (32, 1280, 16, 256, 10)}
+
+MODEL_CONFIGS: dict[str, dict[str, Any]] = {}
+for _size, (_depth, _hidden, _heads) in _DIT_SIZES.items():
+    for _p in (2, 4, 8):
+        MODEL_CONFIGS[f"DiT-{_size}/{_p}"] = dict(
+            family="dit", depth=_depth, hidden_size=_hidden, num_heads=_heads, patch_size=_p,
+            mlp_ratio=4.0,
+        )
+for _size, (_depth, _hidden, _heads, _bneck, _start) in _JIT_SIZES.items():
+    for _p in (16, 32):
+        MODEL_CONFIGS[f"JiT-{_size}/{_p}"] = dict(
+            family="jit", depth=_depth, hidden_size=_hidden, num_heads=_heads, patch_size=_p,
+            mlp_ratio=4.0, bottleneck_dim=_bneck, in_context_len=32, in_context_start=_start,
+        )
+
+_COMMON_KEYS = ("family", "depth", "hidden_size", "num_heads", "patch_size", "mlp_ratio")
+_JIT_KEYS = ("bottleneck_dim", "in_context_len", "in_context_start")
+
+
+def resolve_spec(name_or_spec: str | Mapping[str, Any]) -> dict[str, Any]:
+    """A registry name or a custom spec dict → a complete, validated spec dict (a copy)."""
+    if isinstance(name_or_spec, str):
+        if name_or_spec not in MODEL_CONFIGS:
+            raise ValueError(
+                f"Unknown model name {name_or_spec!r}. Valid names: {', '.join(MODEL_CONFIGS)}; "
+                "or pass a spec dict such as {'family': 'dit', 'depth': 2, 'hidden_size': 64, "
+                "'num_heads': 4, 'patch_size': 2}."
+            )
+        return dict(MODEL_CONFIGS[name_or_spec])
+    if not isinstance(name_or_spec, Mapping):
+        raise ValueError(
+            f"Model must be a registry name or a spec dict, got {type(name_or_spec).__name__}."
+        )
+    spec = dict(name_or_spec)
+    family = spec.get("family")
+    if family not in ("dit", "jit"):
+        raise ValueError(f"Spec 'family' must be 'dit' or 'jit', got {family!r}.")
+    missing = [k for k in ("depth", "hidden_size", "num_heads", "patch_size") if k not in spec]
+    if missing:
+        raise ValueError(f"Model spec is missing {missing}; got keys {sorted(spec)}.")
+    spec.setdefault("mlp_ratio", 4.0)
+    allowed = _COMMON_KEYS + (_JIT_KEYS if family == "jit" else ())
+    if family == "jit":
+        spec.setdefault("bottleneck_dim", 128)
+        spec.setdefault("in_context_len", 32)
+        # depth // 3 reproduces the published starts (4/12, 8/24, 10/32).
+        spec.setdefault("in_context_start", spec["depth"] // 3)
+    unknown = sorted(set(spec) - set(allowed))
+    if unknown:
+        raise ValueError(f"Unknown keys {unknown} in a {family!r} spec; allowed: {allowed}.")
+    _validate(spec)
+    return spec
+
+
+def _validate(spec: dict[str, Any]) -> None:
+    for key in ("depth", "hidden_size", "num_heads", "patch_size") + (
+        ("bottleneck_dim",) if spec["family"] == "jit" else ()
+    ):
+        if not isinstance(spec[key], int) or spec[key] < 1:
+            raise ValueError(f"Spec {key!r} must be a positive int, got {spec[key]!r}.")
+    d, heads = spec["hidden_size"], spec["num_heads"]
+    if d % heads:
+        raise ValueError(f"hidden_size {d} is not divisible by num_heads {heads}.")
+    if d % 4:
+        # The 2D sin-cos embedding gives D/4 frequencies to each of the two axes.
+        raise ValueError(f"hidden_size {d} must be a multiple of 4 (2D sin-cos embedding).")
+    if spec["mlp_ratio"] <= 0:
+        raise ValueError(f"mlp_ratio must be positive, got {spec['mlp_ratio']}.")
+    if spec["family"] == "jit":
+        if (d // heads) % 4:
+            # 2D RoPE rotates pairs, half of the head dimension per image axis.
+            raise ValueError(f"JiT head dim {d // heads} must be a multiple of 4 (2D RoPE).")
+        n_ctx, start = spec["in_context_len"], spec["in_context_start"]
+        if not isinstance(n_ctx, int) or n_ctx < 0:
+            raise ValueError(f"in_context_len must be an int >= 0, got {n_ctx!r}.")
+        if n_ctx > 0 and not (isinstance(start, int) and 0 <= start < spec["depth"]):
+            raise ValueError(
+                f"in_context_start must be an int in [0, depth={spec['depth']}), got {start!r}."
+            )
+
+
+def grid_size(input_size: tuple[int, int] | int, patch_size: int) -> tuple[int, int]:
+    """(H, W) → (H/p, W/p), with a clear error when p does not divide H or W."""
+    h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if h < 1 or w < 1:
+        raise ValueError(f"input_size must be positive, got {(h, w)}.")
+    for side, n in (("height", h), ("width", w)):
+        if n % patch_size:
+            raise ValueError(
+                f"Input {side} {n} is not divisible by patch size {patch_size}; "
+                f"resize or pad the input to a multiple of {patch_size}."
+            )
+    return h // patch_size, w // patch_size

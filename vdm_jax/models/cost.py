@@ -1,0 +1,89 @@
+"""Parameter count and analytic forward cost of DiT / JiT models.
+
+MACs count the multiply-accumulates of every matmul in one forward pass of ONE image: the
+patch embedding, the timestep MLP, the adaLN modulations, q/k/v/out projections, the attention
+products QKᵀ and AV (T²·D each), the MLPs and the final projection. Elementwise work (norms,
+activations, softmax, RoPE, bias adds) is left out, as in the DiT paper's "Gflops" (which are
+MACs). FLOPs = 2 · MACs; training costs about 3 × forward FLOPs (see CONVENTIONS.md).
+
+Parameter counts are exact and match the instantiated modules (tests/test_model_cost.py):
+`params` counts trainable parameters; `params_with_pos_embed` adds the fixed sin-cos position
+table (T·D), which DiT's PyTorch code stores as a frozen parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from vdm_jax.models.configs import grid_size, resolve_spec
+from vdm_jax.models.dit import FREQ_DIM
+
+
+def _linear(n_in: int, n_out: int, bias: bool = True) -> int:
+    return n_in * n_out + (n_out if bias else 0)
+
+
+def model_cost(
+    name_or_spec: str | Mapping[str, Any],
+    *,
+    input_size: tuple[int, int] | int,
+    in_channels: int,
+    num_classes: int,
+    learn_sigma: bool = False,
+) -> dict[str, float | int]:
+    """{'params', 'params_with_pos_embed', 'macs', 'flops'} for one image of size input_size.
+
+    Example: DiT-XL/2 on 32×32×4 latents, 1000 classes, learn_sigma → params 674,834,720,
+    macs ≈ 118.6e9 (the paper's 118.64 "Gflops").
+    """
+    spec = resolve_spec(name_or_spec)
+    gh, gw = grid_size(input_size, spec["patch_size"])
+    n_tok = gh * gw  # T
+    d, p, depth = spec["hidden_size"], spec["patch_size"], spec["depth"]
+    mlp_hidden = int(d * spec["mlp_ratio"])
+    c_out = 2 * in_channels if learn_sigma else in_channels
+    patch_dim, out_dim = p * p * in_channels, p * p * c_out
+    jit = spec["family"] == "jit"
+
+    # --- parameters -----------------------------------------------------------------------
+    params = _linear(FREQ_DIM, d) + _linear(d, d)  # timestep MLP
+    params += (num_classes + 1) * d  # label table incl. the null class
+    params += _linear(d, 2 * d) + _linear(d, out_dim)  # final adaLN + linear
+    block = _linear(d, 3 * d) + _linear(d, d) + _linear(d, 6 * d)  # qkv, proj, adaLN
+    if jit:
+        head_dim = d // spec["num_heads"]
+        swiglu = int(mlp_hidden * 2 / 3)
+        b = spec["bottleneck_dim"]
+        params += _linear(patch_dim, b, bias=False) + _linear(b, d)  # bottleneck patch embed
+        params += spec["in_context_len"] * d  # in-context token positions
+        params += d  # final RMSNorm scale
+        block += _linear(d, 2 * swiglu) + _linear(swiglu, d)  # SwiGLU
+        block += 2 * d + 2 * head_dim  # RMSNorm scales: norm1, norm2, q_norm, k_norm
+    else:
+        params += _linear(patch_dim, d)  # patch embed (p×p conv)
+        block += _linear(d, mlp_hidden) + _linear(mlp_hidden, d)  # MLP
+    params += depth * block
+
+    # --- forward MACs (one image) ------------------------------------------------------------
+    macs = FREQ_DIM * d + d * d  # timestep MLP
+    macs += 2 * d * d + n_tok * d * out_dim  # final adaLN + linear
+    macs += depth * 6 * d * d  # block adaLN
+    if jit:
+        macs += n_tok * (patch_dim * spec["bottleneck_dim"] + spec["bottleneck_dim"] * d)
+        mlp_per_token = 3 * d * swiglu
+        start = spec["in_context_start"] if spec["in_context_len"] > 0 else depth
+        lengths = [n_tok] * start + [n_tok + spec["in_context_len"]] * (depth - start)
+    else:
+        macs += n_tok * patch_dim * d
+        mlp_per_token = 2 * d * mlp_hidden
+        lengths = [n_tok] * depth
+    for n in lengths:  # per block: projections + MLP per token, then QKᵀ and AV
+        macs += n * (4 * d * d + mlp_per_token) + 2 * n * n * d
+
+    return dict(
+        params=params,
+        params_with_pos_embed=params + n_tok * d,
+        macs=float(macs),
+        flops=2.0 * float(macs),
+    )

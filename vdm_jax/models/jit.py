@@ -1,0 +1,242 @@
+"""JiT: "Just image Transformer", a pixel-space DiT with large patches (Li & He 2025,
+"Back to Basics: Let Denoising Generative Models Denoise", github.com/LTH14/JiT), Flax NNX.
+
+Differences from DiT (dit.py), following the reference model_jit.py:
+  - bottleneck patch embedding: p×p stride-p conv to a narrow width b without bias, then a 1×1
+    conv (Linear) b → D with bias; both written as Linears on flattened patches;
+  - RMSNorm (learned scale, eps 1e-6) instead of affine-free LayerNorm, in float32;
+  - attention with RMS-normalized q and k per head (learned scale) and 2D rotary position
+    embedding (RoPE): half of each head's channels rotate with the row index, half with the
+    column index, in interleaved pairs; the fixed 2D sin-cos embedding is still added to the
+    patch tokens, as in the reference;
+  - SwiGLU MLP: w3(SiLU(x w1) ⊙ x w2) with hidden width int(2/3 · mlp_ratio · D), with biases;
+  - in-context class tokens: from block `in_context_start` on, `in_context_len` copies of the
+    label embedding plus a learned position (N(0, 0.02)) are prepended to the sequence; RoPE
+    leaves them unrotated; they are dropped before the final layer.
+The time embedding, label table, AdaLN-Zero modulation and final layer are DiT's.
+
+Conventions: the reference feeds t with t = 1 at the data; here, like every vdm_jax network,
+the model takes our t (t = 0 data, t = 1 noise) and embeds 1000·t. The network does not know
+the objective; what its output means (x, ε, v, u) is a config field of the trainer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from einops import rearrange
+from flax import nnx
+
+from vdm_jax.models.configs import grid_size
+from vdm_jax.models.dit import (
+    AdaLNModulation,
+    FinalLayer,
+    LabelEmbedder,
+    TimestepEmbedder,
+    check_inputs,
+    dense,
+    modulate,
+    normal_002,
+    patchify,
+    sincos_2d,
+    unpatchify,
+)
+
+Array = jax.Array
+Dtype = Any
+
+
+def rms_norm(num_features: int, axis_name: str | None, rngs: nnx.Rngs) -> nnx.RMSNorm:
+    """x / sqrt(mean(x²) + 1e-6) · scale, scale initialized to 1, computed in float32."""
+    return nnx.RMSNorm(
+        num_features,
+        epsilon=1e-6,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), (axis_name,)),
+        rngs=rngs,
+    )
+
+
+def rope_2d(
+    grid: tuple[int, int], head_dim: int, num_prefix: int = 0, theta: float = 10_000.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin tables (num_prefix + gh·gw, head_dim) of 2D RoPE (EVA-02 / JiT layout).
+
+    Channels [0, head_dim/2) rotate with the row index i, [head_dim/2, head_dim) with the column
+    index j; inside each half, pair k = (2k, 2k+1) turns by angle pos·θ^(−4k/head_dim).
+    Prefix (in-context) tokens get cos = 1, sin = 0, i.e. no rotation.
+    """
+    gh, gw = grid
+    half = head_dim // 2
+    freqs = 1.0 / theta ** (np.arange(0, half, 2, dtype=np.float64) / half)  # (head_dim/4,)
+    ang_h = np.repeat(np.arange(gh)[:, None] * freqs[None], 2, axis=-1)  # (gh, half) paired
+    ang_w = np.repeat(np.arange(gw)[:, None] * freqs[None], 2, axis=-1)  # (gw, half) paired
+    ang = np.concatenate(
+        [np.broadcast_to(ang_h[:, None], (gh, gw, half)),
+         np.broadcast_to(ang_w[None, :], (gh, gw, half))],
+        axis=-1,
+    ).reshape(gh * gw, head_dim)  # (gh·gw, head_dim), row-major tokens
+    cos = np.concatenate([np.ones((num_prefix, head_dim)), np.cos(ang)], axis=0)
+    sin = np.concatenate([np.zeros((num_prefix, head_dim)), np.sin(ang)], axis=0)
+    return cos.astype(np.float32), sin.astype(np.float32)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """x·cos + rot(x)·sin with rot(x)_(2k, 2k+1) = (−x_(2k+1), x_(2k)).
+    x (B, T, N, Dh); cos, sin (T, Dh) → (B, T, N, Dh)."""
+    pairs = rearrange(x, "... (d r) -> ... d r", r=2)  # (B, T, N, Dh/2, 2)
+    rot = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)  # (B, T, N, Dh)
+    return x * cos[None, :, None, :] + rot * sin[None, :, None, :]
+
+
+class BottleneckPatchEmbed(nnx.Module):
+    """(B, T, p·p·C) patches → Linear(p·p·C, b, no bias) → Linear(b, D) → (B, T, D)."""
+
+    def __init__(self, patch_dim: int, bottleneck: int, hidden_size: int, *, dtype, rngs):
+        self.proj1 = dense(
+            patch_dim, bottleneck, ("patch", None), dtype=dtype, rngs=rngs, use_bias=False
+        )
+        self.proj2 = dense(bottleneck, hidden_size, (None, "embed"), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        return self.proj2(self.proj1(x))  # (B, T, b) → (B, T, D)
+
+
+class JiTAttention(nnx.Module):
+    """Self-attention with qkv bias, per-head RMSNorm on q and k, and 2D RoPE."""
+
+    def __init__(self, hidden_size: int, num_heads: int, *, dtype: Dtype, rngs: nnx.Rngs):
+        self.num_heads = num_heads
+        self.dtype = dtype
+        head_dim = hidden_size // num_heads
+        self.qkv = dense(hidden_size, 3 * hidden_size, ("embed", "heads"), dtype=dtype, rngs=rngs)
+        self.q_norm = rms_norm(head_dim, None, rngs)
+        self.k_norm = rms_norm(head_dim, None, rngs)
+        self.proj = dense(hidden_size, hidden_size, ("heads", "embed"), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array, rope: tuple[Array, Array]) -> Array:
+        qkv = self.qkv(x)  # (B, T, 3D)
+        q, k, v = rearrange(qkv, "b t (s n h) -> s b t n h", s=3, n=self.num_heads)  # (B,T,N,Dh)
+        q = apply_rope(self.q_norm(q.astype(jnp.float32)), *rope)  # (B, T, N, Dh) f32
+        k = apply_rope(self.k_norm(k.astype(jnp.float32)), *rope)  # (B, T, N, Dh) f32
+        # Softmax is float32 inside dot_product_attention (cuDNN on GPU for bf16 inputs).
+        o = jax.nn.dot_product_attention(q.astype(self.dtype), k.astype(self.dtype), v)
+        return self.proj(rearrange(o, "b t n h -> b t (n h)"))  # (B, T, D)
+
+
+class SwiGLU(nnx.Module):
+    """w3(SiLU(x w1) ⊙ x w2), w1 and w2 fused as one Linear(D, 2h), h = int(2/3 · mlp_hidden)."""
+
+    def __init__(self, hidden_size: int, mlp_hidden: int, *, dtype: Dtype, rngs: nnx.Rngs):
+        h = int(mlp_hidden * 2 / 3)
+        self.w12 = dense(hidden_size, 2 * h, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+        self.w3 = dense(h, hidden_size, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        x1, x2 = jnp.split(self.w12(x), 2, axis=-1)  # 2 × (B, T, h)
+        return self.w3(nnx.silu(x1) * x2)  # (B, T, D)
+
+
+class JiTBlock(nnx.Module):
+    """DiT's AdaLN-Zero block with RMSNorm, RoPE attention and a SwiGLU MLP."""
+
+    def __init__(
+        self, hidden_size: int, num_heads: int, mlp_ratio: float, *, dtype: Dtype, rngs: nnx.Rngs
+    ):
+        self.dtype = dtype
+        self.norm1 = rms_norm(hidden_size, "embed", rngs)
+        self.attn = JiTAttention(hidden_size, num_heads, dtype=dtype, rngs=rngs)
+        self.norm2 = rms_norm(hidden_size, "embed", rngs)
+        self.mlp = SwiGLU(hidden_size, int(hidden_size * mlp_ratio), dtype=dtype, rngs=rngs)
+        self.adaLN_modulation = AdaLNModulation(hidden_size, 6, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array, c: Array, rope: tuple[Array, Array]) -> Array:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c)
+        h = modulate(self.norm1(x.astype(jnp.float32)), shift_msa, scale_msa)  # (B, T, D) f32
+        x = x + gate_msa[:, None] * self.attn(h.astype(self.dtype), rope)  # (B, T, D)
+        h = modulate(self.norm2(x.astype(jnp.float32)), shift_mlp, scale_mlp)  # (B, T, D) f32
+        x = x + gate_mlp[:, None] * self.mlp(h.astype(self.dtype))  # (B, T, D)
+        return x
+
+
+class JiT(nnx.Module):
+    """Pixel-space JiT: model(x, t, y) → (B, H, W, C_out), C_out = 2C with learn_sigma.
+
+    x: (B, H, W, C) float NHWC; t: (B,) float continuous time in [0, 1]; y: (B,) int32 labels,
+    index num_classes = null class. Use `vdm_jax.models.build_model` to build a registry size.
+    """
+
+    def __init__(
+        self,
+        *,
+        input_size: tuple[int, int] | int,
+        in_channels: int,
+        num_classes: int,
+        patch_size: int,
+        hidden_size: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        bottleneck_dim: int = 128,
+        in_context_len: int = 32,
+        in_context_start: int = 4,
+        learn_sigma: bool = False,
+        dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if in_context_len > 0 and not 0 <= in_context_start < depth:
+            raise ValueError(f"in_context_start {in_context_start} must be in [0, {depth}).")
+        self.grid = grid_size(input_size, patch_size)
+        self.image_size = (self.grid[0] * patch_size, self.grid[1] * patch_size)
+        self.patch_size = patch_size
+        self.in_channels = in_channels
+        self.out_channels = 2 * in_channels if learn_sigma else in_channels
+        self.num_classes = num_classes
+        self.hidden_size = hidden_size
+        self.head_dim = hidden_size // num_heads
+        self.in_context_len = in_context_len
+        self.in_context_start = in_context_start
+        self.dtype = dtype
+        p, d = patch_size, hidden_size
+
+        self.x_embedder = BottleneckPatchEmbed(
+            p * p * in_channels, bottleneck_dim, d, dtype=dtype, rngs=rngs
+        )
+        self.t_embedder = TimestepEmbedder(d, dtype=dtype, rngs=rngs)
+        self.y_embedder = LabelEmbedder(num_classes, d, dtype=dtype, rngs=rngs)
+        if in_context_len > 0:
+            init = nnx.with_partitioning(normal_002, (None, "embed"))
+            self.in_context_posemb = nnx.Param(init(rngs.params(), (in_context_len, d)))
+        self.blocks = nnx.List(
+            [JiTBlock(d, num_heads, mlp_ratio, dtype=dtype, rngs=rngs) for _ in range(depth)]
+        )
+        self.final_layer = FinalLayer(
+            d, p, self.out_channels, rms_norm(d, "embed", rngs), dtype=dtype, rngs=rngs
+        )
+
+    def pos_embed(self) -> np.ndarray:
+        """Fixed 2D sin-cos position embedding (T, D) of the patch tokens; not a parameter."""
+        return sincos_2d(self.hidden_size, self.grid)
+
+    def __call__(self, x: Array, t: Array, y: Array) -> Array:
+        check_inputs(x, t, y, self.image_size, self.in_channels)
+        n_ctx = self.in_context_len
+        rope_img = tuple(map(jnp.asarray, rope_2d(self.grid, self.head_dim)))  # 2 × (T, Dh)
+        rope_ctx = tuple(map(jnp.asarray, rope_2d(self.grid, self.head_dim, n_ctx)))  # (L+T, Dh)
+
+        x = patchify(x, self.patch_size).astype(self.dtype)  # (B, T, p·p·C)
+        x = self.x_embedder(x) + self.pos_embed().astype(self.dtype)  # (B, T, D)
+        y_emb = self.y_embedder(y)  # (B, D)
+        c = self.t_embedder(t) + y_emb  # (B, D)
+        for i, block in enumerate(self.blocks):
+            if n_ctx > 0 and i == self.in_context_start:
+                ctx = y_emb[:, None, :] + self.in_context_posemb[...].astype(self.dtype)  # (B,L,D)
+                x = jnp.concatenate([ctx, x], axis=1)  # (B, L + T, D)
+            x = block(x, c, rope_ctx if n_ctx > 0 and i >= self.in_context_start else rope_img)
+        x = x[:, n_ctx:] if n_ctx > 0 else x  # (B, T, D)
+        x = self.final_layer(x, c)  # (B, T, p·p·C_out) f32
+        return unpatchify(x, self.grid, self.patch_size)  # (B, H, W, C_out) f32
