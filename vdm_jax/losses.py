@@ -24,8 +24,16 @@ import jax
 import jax.numpy as jnp
 
 from vdm_jax import time_sampling as ts
-from vdm_jax.diffusion import mean_except_batch, q_sample
-from vdm_jax.parameterizations import PREDICTIONS, from_x_eps
+from vdm_jax.diffusion import (
+    expand_to,
+    gaussian_kl,
+    mean_except_batch,
+    posterior_coefficients,
+    q_sample,
+    q_transition,
+)
+from vdm_jax.elbo import discretized_gaussian_nll
+from vdm_jax.parameterizations import PREDICTIONS, from_x_eps, to_x_eps
 from vdm_jax.schedules import (
     Schedule,
     alpha_sigma_derivatives,
@@ -244,3 +252,44 @@ def diffusion_loss(
     aux = {"per_example": losses, "t": t, **t_bin_statistics(losses, t, num_bins)}
     return losses.mean(), aux
 
+
+
+def learned_variance_vlb(
+    schedule: Schedule,
+    x: Array,
+    z: Array,
+    t: Array,
+    pred: Array,
+    prediction: str,
+    var_output: Array,
+    num_steps: int,
+    num_levels: int,
+) -> Array:
+    """L_vlb of IDDPM's learned variance (Nichol & Dhariwal 2021, eq. 15; DiT's learn_sigma), in
+    bits/dim per example (B,), for t on the grid {1/T, …, 1} and s = t − 1/T.
+
+    p(z_s | z_t) = N(μ_{s|t}(x̂), Σ), x̂ from stop_gradient(pred) (only Σ learns from this term),
+    log Σ = v log β_t + (1 − v) log β̃_t, v = (var_output + 1)/2, β_t = σ²_{t|s}, β̃_t = σ̃²_{s|t}.
+        t > 1/T:  KL(q(z_s | z_t, x) ‖ p(z_s | z_t))
+        t = 1/T:  −log p(x | z_t), the Gaussian mass of x's bin (K levels) under p(z_0 | z_t)
+    At t = 1/T, β̃ = 0 when λ(0) = ∞, so β̃ is clipped to its value at the next step (IDDPM).
+    Shapes: x, z, pred, var_output (B, ...); t (B,).
+    """
+    dt = 1.0 / num_steps
+    s = jnp.maximum(t - dt, 0.0)
+    x_hat, _ = to_x_eps(schedule, jax.lax.stop_gradient(pred), prediction, z, t)
+    coef_z, coef_x, var_tilde = posterior_coefficients(schedule, expand_to(s, z), expand_to(t, z))
+    _, beta = q_transition(schedule, expand_to(s, z), expand_to(t, z))
+    first = expand_to(s <= 0.0, z)
+    _, _, var_tilde_next = posterior_coefficients(
+        schedule, expand_to(jnp.full_like(t, dt), z), expand_to(jnp.full_like(t, 2 * dt), z)
+    )
+    log_var_tilde = jnp.log(jnp.where(first, var_tilde_next, var_tilde))
+    frac = (var_output + 1.0) / 2.0
+    log_var = frac * jnp.log(beta) + (1.0 - frac) * log_var_tilde
+    mean_true = coef_z * z + coef_x * x
+    mean_model = coef_z * z + coef_x * x_hat
+    kl = gaussian_kl(mean_true, jnp.where(first, 1.0, var_tilde), mean_model, jnp.exp(log_var))
+    nll = discretized_gaussian_nll(x, mean_model, jnp.exp(0.5 * log_var), num_levels)
+    per_dim = jnp.where(first, nll, kl) / jnp.log(2.0)
+    return mean_except_batch(per_dim)

@@ -106,7 +106,8 @@ def ddpm_linear(
     betas = np.linspace(beta_start, beta_end, num_steps, dtype=np.float64)
     log_alpha_bar = np.concatenate([[0.0], np.cumsum(np.log1p(-betas))])
     grid = np.linspace(0.0, 1.0, num_steps + 1)
-    log_alpha_bar, grid = jnp.asarray(log_alpha_bar, jnp.float32), jnp.asarray(grid, jnp.float32)
+    # numpy constants (not jnp): a Schedule built inside a trace must not capture tracers.
+    log_alpha_bar, grid = log_alpha_bar.astype(np.float32), grid.astype(np.float32)
 
     def log_snr(t: Array) -> Array:
         la = jnp.interp(t, grid, log_alpha_bar)

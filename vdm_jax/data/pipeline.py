@@ -368,8 +368,10 @@ def eval_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     mesh_sharding: NamedSharding | None = None,
+    split: str = "eval",
 ) -> Iterator[dict[str, Any]]:
-    """One unshuffled pass over the evaluation split, padded so all hosts yield as many batches.
+    """One unshuffled pass over the evaluation split (split="eval") or the training split
+    (split="train", e.g. for baselines fitted on it), padded so all hosts yield as many batches.
 
     `batch_size` is global: each host yields batch_size / process_count rows per batch,
     {"image": (b, H, W, C) float32, "label": (b,) int32, "mask": (b,) bool}, where padded rows
@@ -379,13 +381,15 @@ def eval_iterator(
     index, count = _processes(process_index, process_count)
     _check_sharding(mesh_sharding, index, count)
     local_batch = _local_batch(batch_size, count, "batch_size")
+    if split not in ("eval", "train"):
+        raise ValueError(f"split must be 'eval' or 'train', got {split!r}.")
     ds = _open(data_config)
-    if ds.eval_split is None:
+    if split == "eval" and ds.eval_split is None:
         raise DatasetNotFoundError(
             f"{ds.builder.name}: no evaluation split ({'/'.join(image_folder.EVAL_SPLITS)}) in "
             f"{ds.builder.data_dir!r}."
         )
-    source = data_source(ds.builder, ds.eval_split)
+    source = data_source(ds.builder, ds.eval_split if split == "eval" else ds.train_split)
     start, stop = _shard_range(len(source), index, count)
     num_batches = math.ceil(math.ceil(len(source) / count) / local_batch)
     batches = (

@@ -3,7 +3,8 @@
 Submodules: frechet (Fréchet distance, statistics), inception (FID Inception-v3 in Flax NNX),
 convert_inception (pytorch-fid weights → Flax, weight-path resolution), metrics (IS,
 precision/recall), reference (ADM .npz files), digits_classifier (metric net of the digits
-default). Nothing here downloads weights; tests use random Inception weights.
+default), evaluate (whole evaluations of sample batches, reference building, results JSON).
+Nothing here downloads weights; tests use random Inception weights.
 """
 
 from vdm_jax.evaluation.convert_inception import (
@@ -13,6 +14,26 @@ from vdm_jax.evaluation.convert_inception import (
     load_pt_state_dict,
 )
 from vdm_jax.evaluation.digits_classifier import DigitsClassifier, train_or_load_digits_classifier
+from vdm_jax.evaluation.evaluate import (
+    build_reference,
+    digits_metrics,
+    evaluate_samples_file,
+    format_table,
+    inception_outputs,
+    iter_reference_images,
+    levels_to_uint8,
+    load_eval_inception,
+    read_sample_settings,
+    reference_images_from_data,
+    results_path,
+    sample_metrics,
+    settings_path,
+    uint8_to_levels,
+    unit_to_levels,
+    unit_to_uint8,
+    write_json_atomic,
+    write_results_json,
+)
 from vdm_jax.evaluation.frechet import (
     StatsAccumulator,
     feature_statistics,
@@ -43,11 +64,19 @@ __all__ = [
     "ReferenceBatch",
     "SampleBatch",
     "StatsAccumulator",
+    "build_reference",
+    "digits_metrics",
+    "evaluate_samples_file",
     "feature_statistics",
+    "format_table",
     "frechet_distance",
     "frechet_from_features",
+    "inception_outputs",
     "inception_score",
     "inception_weights_path",
+    "iter_reference_images",
+    "levels_to_uint8",
+    "load_eval_inception",
     "load_inception",
     "load_pt_state_dict",
     "load_reference",
@@ -56,8 +85,18 @@ __all__ = [
     "precision_recall",
     "preprocess_uint8",
     "random_inception",
+    "read_sample_settings",
+    "reference_images_from_data",
+    "results_path",
+    "sample_metrics",
     "save_reference",
     "save_samples",
+    "settings_path",
     "spatial_features",
     "train_or_load_digits_classifier",
+    "uint8_to_levels",
+    "unit_to_levels",
+    "unit_to_uint8",
+    "write_json_atomic",
+    "write_results_json",
 ]

@@ -1,0 +1,226 @@
+"""Training: sharding equivalence, exact resume after SIGKILL, topology change, config checks."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vdm_jax.data import dataset_info
+from vdm_jax.training import checkpoint as ckpt_lib
+from vdm_jax.training import config as config_lib
+from vdm_jax.training import diffusion_model as dm
+from vdm_jax.training import mesh as mesh_lib
+from vdm_jax.training import train_step as ts
+from vdm_jax.training import trainer
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_OVERRIDES = {
+    "model.spec.depth": 1, "model.spec.hidden_size": 32, "model.spec.num_heads": 2,
+    "train.global_batch_size": 16, "train.log_every": 1, "train.checkpoint_every": 2,
+    "sample.num_images": 8, "sample.num_steps": 2, "sample.every": 0,
+    "optim.warmup_steps": 0, "eval.at_end": False,
+}
+
+
+def tiny_config(**overrides):
+    c = config_lib.default_config()
+    c.data.name = "digits"
+    c.model.spec = dict(family="dit", depth=1, hidden_size=32, num_heads=2, patch_size=2)
+    c.optim.lr = 1e-3
+    c.optim.ema_decays = (0.9,)
+    c.train.num_steps = 4
+    c.train.global_batch_size = 16
+    c.train.log_every = 1
+    c.train.checkpoint_every = 2
+    c.sample.num_images = 8
+    c.sample.num_steps = 2
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        c[section][name] = value
+    return c
+
+
+def _flat(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+@pytest.mark.parametrize("shape", [(8, 1), (2, 4), (1, 8)])
+def test_sharded_steps_match_one_device(shape):
+    """N steps on an 8-device mesh equal the same steps on one device (losses and parameters)."""
+    cfg = tiny_config()
+    info = dataset_info(cfg.data)
+    tx, lr = ts.make_optimizer(cfg.optim, 10)
+    rng = np.random.default_rng(0)
+    batches = [{"image": rng.uniform(-1, 1, (16, 8, 8, 1)).astype(np.float32),
+                "label": rng.integers(0, 10, (16,)).astype(np.int32)} for _ in range(3)]
+
+    def run(mesh):
+        model, state, sh = ts.create_state(lambda: dm.build(cfg, info, 0), tx, (0.9,), 0, mesh)
+        step = ts.jit_train_step(model, tx, lr, (0.9,), 2, sh, mesh)
+        losses = []
+        for i, b in enumerate(batches):
+            b = jax.device_put(b, mesh_lib.batch_sharding(mesh))
+            state, m = step(state, b, ts.step_rng(state["rng"], i))
+            losses.append(float(m["loss"]))
+        return losses, state
+
+    ref_losses, ref_state = run(mesh_lib.make_mesh(1, 1, jax.devices()[:1]))
+    losses, state = run(mesh_lib.make_mesh(*shape))
+    if shape[1] > 1:  # FSDP actually shards the large kernels
+        kernel = state["params"]["denoiser"]["blocks"][0]["mlp"]["fc1"]["kernel"]
+        assert kernel.sharding.spec[0] == "fsdp"
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    for a, b in zip(_flat(state["params"]), _flat(ref_state["params"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * max(1.0, np.abs(b).max()))
+    for a, b in zip(_flat(state["ema"]), _flat(ref_state["ema"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * max(1.0, np.abs(b).max()))
+
+
+def test_gradient_accumulation_equals_the_full_batch():
+    """micro_batches = 4 averages the gradients of four quarter-batches: the same update as one
+    full-batch step up to float rounding when the loss has no per-example randomness coupling."""
+    cfg = tiny_config(**{"diffusion.label_dropout": 0.0})
+    info = dataset_info(cfg.data)
+    tx, lr = ts.make_optimizer(cfg.optim, 10)
+    mesh = mesh_lib.make_mesh(-1, 1)
+    model, state0, sh = ts.create_state(lambda: dm.build(cfg, info, 0), tx, (0.9,), 0, mesh)
+    rng = np.random.default_rng(1)
+    batch = {"image": rng.uniform(-1, 1, (16, 8, 8, 1)).astype(np.float32),
+             "label": rng.integers(0, 10, (16,)).astype(np.int32)}
+    key = jax.random.key(3)
+    # Reference: the mean of the four micro-batch gradients, computed directly.
+    micro = ts._split_micro(batch, 4)
+    keys = jax.random.split(key, 4)
+    grads = [jax.grad(lambda p, i=i: model.loss(p, {k: v[i] for k, v in micro.items()},
+                                                 keys[i])[0])(state0["params"]) for i in range(4)]
+    mean_grad = jax.tree.map(lambda *g: sum(g) / 4, *grads)
+    updates, _ = tx.update(mean_grad, tx.init(state0["params"]), state0["params"])
+    expected = jax.tree.map(lambda p, u: p + u, state0["params"], updates)
+    step = ts.jit_train_step(model, tx, lr, (0.9,), 4, sh, mesh)
+    state, _ = step(state0, jax.device_put(batch, mesh_lib.batch_sharding(mesh)), key)
+    for a, b in zip(_flat(state["params"]), _flat(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def _cli(workdir, steps, extra=()):
+    args = [sys.executable, str(REPO / "launch" / "train.py"),
+            f"--config={REPO / 'configs' / 'digits_dit.py'}", f"--workdir={workdir}",
+            f"--config.train.num_steps={steps}"]
+    args += [f"--config.{k}={v}" for k, v in TINY_OVERRIDES.items()]
+    return args + list(extra)
+
+
+def _final_params(workdir):
+    ck = ckpt_lib.Checkpointer(Path(workdir) / "checkpoints")
+    step = ck.steps()[0]
+    cfg = ck.saved_config(step)
+    ck.close()
+    return step, cfg
+
+
+def _restore_raw(workdir, config_like):
+    """Raw parameters of the newest checkpoint, on one device."""
+    from ml_collections import ConfigDict
+
+    cfg = ConfigDict(config_like)
+    info = dataset_info(cfg.data)
+    _, params = dm.build(cfg, info, 0)
+    ck = ckpt_lib.Checkpointer(Path(workdir) / "checkpoints")
+    params, step = ck.restore_params(params, ema=None, ema_names=[])
+    ck.close()
+    return step, jax.device_get(params)
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_is_bit_identical(tmp_path):
+    """A run SIGKILLed at a random step and restarted ends with exactly the parameters of an
+    uninterrupted run: the data position, rng and optimizer state all resume."""
+    steps = 8
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ref = subprocess.run(_cli(tmp_path / "ref", steps), env=env, capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    kill_after = random.Random(os.getpid()).randint(3, 6)
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(_cli(run_dir, steps), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    metrics = run_dir / "metrics.jsonl"
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists():
+            lines = metrics.read_text().splitlines()
+            if lines and json.loads(lines[-1])["step"] >= kill_after:
+                break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = subprocess.run(_cli(run_dir, steps), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _, cfg = _final_params(tmp_path / "ref")
+    ref_step, ref_params = _restore_raw(tmp_path / "ref", cfg)
+    run_step, run_params = _restore_raw(run_dir, cfg)
+    assert ref_step == run_step == steps
+    for a, b in zip(_flat(run_params), _flat(ref_params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_restores_on_other_device_counts(tmp_path):
+    """Saved on 8 devices, restored on 1 and then on 2, and training continues."""
+    cfg = tiny_config(**{"train.num_steps": 2, "train.async_checkpoints": False})
+    out8 = trainer.train(cfg, tmp_path)
+    saved = jax.device_get(out8["state"]["params"])
+    assert out8["mesh"].size == 8
+    for n, steps in ((1, 3), (2, 4)):
+        cfg.train.num_steps = steps
+        devices = jax.devices()[:n]
+        env = trainer.prepare(cfg, tmp_path, devices)
+        assert int(env["state"]["step"]) == steps - 1
+        leaf = jax.tree.leaves(env["state"]["params"])[0]
+        assert set(leaf.sharding.device_set) <= set(devices)
+        if n == 1:
+            for a, b in zip(_flat(env["state"]["params"]), _flat(saved), strict=True):
+                np.testing.assert_array_equal(a, b)
+        out = trainer.train(cfg, tmp_path, devices)
+        assert (out["start_step"], out["step"]) == (steps - 1, steps)
+        assert np.isfinite(out["metrics"]["loss"])
+
+
+def test_workdir_of_another_config_is_refused(tmp_path):
+    cfg = tiny_config(**{"train.num_steps": 2, "train.async_checkpoints": False})
+    trainer.train(cfg, tmp_path)
+    other = tiny_config(**{"train.num_steps": 2})
+    other.model.spec.hidden_size = 64
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match=r"(?s)hidden_size.*start fresh"):
+        trainer.prepare(other, tmp_path)
+
+
+def test_config_validation_names_the_field():
+    cfg = tiny_config()
+    cfg.diffusion.objective = "l_simple"
+    with pytest.raises(ValueError, match=r"diffusion\.objective='l_simple'"):
+        config_lib.validate(cfg)
+    cfg = tiny_config(**{"train.global_batch_size": 12})
+    with pytest.raises(ValueError, match=r"global_batch_size=12.*8 devices"):
+        config_lib.check_batch(cfg, 8, 8)
+    with pytest.raises(ValueError, match=r"mesh\.data=3"):
+        mesh_lib.make_mesh(3, 1)
+
+
+def test_learned_variance_term_is_finite_and_non_negative():
+    cfg = tiny_config(**{"model.learn_sigma": True, "diffusion.schedule": "ddpm_linear",
+                         "diffusion.objective": "ddpm_simple"})
+    info = dataset_info(cfg.data)
+    model, params = dm.build(cfg, info, 0)
+    rng = np.random.default_rng(2)
+    batch = {"image": jnp.asarray(rng.uniform(-1, 1, (8, 8, 8, 1)), jnp.float32),
+             "label": jnp.asarray(rng.integers(0, 10, (8,)), jnp.int32)}
+    loss, aux = model.loss(params, batch, jax.random.key(0))
+    assert np.isfinite(float(loss)) and float(aux["vlb"]) >= 0.0

@@ -1,0 +1,226 @@
+"""Checkpoints with orbax `CheckpointManager`: atomic, asynchronous, topology-independent.
+
+A checkpoint `workdir/checkpoints/<step>/` holds the items
+    params     float32 master parameters            (StandardSave, sharded arrays)
+    ema        {ema_<decay>: parameters}             (restorable alone, for inference)
+    opt_state  optax state                          (μ, ν sharded like the parameters)
+    meta       {"step", "rng"}
+    data       {"iterator": grain iterator state (JSON string)}
+    config     the run's config as JSON (what built the model; checked on every restore)
+orbax writes each checkpoint into a temporary directory and renames it when every item is
+written, so a kill mid-write leaves only an unfinished temporary directory that is ignored (and
+cleaned up) on the next start; the latest finalized checkpoint is never touched. Arrays are
+restored onto whatever mesh the abstract target names, so a checkpoint saved on 8 devices
+restores on 1 or 2. A checkpoint that fails to restore (truncated or deleted files) is skipped
+with a warning naming it, falling back to the previous one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+State = dict[str, Any]
+ARRAY_ITEMS = ("params", "ema", "opt_state", "meta")
+# Config sections that define what a checkpoint's arrays mean: a run may not resume with others.
+IDENTITY_KEYS = ("model", "diffusion")
+IDENTITY_DATA_KEYS = ("name", "image_size")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint or workdir written by another configuration."""
+
+
+def config_identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a config a checkpoint's arrays depend on (JSON-comparable)."""
+    ident = {k: _jsonable(config[k]) for k in IDENTITY_KEYS}
+    ident["data"] = {k: _jsonable(config["data"].get(k)) for k in IDENTITY_DATA_KEYS}
+    return ident
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _abstract(tree: Any) -> Any:
+    """ShapeDtypeStructs carrying each leaf's sharding: the restore target."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree
+    )
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Human-readable differences between two JSON-like trees."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')}: checkpoint {a!r}, now {b!r}"]
+
+
+class Checkpointer:
+    """The run's CheckpointManager: save / restore the train state, data state and config.
+
+    keep: the latest `keep` checkpoints are kept, plus every `keep_period` steps (if set).
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        keep: int = 3,
+        keep_period: int | None = None,
+        async_save: bool = True,
+    ):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            keep_period=keep_period,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            item_names=(*ARRAY_ITEMS, "data", "config"),
+        )
+
+    # ------------------------------------------------------------------------------- save
+    def save(self, state: State, data_state: bytes | str | None, config: Mapping[str, Any],
+             force: bool = True) -> bool:
+        """Start an asynchronous save of `state` at its step (returns at once)."""
+        step = int(jax.device_get(state["step"]))
+        if isinstance(data_state, bytes):
+            data_state = data_state.decode()
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(state["params"]),
+            ema=ocp.args.StandardSave(state["ema"]),
+            opt_state=ocp.args.StandardSave(state["opt_state"]),
+            meta=ocp.args.StandardSave({"step": state["step"], "rng": state["rng"]}),
+            data=ocp.args.JsonSave({"iterator": data_state}),
+            config=ocp.args.JsonSave(_jsonable(config)),
+        )
+        return self.manager.save(step, args=args, force=force)
+
+    def wait(self) -> None:
+        """Block until every asynchronous save has been finalized."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+    # ---------------------------------------------------------------------------- restore
+    def steps(self) -> list[int]:
+        """Finalized checkpoint steps, newest first."""
+        self.manager.reload()  # other processes (or a killed run) may have written since
+        return sorted(self.manager.all_steps(), reverse=True)
+
+    def saved_config(self, step: int) -> dict[str, Any]:
+        args = ocp.args.Composite(config=ocp.args.JsonRestore())
+        return self.manager.restore(step, args=args)["config"]
+
+    def check_config(self, step: int, config: Mapping[str, Any]) -> None:
+        """Raise CheckpointMismatchError when the checkpoint at `step` was written by a config
+        with another model, diffusion or dataset."""
+        saved = self.saved_config(step)
+        diffs = _diff(config_identity(saved), config_identity(config))
+        if diffs:
+            raise CheckpointMismatchError(
+                f"{self.directory} holds a run of another configuration (step {step}):\n  "
+                + "\n  ".join(diffs)
+                + "\nUse a new --workdir to start fresh, or rerun with the original config."
+            )
+
+    def restore_latest(self, target: State, config: Mapping[str, Any]) -> tuple[State, str] | None:
+        """The newest readable checkpoint as (state, data_iterator_state) onto the shardings of
+        `target` (a state of the same structure, concrete or abstract), or None if there is none.
+
+        Checkpoints that fail to read are skipped with a warning; a config mismatch is an error.
+        """
+        abstract = _abstract(target)
+        skipped = []
+        for step in self.steps():
+            try:
+                self.check_config(step, config)
+            except CheckpointMismatchError:
+                raise
+            except Exception as e:  # unreadable config item: treat as a damaged checkpoint
+                skipped.append((step, e))
+                self._warn_skip(step, e)
+                continue
+            try:
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        params=ocp.args.StandardRestore(abstract["params"]),
+                        ema=ocp.args.StandardRestore(abstract["ema"]),
+                        opt_state=ocp.args.StandardRestore(abstract["opt_state"]),
+                        meta=ocp.args.StandardRestore(
+                            {"step": abstract["step"], "rng": abstract["rng"]}
+                        ),
+                        data=ocp.args.JsonRestore(),
+                    ),
+                )
+            except Exception as e:  # any read failure means: try the previous one
+                skipped.append((step, e))
+                self._warn_skip(step, e)
+                continue
+            state = {
+                "step": restored["meta"]["step"],
+                "params": restored["params"],
+                "ema": restored["ema"],
+                "opt_state": restored["opt_state"],
+                "rng": restored["meta"]["rng"],
+            }
+            return state, restored["data"]["iterator"]
+        if skipped:
+            raise FileNotFoundError(
+                f"No readable checkpoint in {self.directory}: "
+                + "; ".join(f"step {s}: {type(e).__name__}" for s, e in skipped)
+            )
+        return None
+
+    def restore_params(
+        self, target_params: Any, ema: str | None, ema_names: list[str], step: int | None = None
+    ) -> tuple[Any, int]:
+        """Parameters alone, for inference: the EMA named `ema` (one of `ema_names`, all the EMAs
+        the checkpoint holds, e.g. ['ema_0p9999']) or the raw parameters (ema=None), from `step`
+        or else the newest readable checkpoint. Returns (params, step)."""
+        if ema is not None and ema not in ema_names:
+            raise ValueError(f"No EMA {ema!r} in this run; it has {ema_names}.")
+        abstract = _abstract(target_params)
+        if ema is None:
+            args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract))
+        else:
+            args = ocp.args.Composite(
+                ema=ocp.args.StandardRestore({name: abstract for name in ema_names})
+            )
+        for s in [step] if step is not None else self.steps():
+            try:
+                restored = self.manager.restore(s, args=args)
+            except Exception as e:  # any read failure: try the previous one
+                if step is not None:
+                    raise FileNotFoundError(
+                        f"Checkpoint {self.directory / str(s)} is unreadable: {e}"
+                    ) from None
+                self._warn_skip(s, e)
+                continue
+            return (restored["params"] if ema is None else restored["ema"][ema]), s
+        raise FileNotFoundError(f"No readable checkpoint in {self.directory}.")
+
+    def _warn_skip(self, step: int, error: Exception) -> None:
+        msg = (f"skipping unreadable checkpoint {self.directory / str(step)} "
+               f"({type(error).__name__}: {str(error)[:200]})")
+        logging.warning(msg)
+        warnings.warn(msg, stacklevel=3)
+

@@ -1,0 +1,188 @@
+"""A diffusion model as the trainer, samplers and evaluation see it: network + schedule + objective.
+
+`DiffusionModel` holds only static things (graph definitions and choices from the config); the
+arrays live in a pure-dict pytree `params = {"denoiser": ..., "schedule": ...}` ("schedule" only
+for VDM's learned schedule), so every method is a pure function of `params` that jit, grad and
+sharding go through, and `params` is what checkpoints hold.
+
+Training loss (per example, then averaged):
+    L = objective(pred, target)                                  the weighted-ELBO family
+      + L_vlb(variance head)       with model.learn_sigma       (Nichol & Dhariwal 2021 "hybrid")
+where the denoiser's labels are dropped to the null class with probability
+`diffusion.label_dropout` (classifier-free guidance). With a learned schedule the objective is
+the continuous-time ELBO and its gradient trains the schedule jointly (Kingma et al. 2021).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vdm_jax import elbo as elbo_lib
+from vdm_jax import losses
+from vdm_jax import schedules as sch
+from vdm_jax.data import DatasetInfo
+from vdm_jax.models import LearnedGamma, build_model, label_dropout, learned_schedule
+from vdm_jax.training.mesh import logical_specs
+
+Array = jax.Array
+Params = dict[str, Any]
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DiffusionModel:
+    """Static description of a diffusion model; see the module docstring.
+
+    denoiser_def / schedule_def: nnx graph definitions (schedule_def None for a fixed schedule).
+    """
+
+    denoiser_def: Any
+    schedule_def: Any | None
+    fixed_schedule: sch.Schedule | None
+    objective: losses.Objective
+    prediction: str
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    num_levels: int
+    learn_sigma: bool
+    label_dropout: float
+    ddpm_steps: int  # grid of the learned-variance term (DiT: 1000)
+    vlb_weight: float
+    param_specs: Any  # logical PartitionSpecs, a pytree like params (see training.mesh)
+
+    # ------------------------------------------------------------------------------ pieces
+    def schedule(self, params: Params) -> sch.Schedule:
+        """The noise schedule; a function of `params` when it is learned."""
+        if self.schedule_def is None:
+            return self.fixed_schedule
+        return learned_schedule(nnx.merge(self.schedule_def, params["schedule"]))
+
+    def network(self, params: Params, z: Array, t: Array, y: Array) -> Array:
+        """The raw network output (B, H, W, C or 2C with learn_sigma), float32."""
+        net = nnx.merge(self.denoiser_def, params["denoiser"])
+        return net(z, t, y).astype(jnp.float32)
+
+    def predict(self, params: Params, z: Array, t: Array, y: Array) -> Array:
+        """The prediction of kind `self.prediction` (B, H, W, C); the variance head is dropped."""
+        out = self.network(params, z, t, y)
+        return out[..., : self.image_shape[-1]]
+
+    def model_fn(self, params: Params, y: Array) -> Callable[[Array, Array], Array]:
+        """model_fn(z, t) -> prediction for fixed labels y: the samplers' and ELBO's interface."""
+        return lambda z, t: self.predict(params, z, t, y)
+
+    def null_labels(self, batch_size: int) -> Array:
+        return jnp.full((batch_size,), self.num_classes, jnp.int32)
+
+    # ------------------------------------------------------------------------------ losses
+    def loss(
+        self, params: Params, batch: Mapping[str, Array], rng: Array, num_bins: int = 10
+    ) -> tuple[Array, dict[str, Array]]:
+        """Mean training loss of a batch {"image": (B,H,W,C), "label": (B,)} and diagnostics."""
+        rng_drop, rng_loss = jax.random.split(rng)
+        x, y = batch["image"], batch["label"]
+        if self.num_classes:
+            y = label_dropout(rng_drop, y, self.label_dropout, self.num_classes)
+        else:
+            y = self.null_labels(x.shape[0])
+        schedule = self.schedule(params)
+        outputs = {}
+
+        def model_fn(z, t):
+            out = self.network(params, z, t, y)
+            outputs["z"], outputs["var"] = z, out[..., self.image_shape[-1] :]
+            outputs["pred"] = out[..., : self.image_shape[-1]]
+            return outputs["pred"]
+
+        _, aux = losses.diffusion_loss(
+            self.objective, schedule, model_fn, x, rng_loss, self.prediction, num_bins=num_bins
+        )
+        per_example = aux["per_example"]
+        if self.learn_sigma:
+            vlb = losses.learned_variance_vlb(
+                schedule, x, outputs["z"], aux["t"], outputs["pred"], self.prediction,
+                outputs["var"], self.ddpm_steps, self.num_levels,
+            )
+            per_example = per_example + self.vlb_weight * vlb
+            aux["vlb"] = vlb.mean()
+        aux["per_example"] = per_example
+        return per_example.mean(), aux
+
+    def elbo_bpd(self, params: Params, x: Array, y: Array, rng: Array) -> dict[str, Array]:
+        """One-sample −ELBO terms in bits/dim per example (B,): prior, reconstruction, diffusion
+        (continuous time) and total, for data on the dataset's K levels."""
+        if not self.num_classes:
+            y = self.null_labels(x.shape[0])
+        terms = elbo_lib.elbo_terms(
+            self.model_fn(params, y), self.schedule(params), x, rng,
+            prediction=self.prediction, num_levels=self.num_levels,
+        )
+        return {k: elbo_lib.bits_per_dim(v, x.shape) for k, v in terms.items()}
+
+
+# ---------------------------------------------------------------------------------- building
+
+
+def _schedule_from_config(cfg: Mapping[str, Any]) -> sch.Schedule:
+    kwargs = dict(cfg.get("schedule_kwargs") or {})
+    return sch.get_schedule(cfg["schedule"], shift=float(cfg.get("shift", 1.0)), **kwargs)
+
+
+def build(config: Mapping[str, Any], info: DatasetInfo, seed: int) -> tuple[DiffusionModel, Params]:
+    """The model and freshly initialized `params` described by config.model / config.diffusion
+    for data described by `info`. Raises ValueError naming the bad config field."""
+    mcfg, dcfg = config["model"], config["diffusion"]
+    if mcfg["dtype"] not in DTYPES:
+        raise ValueError(f"model.dtype={mcfg['dtype']!r}; expected one of {sorted(DTYPES)}.")
+    spec = mcfg["name"] if mcfg["name"] else dict(mcfg["spec"])
+    h, w, c = info.image_shape
+    num_classes = info.num_classes if dcfg.get("class_conditional", True) else 0
+    denoiser = build_model(
+        spec, input_size=(h, w), in_channels=c, num_classes=num_classes,
+        learn_sigma=bool(mcfg["learn_sigma"]), dtype=DTYPES[mcfg["dtype"]],
+        rngs=nnx.Rngs(params=seed),
+    )
+    denoiser_def, denoiser_params = nnx.split(denoiser)
+    params: Params = {"denoiser": denoiser_params.to_pure_dict()}
+    specs: Params = {"denoiser": logical_specs(denoiser)}
+    schedule_def, fixed = None, None
+    if dcfg["learned_schedule"]:
+        kw = dict(dcfg.get("schedule_kwargs") or {})
+        net = LearnedGamma(
+            gamma_min=kw.get("gamma_min", -13.3), gamma_max=kw.get("gamma_max", 5.0),
+            n_features=int(dcfg.get("learned_schedule_features", 1024)),
+            rngs=nnx.Rngs(params=seed + 1),
+        )
+        schedule_def, schedule_params = nnx.split(net)
+        params["schedule"] = schedule_params.to_pure_dict()
+        specs["schedule"] = logical_specs(net)
+    else:
+        fixed = _schedule_from_config(dcfg)
+    prediction = mcfg["prediction"]
+    if prediction not in ("eps", "x", "v", "flow"):
+        raise ValueError(f"model.prediction={prediction!r}; expected eps, x, v or flow.")
+    objective = losses.get_objective(dcfg["objective"], **dict(dcfg.get("objective_kwargs") or {}))
+    if mcfg["learn_sigma"] and prediction != "eps":
+        raise ValueError("model.learn_sigma needs model.prediction='eps' (the DiT/IDDPM recipe).")
+    model = DiffusionModel(
+        denoiser_def=denoiser_def,
+        schedule_def=schedule_def,
+        fixed_schedule=fixed,
+        objective=objective,
+        prediction=prediction,
+        image_shape=info.image_shape,
+        num_classes=num_classes,
+        num_levels=info.num_levels,
+        learn_sigma=bool(mcfg["learn_sigma"]),
+        label_dropout=float(dcfg["label_dropout"]),
+        ddpm_steps=int(dcfg.get("ddpm_steps", 1000)),
+        vlb_weight=float(dcfg.get("vlb_weight", 1.0)),
+        param_specs=specs,
+    )
+    return model, params

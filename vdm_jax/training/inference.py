@@ -1,0 +1,83 @@
+"""Restore a trained model for sampling and evaluation: the config stored in the checkpoint
+rebuilds the `DiffusionModel`, and only the requested parameters (an EMA by default) are read,
+onto any mesh (sharded like training, FSDP over the mesh's 'fsdp' axis).
+
+    restored = load_for_inference("workdirs/digits_dit")          # newest readable checkpoint
+    model, params = restored.model, restored.params
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
+
+from vdm_jax.data import DatasetInfo, dataset_info
+from vdm_jax.training import config as config_lib
+from vdm_jax.training import mesh as mesh_lib
+from vdm_jax.training.checkpoint import Checkpointer
+from vdm_jax.training.diffusion_model import DiffusionModel, build
+from vdm_jax.training.train_step import ema_name
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """A model ready to sample: static `model`, its `params`, the run's `config`, the checkpoint
+    `step`, which parameters were loaded (`ema`: e.g. 'ema_0p9999', or None for the raw ones),
+    the dataset `info` and the `mesh` the parameters live on."""
+
+    model: DiffusionModel
+    params: Any
+    config: ConfigDict
+    step: int
+    ema: str | None
+    info: DatasetInfo
+    mesh: Mesh
+
+
+def load_for_inference(
+    workdir: str | Path, *, ema: str = "", step: int | None = None, mesh: Mesh | None = None
+) -> Restored:
+    """Parameters of the run in `workdir` for inference.
+
+    ema: '' = the run's first EMA, 'none' = raw parameters, or a decay such as '0.9999'.
+    step: a checkpoint step, or None for the newest readable one. mesh: default all devices,
+    data-parallel. Raises FileNotFoundError when `workdir` has no checkpoint.
+    """
+    ckpt_dir = Path(workdir) / "checkpoints"
+    if not ckpt_dir.is_dir():
+        raise FileNotFoundError(
+            f"No checkpoints in {ckpt_dir}: train first (launch/train.py --workdir={workdir})."
+        )
+    checkpointer = Checkpointer(ckpt_dir, async_save=False)
+    try:
+        steps = checkpointer.steps()
+        if not steps:
+            raise FileNotFoundError(f"No finalized checkpoint in {ckpt_dir}.")
+        if step is not None and step not in steps:
+            raise FileNotFoundError(f"No checkpoint at step {step} in {ckpt_dir}; have {steps}.")
+        config = ConfigDict(checkpointer.saved_config(step if step is not None else steps[0]))
+        info = dataset_info(config.data)
+        mesh = mesh or mesh_lib.make_mesh(-1, 1)
+        holder: dict[str, DiffusionModel] = {}
+
+        def params_only():
+            holder["model"], params = build(config, info, config.seed)
+            return params
+
+        abstract = jax.eval_shape(params_only)
+        model = holder["model"]
+        shardings = mesh_lib.param_shardings(model.param_specs, abstract, mesh)
+        target = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+        )
+        choice = config_lib.ema_choice(config, ema)
+        names = [ema_name(d) for d in config.optim.ema_decays]
+        params, restored_step = checkpointer.restore_params(target, choice, names, step)
+    finally:
+        checkpointer.close()
+    return Restored(model, params, config, restored_step, choice, info, mesh)
