@@ -1,4 +1,4 @@
-"""Evaluate a sample batch: FID, sFID, Inception Score, precision/recall (k = 3), digits metrics.
+"""Evaluate samples and runs: FID, sFID, IS, precision/recall (k = 3), digits metrics, bits/dim.
 
     # Inception metrics against an ADM reference batch (mu, sigma, mu_s, sigma_s; arr_0 images
     # for precision/recall), with the FID Inception weights (see launch/convert_inception.py):
@@ -8,18 +8,34 @@
     # the metric classifier is trained once and cached in --workdir (default: the samples' dir):
     python launch/evaluate.py --samples=DIR/samples.npz --digits --workdir=DIR
 
-Both modes can be combined. The samples are an ADM `.npz` (`arr_0` uint8 NHWC, optional `arr_1`
+    # Held-out bits/dim (−ELBO on the evaluation split, its terms, and the uniform and
+    # independent per-pixel baselines) of a trained run, alone or beside the sample metrics:
+    python launch/evaluate.py --bpd_workdir=RUN [--ema=0.9999] [--bpd_passes=8]
+    python launch/evaluate.py --samples=RUN/samples/x.npz --digits --bpd_workdir=RUN
+
+All modes can be combined. The samples are an ADM `.npz` (`arr_0` uint8 NHWC, optional `arr_1`
 labels). Sampling settings recorded beside them in DIR/samples.json (or --settings_from) are
 merged into the results JSON, written to --out (default DIR/samples.metrics.json) with every
-evaluation setting. Prints a table. Bad input: `error: ...` on stderr, exit status 2.
+evaluation setting; with --bpd_workdir and no --samples, to --out (default
+RUN/eval/bpd_step<step>_<ema>.json, beside the checkpoints). Prints a table. Bad input:
+`error: ...` on stderr, exit status 2.
 """
 
 from __future__ import annotations
 
-from absl import app, flags
+from pathlib import Path
+
+from absl import app, flags, logging
 
 from vdm_jax.cli import exit_on_bad_input
-from vdm_jax.evaluation.evaluate import DEFAULT_BATCH_SIZE, evaluate_samples_file, format_table
+from vdm_jax.evaluation.evaluate import (
+    DEFAULT_BATCH_SIZE,
+    bpd_metrics,
+    bpd_results_path,
+    evaluate_samples_file,
+    format_table,
+    write_results_json,
+)
 
 _SAMPLES = flags.DEFINE_string("samples", None, "Sample batch .npz (arr_0 uint8 NHWC, arr_1).")
 _REF = flags.DEFINE_string("ref", None, "ADM reference batch .npz: FID, sFID, IS, prec./recall.")
@@ -41,14 +57,47 @@ _SETTINGS = flags.DEFINE_string(
 )
 _OUT = flags.DEFINE_string("out", None, "Results JSON (default: <samples>.metrics.json).")
 _BATCH = flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Inception batch size.")
+_BPD_WORKDIR = flags.DEFINE_string(
+    "bpd_workdir", None, "Training run whose held-out bits/dim (−ELBO) to report."
+)
+_EMA = flags.DEFINE_string("ema", "", "bits/dim parameters: '' = the run's first EMA, 'none' = "
+                           "raw, or a decay.")
+_BPD_STEP = flags.DEFINE_integer("bpd_step", None, "Checkpoint step (default: the newest).")
+_BPD_PASSES = flags.DEFINE_integer(
+    "bpd_passes", None, "Passes over the split with fresh (t, ε); default config.eval.bpd_passes."
+)
+_BPD_BATCH = flags.DEFINE_integer(
+    "bpd_batch_size", None, "bits/dim batch size; default the run's config.eval.batch_size."
+)
 
 
 def main(argv: list[str]) -> None:
+    logging.set_verbosity(logging.WARNING)  # orbax and tfds log every file at INFO
     with exit_on_bad_input():
         if len(argv) > 1:
             raise ValueError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
+        if not _SAMPLES.value and not _BPD_WORKDIR.value:
+            raise ValueError("give --samples=PATH.npz and/or --bpd_workdir=RUN")
+        # Cheap checks first: bits/dim may take minutes before the samples are read.
+        for what, path in (("sample batch", _SAMPLES.value), ("reference batch", _REF.value)):
+            if path and not Path(path).is_file():
+                raise FileNotFoundError(f"{what} {path} does not exist")
+        bpd = None
+        if _BPD_WORKDIR.value:
+            from vdm_jax.training.inference import load_for_inference
+
+            restored = load_for_inference(_BPD_WORKDIR.value, ema=_EMA.value, step=_BPD_STEP.value)
+            bpd = bpd_metrics(restored, passes=_BPD_PASSES.value, batch_size=_BPD_BATCH.value)
+            bpd[1]["bpd"]["workdir"] = str(Path(_BPD_WORKDIR.value).resolve())
         if not _SAMPLES.value:
-            raise ValueError("--samples=PATH.npz is required")
+            metrics = {**bpd[0], "unavailable": {}}
+            path = write_results_json(
+                _OUT.value or bpd_results_path(_BPD_WORKDIR.value, restored.step, restored.ema),
+                metrics, bpd[1],
+            )
+            print(format_table(metrics))
+            print(f"wrote {path}")
+            return
         metrics, _, path = evaluate_samples_file(
             _SAMPLES.value,
             ref_path=_REF.value,
@@ -60,6 +109,7 @@ def main(argv: list[str]) -> None:
             settings_from=_SETTINGS.value,
             out=_OUT.value,
             batch_size=_BATCH.value,
+            extra=bpd,
         )
     print(format_table(metrics))
     print(f"wrote {path}")

@@ -224,3 +224,54 @@ def test_learned_variance_term_is_finite_and_non_negative():
              "label": jnp.asarray(rng.integers(0, 10, (8,)), jnp.int32)}
     loss, aux = model.loss(params, batch, jax.random.key(0))
     assert np.isfinite(float(loss)) and float(aux["vlb"]) >= 0.0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_the_single_process_run(tmp_path):
+    """2 local processes × 4 virtual devices (jax.distributed on 127.0.0.1), each reading its own
+    half of the data, end where one process with 8 devices feeding the same global batches does."""
+    steps, port = 3, _free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "PYTHONUNBUFFERED": "1"}
+    extra = [f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+             "--config.distributed.num_processes=2", "--config.train.checkpoint_every=3",
+             "--config.train.async_checkpoints=False"]
+    commands = [_cli(tmp_path, steps, [*extra, f"--config.distributed.process_id={i}"])
+                for i in range(2)]
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for c in commands]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outputs)
+
+    # Reference: one process, 8 devices, global batch = [host 0's local batch, host 1's].
+    _, saved = _final_params(tmp_path)
+    from ml_collections import ConfigDict
+
+    cfg = ConfigDict(saved)
+    info = dataset_info(cfg.data)
+    tx, lr = ts.make_optimizer(cfg.optim, cfg.train.num_steps)
+    mesh = mesh_lib.make_mesh(-1, 1)
+    model, state, sh = ts.create_state(
+        lambda: dm.build(cfg, info, cfg.seed), tx, tuple(cfg.optim.ema_decays), cfg.seed, mesh)
+    step_fn = ts.jit_train_step(model, tx, lr, tuple(cfg.optim.ema_decays), 1, sh, mesh)
+    from vdm_jax.data import train_iterator
+
+    hosts = [train_iterator(cfg.data, global_batch_size=cfg.train.global_batch_size,
+                            seed=cfg.seed, process_index=i, process_count=2) for i in range(2)]
+    for i in range(steps):
+        local = [next(h) for h in hosts]
+        batch = {k: np.concatenate([b[k] for b in local]) for k in local[0]}
+        batch = jax.device_put(batch, mesh_lib.batch_sharding(mesh))
+        state, _ = step_fn(state, batch, ts.step_rng(state["rng"], i))
+    step, params = _restore_raw(tmp_path, saved)
+    assert step == steps
+    for a, b in zip(_flat(params), _flat(state["params"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * max(1.0, np.abs(b).max()))

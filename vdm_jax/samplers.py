@@ -15,7 +15,7 @@ step goes from t = t_i to s = t_{i+1} < t:
                       η = 0 deterministic; η = 1 is 'ddpm' with σ̃² on the same grid (same ξ)
     'euler'           z_s = z_t + (s − t) û(z_t, t)                        (probability-flow ODE)
     'heun'            z̃ = z_t + (s − t) û_t,  z_s = z_t + (s − t)(û_t + û(z̃, s)) / 2
-                      (Karras et al. 2022, Alg. 1: the last step is an Euler step)
+                      (Karras et al. 2022, Alg. 1), the last step always the Euler step z̃
     'euler_maruyama'  reverse SDE, g² = −σ_t² λ'_t:
                       z_s = z_t + (s − t)(û_t − ½ σ_t λ'_t ε̂) + √(g² (t − s)) ξ
     'dpm_solver_2m'   DPM-Solver++(2M) (Lu et al. 2022) in h = (λ_s − λ_t)/2 (their λ is ours / 2):
@@ -35,6 +35,9 @@ output, no conversion). With rectified flow the reverse SDE's g² = 2t/(1 − t)
 prefer the ODE samplers (or 'ddpm', 'ddim') for it.
 
 The initial noise is z_{t_max} ~ N(0, (α² + σ²) I) at t_max: N(0, I) for 'vp', ≈ σ_max² for 've'.
+Entry points: `sample` (returns `SampleOutput(samples, nfe)`), `make_sampler` (jitted
+fn(params, rng)), `nfe`, `time_grid`, `ddim_invert`, `classifier_free_guidance`; the samplers
+themselves map (z_{t_max}, ts) to z_{t_min}.
 Every loop is a `lax.scan` (one compiled step, not N copies); a `jax.sharding.Sharding` for the
 batch keeps z sharded through the loop, and nothing returns to the host between steps. The same
 rng gives the same samples.
@@ -149,13 +152,13 @@ def _x_eps(model_fn: ModelFn, schedule: Schedule, prediction: str, z: Array, t: 
 
 
 def _velocity(model_fn: ModelFn, schedule: Schedule, prediction: str, z: Array, t: Array):
-    """(û, ε̂) with û = α' x̂ + σ' ε̂. A 'flow' model's output is û itself (no conversion; ε̂ None)."""
+    """û = α' x̂ + σ' ε̂ at (z_t, t). A 'flow' model's output is û itself (no conversion)."""
     pred = _predict(model_fn, z, t)
     if prediction == "flow":
-        return pred, None
+        return pred
     t_vec = jnp.full((z.shape[0],), t, z.dtype)
     x_hat, eps_hat = to_x_eps(schedule, pred, prediction, z, t_vec)
-    return from_x_eps(schedule, x_hat, eps_hat, "flow", z, t_vec), eps_hat
+    return from_x_eps(schedule, x_hat, eps_hat, "flow", z, t_vec)
 
 
 def _constrain(z: Array, sharding: jax.sharding.Sharding | None) -> Array:
@@ -255,7 +258,7 @@ def euler(
 
     def step(carry, t, s, key, i, last):
         (z,) = carry
-        u, _ = _velocity(model_fn, schedule, prediction, z, t)
+        u = _velocity(model_fn, schedule, prediction, z, t)
         return (z + (s - t) * u,)
 
     return _scan(step, (z,), ts, None, sharding)[0]
@@ -266,17 +269,18 @@ def heun(
     prediction: str = "eps", sharding: jax.sharding.Sharding | None = None,
 ) -> Array:
     """Probability-flow ODE, Heun's method (2nd order): z̃ = z_t + (s − t) û_t,
-    z_s = z_t + (s − t)(û_t + û(z̃, s))/2; the last step is the Euler step z̃ (Karras et al. 2022),
-    so no model call at t_min. 2N − 1 NFE.
+    z_s = z_t + (s − t)(û_t + û(z̃, s))/2. The last step is always the Euler step z̃ (Karras et al.
+    2022 skip the correction where σ_N = 0; here also for t_min > 0), so the model is never called
+    at t_min and the order stays 2. 2N − 1 NFE.
     """
 
     def step(carry, t, s, key, i, last):
         (z,) = carry
-        u, _ = _velocity(model_fn, schedule, prediction, z, t)
+        u = _velocity(model_fn, schedule, prediction, z, t)
         z_euler = z + (s - t) * u
 
         def correct(z_euler):
-            u_s, _ = _velocity(model_fn, schedule, prediction, z_euler, s)
+            u_s = _velocity(model_fn, schedule, prediction, z_euler, s)
             return z + (s - t) / 2 * (u + u_s)
 
         return (jax.lax.cond(last, lambda z_euler: z_euler, correct, z_euler),)
@@ -317,7 +321,8 @@ def dpm_solver_2m(
         h = (λ_s − λ_t)/2,  z_s = (σ_s/σ_t) z_t − α_s expm1(−h) D,
         D = x̂_t + (h / 2h_prev)(x̂_t − x̂_prev)    (r = h_prev/h, D = (1 + 1/2r) x̂_t − x̂_prev/2r).
     First order (D = x̂_t, the DDIM step) on the first step, on the last when `lower_order_final`
-    (as in the reference implementation), and on a step to λ_s = +∞ (h = ∞: z_s = x̂_t). N NFE.
+    (which steadies few-step sampling, as in the reference implementations), and on a step to
+    λ_s = +∞ (h = ∞: z_s = x̂_t). N NFE.
     """
     n = ts.shape[0] - 1
 
@@ -350,6 +355,17 @@ _SAMPLER_FNS: dict[str, Callable[..., Array]] = {
 }
 
 
+# The options each sampler takes beyond the common ones (through `sample`'s **options).
+SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "ddpm": ("variance",),
+    "ddim": ("eta",),
+    "euler": (),
+    "heun": (),
+    "euler_maruyama": (),
+    "dpm_solver_2m": ("lower_order_final",),
+}
+
+
 def _check_sampler(sampler: str) -> None:
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler {sampler!r}; expected one of {SAMPLERS}.")
@@ -362,7 +378,8 @@ def sample(
     z_init: Array | None = None, sharding: jax.sharding.Sharding | None = None,
     dtype: Any = None, **options: Any,
 ) -> SampleOutput:
-    """Draw samples of `shape` (B, ...) with `sampler` on `time_grid(num_steps, spacing, ...)`.
+    """Samples of `shape` (B, ...) from `sampler` on `time_grid(num_steps, spacing, ...)`:
+    SampleOutput(samples=z_{t_min}, nfe=nfe(sampler, num_steps)).
 
     t_max: None for `default_t_max(schedule)`. z_init: start from this z_{t_max} instead of
     `initial_noise` (e.g. a DDIM-inverted latent). sharding: the batch's sharding, kept
@@ -371,6 +388,10 @@ def sample(
     jax.jit(functools.partial(sample, model_fn, schedule, shape, sampler='heun', num_steps=50)).
     """
     _check_sampler(sampler)
+    unknown = sorted(set(options) - set(SAMPLER_OPTIONS[sampler]))
+    if unknown:
+        raise ValueError(f"Sampler {sampler!r} takes no option(s) {unknown}; its options are "
+                         f"{SAMPLER_OPTIONS[sampler]}.")
     if prediction not in PREDICTIONS:
         raise ValueError(f"Unknown prediction type {prediction!r}; expected one of {PREDICTIONS}.")
     dtype = dtype or (z_init.dtype if z_init is not None else jnp.result_type(float))

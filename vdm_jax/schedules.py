@@ -128,7 +128,9 @@ def cosine(s: float = 0.008) -> Schedule:
     def log_snr(t: Array) -> Array:
         b = math.pi / 2 * (t + s) / (1 + s)
         b_minus_a = math.pi / 2 * t / (1 + s)  # exact, not b − a: λ(0) must be +∞
-        return 2 * jnp.log(jnp.cos(b)) - jnp.log(jnp.sin(b_minus_a) * jnp.sin(b + a))
+        # cos(π/2) rounds to a tiny negative float32: clip so λ(1) = −∞, not NaN.
+        cos_b = jnp.maximum(jnp.cos(b), 0.0)
+        return 2 * jnp.log(cos_b) - jnp.log(jnp.sin(b_minus_a) * jnp.sin(b + a))
 
     return Schedule(log_snr, "vp")
 

@@ -26,6 +26,10 @@ digits are fed to the classifier; that inverse also recovers k from ADM's round(
 of a level centre (|error| < ½ level for K = 17), so either 8-bit convention gives the same input.
 Sample writers should use `unit_to_uint8`, the composition of the first two maps.
 
+Held-out likelihood (`bpd_metrics`) of a trained run: −ELBO bits/dim on the evaluation split and
+its prior / reconstruction / diffusion terms (`likelihood.evaluate_bpd`), with the uniform and
+independent per-pixel baselines (`likelihood.pixel_baselines`).
+
 Results (`write_results_json`): {"metrics": {...}, "settings": {...}}, where the settings merge
 the sampling settings that `sample.py` writes beside the samples (`settings_path`) with
 the evaluation's own (reference, Inception weights, k, splits), so every figure is reproducible.
@@ -39,7 +43,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -73,10 +77,15 @@ from vdm_jax.evaluation.reference import (
     validate_images,
 )
 
+if TYPE_CHECKING:  # training imports the evaluation package
+    from vdm_jax.training.inference import Restored
+
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "IS_SPLITS",
     "PR_K",
+    "bpd_metrics",
+    "bpd_results_path",
     "build_reference",
     "digits_metrics",
     "evaluate_samples_file",
@@ -423,6 +432,52 @@ def digits_metrics(
     return metrics
 
 
+# --------------------------------------------------------------------------- bits/dim
+
+
+def bpd_metrics(
+    restored: Restored, *, passes: int | None = None, batch_size: int | None = None, seed: int = 0
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, settings) of the held-out bits/dim of a restored run.
+
+    metrics: "bpd" (−ELBO in bits/dim, mean over the evaluation split and `passes` draws of
+    (t, ε)), its terms "bpd_prior", "bpd_reconstruction", "bpd_diffusion", "bpd_num_examples",
+    and the baselines "bpd_baseline_independent_categorical", "bpd_baseline_uniform". passes and
+    batch_size default to the run's config.eval.bpd_passes and config.eval.batch_size.
+    settings: {"bpd": {the checkpoint, EMA, split, passes, batch size, seed}}.
+    """
+    from vdm_jax.evaluation import likelihood  # it imports this module
+
+    config = restored.config
+    passes = int(passes if passes is not None else config.eval.bpd_passes)
+    batch_size = int(batch_size if batch_size is not None else config.eval.batch_size)
+    if passes < 1 or batch_size < 1:
+        raise ValueError(f"bpd passes and batch size must be positive, got {passes}, {batch_size}")
+    model = restored.model
+    bpd = likelihood.evaluate_bpd(model, restored.params, config.data, batch_size=batch_size,
+                                  mesh=restored.mesh, seed=seed, passes=passes)
+    base = likelihood.pixel_baselines(config.data, model.num_levels)
+    metrics = {
+        "bpd": bpd["total"], "bpd_prior": bpd["prior"],
+        "bpd_reconstruction": bpd["reconstruction"], "bpd_diffusion": bpd["diffusion"],
+        "bpd_num_examples": bpd["num_examples"],
+        "bpd_baseline_independent_categorical": base["independent_categorical"],
+        "bpd_baseline_uniform": base["uniform"],
+    }
+    settings = {"bpd": {
+        "checkpoint_step": int(restored.step), "ema": restored.ema or "none",
+        "dataset": config.data.name, "split": "eval", "num_levels": int(model.num_levels),
+        "passes": passes, "batch_size": batch_size, "seed": seed,
+    }}
+    return metrics, settings
+
+
+def bpd_results_path(workdir: str | os.PathLike, step: int, ema: str | None) -> Path:
+    """Default results file of a bits/dim-only evaluation, beside the checkpoints:
+    WORKDIR/eval/bpd_step<step>_<ema>.json."""
+    return Path(workdir) / "eval" / f"bpd_step{step:08d}_{ema or 'none'}.json"
+
+
 # --------------------------------------------------------------------------- settings and results
 
 
@@ -522,6 +577,7 @@ def evaluate_samples_file(
     settings_from: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    extra: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], Path]:
     """Everything `launch/evaluate.py` does: returns (metrics, settings, results JSON path).
 
@@ -530,9 +586,10 @@ def evaluate_samples_file(
     if `digits` (classifier cached in `cache_dir`, default the samples' directory). Every input
     is validated before the slow work starts. Settings = the sample settings
     (`read_sample_settings`) updated with the evaluation's; written with the metrics to `out`
-    (default `results_path(samples_path)`).
+    (default `results_path(samples_path)`). `extra` = (metrics, settings) computed elsewhere
+    (e.g. `bpd_metrics`) are merged into both.
     """
-    if ref_path is None and not digits:
+    if ref_path is None and not digits and extra is None:
         raise ValueError(
             "nothing to evaluate: give --ref=REFERENCE.npz (FID, sFID, IS, precision/recall) "
             "and/or --digits (digits-FID, class accuracy)"
@@ -570,6 +627,9 @@ def evaluate_samples_file(
             digits_classifier_cache=str(cache.resolve()),
             digits_reference=f"digits {digits_data.EVAL_SPLIT} split",
         )
+    if extra is not None:
+        metrics.update(extra[0])
+        settings.update(extra[1])
     metrics["unavailable"] = unavailable
     path = write_results_json(out if out is not None else results_path(samples_path), metrics,
                               settings)
@@ -585,6 +645,12 @@ _ROWS = (
     ("digits_fid", "digits-FID"),
     ("digits_fid_floor", "digits-FID floor (real train vs test)"),
     ("class_accuracy", "class accuracy"),
+    ("bpd", "held-out bits/dim (−ELBO)"),
+    ("bpd_prior", "  prior term"),
+    ("bpd_reconstruction", "  reconstruction term"),
+    ("bpd_diffusion", "  diffusion term"),
+    ("bpd_baseline_independent_categorical", "baseline: independent per-pixel categorical"),
+    ("bpd_baseline_uniform", "baseline: uniform over K levels"),
 )
 
 

@@ -9,16 +9,25 @@ A checkpoint `workdir/checkpoints/<step>/` holds the items
     config     the run's config as JSON (what built the model; checked on every restore)
 orbax writes each checkpoint into a temporary directory and renames it when every item is
 written, so a kill mid-write leaves only an unfinished temporary directory that is ignored (and
-cleaned up) on the next start; the latest finalized checkpoint is never touched. Arrays are
-restored onto whatever mesh the abstract target names, so a checkpoint saved on 8 devices
-restores on 1 or 2. A checkpoint that fails to restore (truncated or deleted files) is skipped
-with a warning naming it, falling back to the previous one.
+cleaned up when the next run first saves); the latest finalized checkpoint is never touched.
+Old checkpoints are retired by an atomic rename into `checkpoints/.deleting/` before their files
+are removed, so a kill mid-deletion cannot leave a half-deleted checkpoint among the steps either.
+Arrays are restored onto whatever mesh the abstract target names, so a checkpoint saved on 8
+devices restores on 1 or 2.
+
+A checkpoint that fails to restore (truncated or deleted files) is skipped with a warning naming
+it, falling back to the previous one; when the run then saves, the unreadable ones are moved to
+`checkpoints/unreadable/` (their step numbers will be written again). Reading never writes: a
+`Checkpointer` only creates, cleans or deletes anything once `save` is first called, so sampling
+or evaluating from a workdir, or refusing a workdir of another configuration, leaves it as it was.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +41,8 @@ ARRAY_ITEMS = ("params", "ema", "opt_state", "meta")
 # Config sections that define what a checkpoint's arrays mean: a run may not resume with others.
 IDENTITY_KEYS = ("model", "diffusion")
 IDENTITY_DATA_KEYS = ("name", "image_size")
+TRASH_DIR = ".deleting"  # retired checkpoints, renamed here atomically, then removed
+UNREADABLE_DIR = "unreadable"  # checkpoints that failed to restore, set aside for inspection
 
 
 class CheckpointMismatchError(ValueError):
@@ -68,10 +79,23 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix.rstrip('.')}: checkpoint {a!r}, now {b!r}"]
 
 
+def check_identity(saved: Mapping[str, Any], config: Mapping[str, Any], what: str) -> None:
+    """Raise CheckpointMismatchError (`what`: where `saved` comes from) listing the differences
+    between the model, diffusion and dataset of two configs, and how to start fresh."""
+    diffs = _diff(config_identity(saved), config_identity(config))
+    if diffs:
+        raise CheckpointMismatchError(
+            f"{what}:\n  " + "\n  ".join(diffs)
+            + "\nRefusing to mix runs: use a new --workdir to start fresh, or rerun with the "
+            "original config."
+        )
+
+
 class Checkpointer:
     """The run's CheckpointManager: save / restore the train state, data state and config.
 
     keep: the latest `keep` checkpoints are kept, plus every `keep_period` steps (if set).
+    Until the first `save`, the directory is only read (see the module docstring).
     """
 
     def __init__(
@@ -82,23 +106,64 @@ class Checkpointer:
         async_save: bool = True,
     ):
         self.directory = Path(directory).absolute()
+        self._keep, self._keep_period, self._async = keep, keep_period, async_save
+        self.unreadable: list[int] = []  # steps the last restore_latest skipped
+        self._writing = False
+        self.manager = self._manager(writing=False)
+
+    def _manager(self, writing: bool) -> ocp.CheckpointManager:
+        # A reader neither creates the directory nor removes temporary directories: those may
+        # belong to a run that is writing right now.
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
-            keep_period=keep_period,
-            enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True,
-            create=True,
+            max_to_keep=self._keep,
+            keep_period=self._keep_period,
+            enable_async_checkpointing=self._async and writing,
+            cleanup_tmp_directories=writing,
+            create=writing,
+            todelete_subdir=TRASH_DIR if writing else None,
         )
-        self.manager = ocp.CheckpointManager(
-            self.directory,
-            options=options,
-            item_names=(*ARRAY_ITEMS, "data", "config"),
+        return ocp.CheckpointManager(
+            self.directory, options=options, item_names=(*ARRAY_ITEMS, "data", "config")
         )
+
+    def _start_writing(self) -> None:
+        """Before the first save: set aside unreadable checkpoints (their steps are about to be
+        saved again, and orbax refuses an existing step), empty the trash, open a writer."""
+        self.manager.close()
+        if jax.process_index() == 0:
+            for step in self.unreadable:
+                self._set_aside(step)
+            self._empty_trash()
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("vdm_jax checkpoint writer")
+        self.manager = self._manager(writing=True)
+        self._writing = True
+
+    def _set_aside(self, step: int) -> None:
+        src = self.directory / str(step)
+        if not src.is_dir():
+            return
+        dst = self.directory / UNREADABLE_DIR / str(step)
+        if dst.exists():
+            dst = dst.with_name(f"{step}-{time.time_ns()}")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        src.rename(dst)
+        logging.warning("moved unreadable checkpoint %s to %s", src, dst)
+
+    def _empty_trash(self) -> None:
+        trash = self.directory / TRASH_DIR
+        if trash.is_dir():
+            for child in trash.iterdir():  # one by one: orbax may be renaming into it
+                shutil.rmtree(child, ignore_errors=True)
 
     # ------------------------------------------------------------------------------- save
     def save(self, state: State, data_state: bytes | str | None, config: Mapping[str, Any],
              force: bool = True) -> bool:
         """Start an asynchronous save of `state` at its step (returns at once)."""
+        if not self._writing:
+            self._start_writing()
         step = int(jax.device_get(state["step"]))
         if isinstance(data_state, bytes):
             data_state = data_state.decode()
@@ -113,8 +178,10 @@ class Checkpointer:
         return self.manager.save(step, args=args, force=force)
 
     def wait(self) -> None:
-        """Block until every asynchronous save has been finalized."""
+        """Block until every asynchronous save has been finalized; remove retired checkpoints."""
         self.manager.wait_until_finished()
+        if self._writing and jax.process_index() == 0:
+            self._empty_trash()
 
     def close(self) -> None:
         self.manager.close()
@@ -132,23 +199,20 @@ class Checkpointer:
     def check_config(self, step: int, config: Mapping[str, Any]) -> None:
         """Raise CheckpointMismatchError when the checkpoint at `step` was written by a config
         with another model, diffusion or dataset."""
-        saved = self.saved_config(step)
-        diffs = _diff(config_identity(saved), config_identity(config))
-        if diffs:
-            raise CheckpointMismatchError(
-                f"{self.directory} holds a run of another configuration (step {step}):\n  "
-                + "\n  ".join(diffs)
-                + "\nUse a new --workdir to start fresh, or rerun with the original config."
-            )
+        check_identity(self.saved_config(step), config,
+                       f"{self.directory.parent} holds a run of another configuration "
+                       f"(checkpoint step {step})")
 
     def restore_latest(self, target: State, config: Mapping[str, Any]) -> tuple[State, str] | None:
         """The newest readable checkpoint as (state, data_iterator_state) onto the shardings of
         `target` (a state of the same structure, concrete or abstract), or None if there is none.
 
-        Checkpoints that fail to read are skipped with a warning; a config mismatch is an error.
+        Checkpoints that fail to read are skipped with a warning and listed in
+        `self.unreadable`; a config mismatch is an error.
         """
         abstract = _abstract(target)
         skipped = []
+        self.unreadable = []
         for step in self.steps():
             try:
                 self.check_config(step, config)
@@ -175,6 +239,7 @@ class Checkpointer:
                 skipped.append((step, e))
                 self._warn_skip(step, e)
                 continue
+            self.unreadable = [s for s, _ in skipped]
             state = {
                 "step": restored["meta"]["step"],
                 "params": restored["params"],
@@ -187,6 +252,7 @@ class Checkpointer:
             raise FileNotFoundError(
                 f"No readable checkpoint in {self.directory}: "
                 + "; ".join(f"step {s}: {type(e).__name__}" for s, e in skipped)
+                + f". Move {self.directory.parent} away (or use a new --workdir) to start fresh."
             )
         return None
 

@@ -103,6 +103,10 @@ def default_config() -> ConfigDict:
     return c
 
 
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
 def _require(cond: bool, message: str) -> None:
     if not cond:
         raise ValueError(message)
@@ -126,8 +130,11 @@ def validate(config: Mapping[str, Any]) -> None:
     _require(m["prediction"] in ("eps", "x", "v", "flow"),
              f"model.prediction={m['prediction']!r}; expected eps, x, v or flow.")
     _require(o["lr"] > 0, f"optim.lr={o['lr']} must be positive.")
-    _require(all(0.0 <= e < 1.0 for e in o["ema_decays"]) and len(o["ema_decays"]) > 0,
-             f"optim.ema_decays={tuple(o['ema_decays'])} must be one or more values in [0, 1).")
+    decays = o["ema_decays"]
+    _require(isinstance(decays, tuple | list) and len(decays) > 0
+             and all(_is_number(e) and 0.0 <= e < 1.0 for e in decays),
+             f"optim.ema_decays={decays!r} must be one or more numbers in [0, 1), "
+             "e.g. --config.optim.ema_decays='(0.9999,)'.")
     for key in ("num_steps", "global_batch_size", "micro_batches", "log_every", "checkpoint_every",
                 "keep_checkpoints", "num_t_bins"):
         _require(isinstance(t[key], int) and t[key] > 0,
@@ -137,8 +144,11 @@ def validate(config: Mapping[str, Any]) -> None:
              f"train.micro_batches={t['micro_batches']}.")
     _require(s["every"] >= 0, f"sample.every={s['every']} must be >= 0 (0: only at the end).")
     interval = s["guidance_interval"]
-    _require(interval is None or (len(interval) == 2 and 0 <= interval[0] <= interval[1] <= 1),
-             f"sample.guidance_interval={interval!r} must be None or (t_lo, t_hi) in [0, 1].")
+    _require(interval is None or (isinstance(interval, tuple | list) and len(interval) == 2
+                                  and all(_is_number(x) for x in interval)
+                                  and 0 <= interval[0] <= interval[1] <= 1),
+             f"sample.guidance_interval={interval!r} must be None or (t_lo, t_hi) in [0, 1], "
+             "e.g. --config.sample.guidance_interval='(0.1, 0.9)'.")
 
 
 def check_batch(config: Mapping[str, Any], num_devices: int, data_parallel: int) -> None:

@@ -130,3 +130,12 @@ def optimizer_shardings(
         params_sharding,
         transform_non_params=lambda _: replicated(mesh),
     )
+
+
+def to_host(x: Any) -> Any:
+    """A (possibly multi-host, batch-sharded) array as one numpy array on every process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(x, tiled=True)
+    return jax.device_get(x)

@@ -12,7 +12,14 @@
    saving, so the last good checkpoint stays the newest.
 4. Only process 0 writes logs (TensorBoard event files and `metrics.jsonl`) and sample grids;
    every process takes part in checkpointing (orbax coordinates the hosts).
-5. SIGTERM (preemption) finishes the current step, saves it, and returns normally.
+5. SIGTERM (preemption) at any time finishes the current step, saves it, and returns normally.
+
+Step numbering: step k is the k-th optimizer update (k = 1, 2, ...). It consumes the k-th batch
+the run draws (counting from the start of training, across restarts), logs its metrics under
+step k, leaves state["step"] == k, and checkpoint `k` holds the state after it. So a NaN in the
+k-th batch stops the run with "... at step k", and the newest checkpoint is the last one before k.
+A resumed run appends to `metrics.jsonl` from the restored step + 1: steps a killed run logged
+after its last checkpoint appear twice (with identical values, the rerun being exact).
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,7 +48,7 @@ from vdm_jax.training import config as config_lib
 from vdm_jax.training import diffusion_model
 from vdm_jax.training import mesh as mesh_lib
 from vdm_jax.training import train_step as ts
-from vdm_jax.training.checkpoint import Checkpointer
+from vdm_jax.training.checkpoint import Checkpointer, check_identity
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +120,18 @@ def _host_metrics(metrics: Mapping[str, Any], num_bins: int) -> dict[str, float]
     return out
 
 
-def _check_finite(metrics: Mapping[str, float], step: int) -> None:
+def _check_finite(metrics: Mapping[str, float], step: int, last_saved: int | None,
+                  ckpt_dir: Path) -> None:
     bad = [k for k in ("loss", "grad_norm") if not math.isfinite(metrics[k])]
     if bad:
+        kept = (f"the newest checkpoint, step {last_saved} in {ckpt_dir}, is intact; a rerun "
+                "resumes there and meets the same batch and noise again"
+                if last_saved is not None else "no checkpoint was written")
         raise NonFiniteLossError(
             f"Non-finite {' and '.join(bad)} at step {step} "
-            f"(loss={metrics['loss']}, grad_norm={metrics['grad_norm']}). Training stopped; the "
-            "last checkpoint written before this step is intact. Lower optim.lr, check the data "
-            "for NaNs, or use model.dtype='float32'."
+            f"(loss={metrics['loss']}, grad_norm={metrics['grad_norm']}). Training stopped "
+            f"without saving: {kept}. Lower optim.lr, check the data for NaNs, or use "
+            "model.dtype='float32'."
         )
 
 
@@ -136,23 +149,49 @@ def prepare(config: ConfigDict, workdir: str | Path, devices: list | None = None
         lambda: diffusion_model.build(config, info, config.seed), tx, decays, config.seed, mesh
     )
     workdir = Path(workdir)
-    ckpt_dir = workdir / "checkpoints"
     data_iter = train_iterator(
         config.data, global_batch_size=config.train.global_batch_size, seed=config.seed,
         mesh_sharding=mesh_lib.batch_sharding(mesh),
     )
-    checkpointer = None
-    if ckpt_dir.exists():  # an existing run: check it is ours before writing anything
-        checkpointer = Checkpointer(
-            ckpt_dir, config.train.keep_checkpoints, config.train.keep_period,
-            config.train.async_checkpoints,
-        )
+    # Reads only (it writes from its first save): an existing run is checked to be ours first.
+    checkpointer = Checkpointer(
+        workdir / "checkpoints", config.train.keep_checkpoints, config.train.keep_period,
+        config.train.async_checkpoints,
+    )
+    try:
         restored = checkpointer.restore_latest(state, config)
-        if restored is not None:
-            state, data_state = restored
-            data_iter.set_state(data_state)
+        if restored is None:  # a run killed before its first checkpoint still owns the workdir
+            _check_workdir_config(workdir, config)
+    except BaseException:
+        checkpointer.close()
+        raise
+    if restored is not None:
+        state, data_state = restored
+        data_iter.set_state(data_state)
     return dict(mesh=mesh, info=info, tx=tx, lr_schedule=lr_schedule, model=model, state=state,
-                shardings=shardings, data_iter=data_iter, checkpointer=checkpointer)
+                shardings=shardings, data_iter=data_iter, checkpointer=checkpointer,
+                restored=restored is not None)
+
+
+def _check_workdir_config(workdir: Path, config: ConfigDict) -> None:
+    """Refuse a workdir whose config.json (written at every start) is another configuration's."""
+    path = workdir / "config.json"
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # unreadable: no run to protect
+        log.warning("ignoring unreadable %s (%s)", path, e)
+        return
+    check_identity(saved, config, f"{workdir} holds a run of another configuration "
+                                  f"(its config.json, no checkpoint yet)")
+
+
+def _write_config(workdir: Path, config: ConfigDict) -> None:
+    """config.json via a temporary file and os.replace: a kill never leaves it half-written."""
+    tmp = workdir / f"config.json.{os.getpid()}.tmp"
+    tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(tmp, workdir / "config.json")
 
 
 def _sample_grid(config, model, state, mesh, step, workdir, writer, generate_fn) -> Path | None:
@@ -161,7 +200,7 @@ def _sample_grid(config, model, state, mesh, step, workdir, writer, generate_fn)
     params = state["params"] if ema is None else state["ema"][ema]
     labels = generate.class_balanced_labels(config.sample.num_images, model.num_classes)
     images = generate_fn(params, jnp.asarray(labels), jax.random.key(config.seed + 12345))
-    images = unit_to_uint8(jax.device_get(images), model.num_levels)
+    images = unit_to_uint8(mesh_lib.to_host(images), model.num_levels)
     if jax.process_index() != 0:
         return None
     cols = model.num_classes if model.num_classes and model.num_classes <= 16 else None
@@ -178,17 +217,24 @@ def train(config: ConfigDict, workdir: str | Path, devices: list | None = None
     path, whether it was preempted, and the final state, model, mesh and dataset info.
     """
     workdir = Path(workdir)
+    with _Preemption() as preemption:  # from the start: SIGTERM while compiling is a preemption
+        return _train(config, workdir, devices, preemption)
+
+
+def _train(config: ConfigDict, workdir: Path, devices: list | None, preemption: _Preemption
+           ) -> dict[str, Any]:
     env = prepare(config, workdir, devices)
     mesh, model, state, data_iter = env["mesh"], env["model"], env["state"], env["data_iter"]
+    checkpointer = env["checkpointer"]
     is_main = jax.process_index() == 0
-    if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
-    checkpointer = env["checkpointer"] or Checkpointer(
-        workdir / "checkpoints", config.train.keep_checkpoints, config.train.keep_period,
-        config.train.async_checkpoints,
-    )
-    writer = MetricWriter(workdir, is_main)
+    try:
+        if is_main:
+            workdir.mkdir(parents=True, exist_ok=True)
+            _write_config(workdir, config)
+        writer = MetricWriter(workdir, is_main)
+    except BaseException:
+        checkpointer.close()
+        raise
     decays = tuple(config.optim.ema_decays)
     step_fn = ts.jit_train_step(
         model, env["tx"], env["lr_schedule"], decays, config.train.micro_batches,
@@ -202,6 +248,10 @@ def train(config: ConfigDict, workdir: str | Path, devices: list | None = None
         sharding=mesh_lib.batch_sharding(mesh) if s.num_images % mesh.size == 0 else None,
     )
     start = int(jax.device_get(state["step"]))
+    last_saved = start if env["restored"] else None
+    if env["restored"] and is_main:
+        tqdm.write(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}.",
+                   file=sys.stderr)
     num_steps = config.train.num_steps
     summary: dict[str, Any] = {"start_step": start, "preempted": False, "sample_grid": None}
     last_logged: dict[str, float] = {}
@@ -217,7 +267,7 @@ def train(config: ConfigDict, workdir: str | Path, devices: list | None = None
         k, dev_metrics = pending
         pending = None
         m = _host_metrics(dev_metrics, config.train.num_t_bins)
-        _check_finite(m, k)
+        _check_finite(m, k, last_saved, checkpointer.directory)
         if k % config.train.log_every == 0 or k == num_steps:
             now = time.perf_counter()
             m["images_per_sec"] = steps_since * config.train.global_batch_size / (now - t_last)
@@ -227,32 +277,34 @@ def train(config: ConfigDict, workdir: str | Path, devices: list | None = None
             last_logged = m
 
     try:
-        with _Preemption() as preemption:
-            step = start
-            while step < num_steps:
-                batch = next(data_iter)
-                state, metrics = step_fn(state, batch, ts.step_rng(state["rng"], step))
-                flush_pending()  # the previous step's metrics: ready while this step runs
-                step += 1
-                steps_since += 1
-                pending = (step, metrics)
-                bar.update(1)
-                save_now = step % config.train.checkpoint_every == 0 or step == num_steps
-                if save_now or preemption.requested:
-                    flush_pending()  # never checkpoint a non-finite state
-                    checkpointer.save(state, data_iter.get_state(), config)
-                if s.every and step % s.every == 0 and step < num_steps:
-                    summary["sample_grid"] = _sample_grid(
-                        config, model, state, mesh, step, workdir, writer, generate_fn)
-                if preemption.requested:
-                    log.warning("SIGTERM: saved step %d, stopping.", step)
-                    summary["preempted"] = True
-                    break
-            flush_pending()
-            checkpointer.wait()
-            if not summary["preempted"]:
+        step = start
+        while step < num_steps and not preemption.requested:
+            batch = next(data_iter)
+            state, metrics = step_fn(state, batch, ts.step_rng(state["rng"], step))
+            flush_pending()  # the previous step's metrics: ready while this step runs
+            step += 1
+            steps_since += 1
+            pending = (step, metrics)
+            bar.update(1)
+            if step % config.train.checkpoint_every == 0 or step == num_steps:
+                flush_pending()  # never checkpoint a non-finite state
+                checkpointer.save(state, data_iter.get_state(), config)
+                last_saved = step
+            if s.every and step % s.every == 0 and step < num_steps:
                 summary["sample_grid"] = _sample_grid(
                     config, model, state, mesh, step, workdir, writer, generate_fn)
+        if preemption.requested and step < num_steps:  # SIGTERM: save where we are, stop
+            if last_saved != step:
+                flush_pending()
+                checkpointer.save(state, data_iter.get_state(), config)
+                last_saved = step
+            log.warning("SIGTERM: saved step %d, stopping.", step)
+            summary["preempted"] = True
+        flush_pending()
+        checkpointer.wait()
+        if not summary["preempted"]:
+            summary["sample_grid"] = _sample_grid(
+                config, model, state, mesh, step, workdir, writer, generate_fn)
     finally:
         bar.close()
         try:
@@ -304,7 +356,7 @@ def evaluate_at_end(summary: Mapping[str, Any], config: ConfigDict, workdir: str
         chunks = []
         for i in range(0, len(labels), batch):
             key = jax.random.fold_in(jax.random.key(config.seed + 777), i)
-            chunks.append(unit_to_uint8(jax.device_get(fn(params, labels[i:i + batch], key)),
+            chunks.append(unit_to_uint8(mesh_lib.to_host(fn(params, labels[i:i + batch], key)),
                                         model.num_levels))
         images, labels = np.concatenate(chunks)[:n], labels[:n]
         if jax.process_index() == 0:

@@ -1,0 +1,270 @@
+"""Shared helpers of the benchmarks in this folder: arguments, model setup, synchronized timing,
+the same-run matmul peak, compiled memory analysis, environment record, table and JSON output.
+
+Not a benchmark itself. Conventions (see CONVENTIONS.md): forward cost in MACs and FLOPs = 2·MACs
+(from `vdm_jax.models.model_cost`); training FLOPs = 3 × forward FLOPs; MFU = achieved FLOP/s ÷
+the peak FLOP/s of a large square matmul in the same dtype, measured in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vdm_jax.data import DatasetInfo
+from vdm_jax.models import model_cost, resolve_spec
+from vdm_jax.training import config as config_lib
+from vdm_jax.training import diffusion_model as dm
+
+DTYPES = dm.DTYPES
+
+
+# ---------------------------------------------------------------------------------- devices
+
+
+def ensure_host_devices(n: int) -> None:
+    """Ask XLA for n virtual CPU devices. Takes effect only if JAX's backends are not yet
+    initialized (call before anything touches jax.devices()); harmless on GPU/TPU."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+# ---------------------------------------------------------------------------------- arguments
+
+
+def parse_model(text: str) -> str | dict[str, Any]:
+    """--model: a registry name ("DiT-S/2") or a JSON spec dict ('{"family": "dit", ...}')."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise argparse.ArgumentTypeError(f"--model is not valid JSON: {e}") from None
+        resolve_spec(spec)  # validates, with a message naming the bad key
+        return spec
+    resolve_spec(text)
+    return text
+
+
+def int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def float_list(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def str_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def add_model_args(parser: argparse.ArgumentParser, *, batch: str, steps: int) -> None:
+    """The arguments every benchmark shares. --batch and --dtype take comma-separated lists
+    (one configuration per combination)."""
+    parser.add_argument("--model", type=parse_model, default="DiT-S/2",
+                        help='registry name or JSON spec, e.g. \'{"family": "dit", "depth": 1, '
+                             '"hidden_size": 64, "num_heads": 4, "patch_size": 2}\'')
+    parser.add_argument("--input_size", type=int, default=32, help="H = W of the inputs")
+    parser.add_argument("--in_channels", type=int, default=4)
+    parser.add_argument("--num_classes", type=int, default=1000, help="0 = unconditional")
+    parser.add_argument("--learn_sigma", action="store_true", help="DiT's variance head")
+    parser.add_argument("--batch", type=int_list, default=int_list(batch),
+                        help="global batch size(s), comma-separated")
+    parser.add_argument("--dtype", type=str_list, default=["float32"],
+                        help=f"compute dtype(s), comma-separated, of {sorted(DTYPES)}")
+    parser.add_argument("--steps", type=int, default=steps, help="timed repetitions")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs after compiling")
+    parser.add_argument("--peak_size", type=int, default=4096,
+                        help="n of the n×n matmul that measures the peak (0: skip)")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+
+
+def check_dtypes(dtypes: Sequence[str]) -> None:
+    bad = [d for d in dtypes if d not in DTYPES]
+    if bad:
+        raise SystemExit(f"--dtype {bad} not in {sorted(DTYPES)}")
+
+
+def model_label(model: str | Mapping[str, Any]) -> str:
+    return model if isinstance(model, str) else json.dumps(model, sort_keys=True)
+
+
+def make_config(args: argparse.Namespace, dtype: str, batch: int) -> Any:
+    """A training config (default_config) for --model/--learn_sigma at `dtype` and `batch`."""
+    cfg = config_lib.default_config()
+    if isinstance(args.model, str):
+        cfg.model.name = args.model
+    else:
+        cfg.model.name = ""
+        cfg.model.spec = dict(args.model)
+    cfg.model.learn_sigma = bool(args.learn_sigma)
+    cfg.model.dtype = dtype
+    cfg.diffusion.class_conditional = args.num_classes > 0
+    cfg.train.global_batch_size = batch
+    return cfg
+
+
+def dataset_info(args: argparse.Namespace) -> DatasetInfo:
+    """Synthetic data of shape (input_size, input_size, in_channels), 8-bit levels."""
+    return DatasetInfo(
+        image_shape=(args.input_size, args.input_size, args.in_channels),
+        num_classes=max(args.num_classes, 1), num_levels=256, num_train=0, num_test=0,
+    )
+
+
+def forward_cost(args: argparse.Namespace) -> dict[str, float]:
+    """model_cost of one image (params, MACs, FLOPs = 2·MACs)."""
+    return model_cost(
+        args.model, input_size=args.input_size, in_channels=args.in_channels,
+        num_classes=args.num_classes, learn_sigma=bool(args.learn_sigma),
+    )
+
+
+def synthetic_batch(args: argparse.Namespace, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shape = (batch, args.input_size, args.input_size, args.in_channels)
+    return {
+        "image": rng.uniform(-1, 1, shape).astype(np.float32),
+        "label": rng.integers(0, max(args.num_classes, 1), (batch,)).astype(np.int32),
+    }
+
+
+# ---------------------------------------------------------------------------------- timing
+
+
+def block(tree: Any) -> Any:
+    """Wait for every array in `tree` (device-synchronized timing)."""
+    return jax.block_until_ready(tree)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """(fn(), seconds), the result waited for."""
+    start = time.perf_counter()
+    out = block(fn())
+    return out, time.perf_counter() - start
+
+
+def summarize(times: Sequence[float]) -> dict[str, float]:
+    """Median (the reported figure), min, max and interquartile range of per-call seconds."""
+    ts = sorted(times)
+    q = np.quantile(ts, [0.25, 0.75]) if len(ts) > 1 else (ts[0], ts[0])
+    return {"median_s": statistics.median(ts), "min_s": ts[0], "max_s": ts[-1],
+            "iqr_s": float(q[1] - q[0]), "n": len(ts)}
+
+
+def matmul_peak(dtype: Any, n: int = 4096, repeats: int = 10, warmup: int = 2) -> dict[str, Any]:
+    """Peak FLOP/s of this device: an n×n @ n×n matmul in `dtype` (FLOPs = 2n³), median of
+    `repeats` synchronized calls after `warmup`. On several devices it runs on the first one."""
+    dtype = jnp.dtype(dtype)
+    dev = jax.devices()[0]
+    ka, kb = jax.random.split(jax.random.key(0))
+    a = jax.device_put(jax.random.normal(ka, (n, n), jnp.float32).astype(dtype), dev)
+    b = jax.device_put(jax.random.normal(kb, (n, n), jnp.float32).astype(dtype), dev)
+    fn = jax.jit(jnp.matmul).lower(a, b).compile()
+    for _ in range(warmup):
+        block(fn(a, b))
+    times = [timed(lambda: fn(a, b))[1] for _ in range(repeats)]
+    stats = summarize(times)
+    return {"dtype": dtype.name, "n": n, "flops": 2.0 * n**3,
+            "flops_per_s": 2.0 * n**3 / stats["median_s"], **stats}
+
+
+# ---------------------------------------------------------------------------------- memory
+
+
+def memory_stats(compiled: Any) -> dict[str, int] | None:
+    """Per-device sizes from `compiled.memory_analysis()` (None where the backend has none).
+    peak_bytes: the backend's peak if it reports one, else argument + output − alias + temp."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # some backends raise instead of returning None
+        return None
+    if m is None:
+        return None
+    out = {k: int(getattr(m, f"{k}_in_bytes", 0) or 0)
+           for k in ("argument_size", "output_size", "alias_size", "temp_size",
+                     "generated_code_size")}
+    peak = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
+    out["peak_bytes"] = peak or (out["argument_size"] + out["output_size"] - out["alias_size"]
+                                 + out["temp_size"])
+    return out
+
+
+def shard_bytes(tree: Any) -> dict[str, int]:
+    """Bytes of `tree`'s arrays held by each device: {device id: bytes} over addressable shards."""
+    per: dict[str, int] = {}
+    for leaf in jax.tree.leaves(tree):
+        for shard in leaf.addressable_shards:
+            key = str(shard.device.id)
+            per[key] = per.get(key, 0) + int(shard.data.nbytes)
+    return per
+
+
+def tree_bytes(tree: Any) -> int:
+    """Logical (unsharded) bytes of every array in `tree`."""
+    return int(sum(np.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+def environment() -> dict[str, Any]:
+    """What a figure needs next to it: device, JAX version, host, date, load, XLA flags."""
+    dev = jax.devices()[0]
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "backend": jax.default_backend(),
+        "device_kind": dev.device_kind,
+        "device_count": jax.device_count(),
+        "jax_version": jax.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_avg_1_5_15": load,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]) if sys.argv else "",
+    }
+
+
+def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
+    """A markdown table: columns = [(header, key)], values formatted compactly."""
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "–"
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+        return str(v)
+
+    print("| " + " | ".join(h for h, _ in columns) + " |")
+    print("|" + "---|" * len(columns))
+    for r in rows:
+        print("| " + " | ".join(fmt(r.get(k)) for _, k in columns) + " |")
+
+
+def write_json(path: str | None, result: Mapping[str, Any]) -> None:
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2, default=float)
+        f.write("\n")

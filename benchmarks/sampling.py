@@ -1,0 +1,122 @@
+"""Sampling throughput: images/s and NFE of DDIM, Heun and DPM-Solver++(2M), with and without
+classifier-free guidance, through the real generation path (vdm_jax.evaluation.generate).
+
+    .venv/bin/python benchmarks/sampling.py --model=DiT-S/2 --batch=32 --dtype=float32 \
+        --samplers=ddim,heun,dpm_solver_2m --num_steps=10,25,50,250 --guidance=1,4 \
+        --out results/sampling.json
+
+For each (dtype, batch, sampler, num_steps, guidance) configuration: `make_generate_fn` is
+compiled ONCE ahead of time (compile time reported), run --warmup times untimed, then
+--steps times device-synchronized; the median gives images/s = batch / seconds. NFE is the
+sampler's count of model evaluations (`samplers.nfe`: N, 2N − 1 for Heun); with guidance
+(scale ≠ 1) every evaluation is one forward pass of 2B (conditional + null batch), so the
+forward passes per image are NFE × 2. TFLOP/s = forward FLOPs (model_cost) × passes × batch ÷
+seconds, and MFU divides by the same-run matmul peak. The parameters are a fresh random
+initialization (the cost of a forward pass does not depend on the weights' values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common
+import jax
+import jax.numpy as jnp
+
+from vdm_jax import samplers
+from vdm_jax.evaluation.generate import make_generate_fn
+from vdm_jax.training import diffusion_model as dm
+
+COLUMNS = [
+    ("model", "model"), ("batch", "batch"), ("dtype", "dtype"), ("sampler", "sampler"),
+    ("steps", "num_steps"), ("guidance", "guidance_scale"), ("NFE", "nfe"),
+    ("fwd/img", "forward_passes_per_image"), ("s/batch", "seconds_per_batch"),
+    ("images/s", "images_per_s"), ("compile s", "compile_s"), ("MFU %", "mfu_pct"),
+]
+
+
+def run_config(
+    args: argparse.Namespace, model: dm.DiffusionModel, params: Any, batch: int, dtype: str,
+    sampler: str, num_steps: int, guidance: float, peak: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Compile once, warm up, and time one sampling configuration."""
+    fn = make_generate_fn(model, batch, sampler=sampler, num_steps=num_steps,
+                          guidance_scale=guidance)
+    labels = jnp.arange(batch, dtype=jnp.int32) % max(args.num_classes, 1)
+    rng = jax.random.key(0)
+    start = time.perf_counter()
+    compiled = fn.lower(params, labels, rng).compile()
+    compile_s = time.perf_counter() - start
+    for i in range(args.warmup):
+        common.block(compiled(params, labels, jax.random.fold_in(rng, i)))
+    times = []
+    for i in range(args.steps):
+        key = jax.random.fold_in(rng, args.warmup + i)
+        _, seconds = common.timed(lambda k=key: compiled(params, labels, k))
+        times.append(seconds)
+    stats = common.summarize(times)
+
+    guided = bool(model.num_classes) and guidance != 1.0
+    nfe = samplers.nfe(sampler, num_steps)
+    passes = nfe * (2 if guided else 1)
+    flops = common.forward_cost(args)["flops"] * passes * batch
+    achieved = flops / stats["median_s"]
+    row: dict[str, Any] = {
+        "model": common.model_label(args.model), "input_size": args.input_size,
+        "in_channels": args.in_channels, "num_classes": args.num_classes,
+        "batch": batch, "dtype": dtype, "sampler": sampler, "num_steps": num_steps,
+        "guidance_scale": guidance, "guided": guided, "nfe": nfe,
+        "forward_passes_per_image": passes, "seconds_per_batch": stats["median_s"],
+        "time": stats, "images_per_s": batch / stats["median_s"], "compile_s": compile_s,
+        "memory": common.memory_stats(compiled), "achieved_tflops": achieved / 1e12,
+    }
+    if peak is not None:
+        row["mfu"] = achieved / peak["flops_per_s"]
+        row["mfu_pct"] = 100.0 * row["mfu"]
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common.add_model_args(parser, batch="32", steps=3)
+    parser.add_argument("--samplers", type=common.str_list,
+                        default=["ddim", "heun", "dpm_solver_2m"],
+                        help=f"comma-separated, of {samplers.SAMPLERS}")
+    parser.add_argument("--num_steps", type=common.int_list, default=[10, 25, 50, 250],
+                        help="sampling steps, comma-separated")
+    parser.add_argument("--guidance", type=common.float_list, default=[1.0, 4.0],
+                        help="classifier-free guidance scales (1 = no guidance)")
+    parser.set_defaults(warmup=1)
+    args = parser.parse_args(argv)
+    common.check_dtypes(args.dtype)
+    for s in args.samplers:
+        samplers.nfe(s, 1)  # validates the name
+
+    peaks = {d: common.matmul_peak(common.DTYPES[d], args.peak_size) if args.peak_size else None
+             for d in args.dtype}
+    rows = []
+    for dtype in args.dtype:
+        cfg = common.make_config(args, dtype, max(args.batch))
+        model, params = dm.build(cfg, common.dataset_info(args), 0)
+        for batch in args.batch:
+            for sampler in args.samplers:
+                for n in args.num_steps:
+                    for w in args.guidance:
+                        rows.append(run_config(args, model, params, batch, dtype, sampler, n,
+                                               w, peaks[dtype]))
+                        common.print_table(rows[-1:], COLUMNS) if len(rows) == 1 else None
+    result = {"benchmark": "sampling", "environment": common.environment(),
+              "matmul_peak": peaks, "results": rows}
+    common.print_table(rows, COLUMNS)
+    common.write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

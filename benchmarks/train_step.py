@@ -1,0 +1,123 @@
+"""Training-step throughput and MFU of the real train step (vdm_jax.training.train_step).
+
+    .venv/bin/python benchmarks/train_step.py --model=DiT-S/2 --batch=32 --dtype=float32 \
+        --out results/train_step.json
+
+For each (batch, dtype) configuration: builds the model and the FSDP train state
+(`create_state`, AdamW with grad clipping, one EMA) on a one-device mesh (or --devices N, pure
+data parallelism), compiles `jit_train_step` ahead of time (compile time = lower + compile), runs
+--warmup untimed steps, then times --steps device-synchronized steps on one fixed synthetic batch
+and reports the median:
+
+    step time          median seconds per optimizer step (after compilation)
+    images/s           batch / step time
+    peak memory        compiled memory analysis of the step, per device (argument, output,
+                       alias, temp; None where the backend reports none)
+    MFU                3 × forward FLOPs per image (model_cost, FLOPs = 2·MACs) × batch
+                       ÷ step time ÷ peak, the peak being an n×n matmul in the same dtype
+                       measured in the same run (median of 10; FLOPs = 2n³), times devices
+
+One markdown table row per configuration is printed and everything goes to --out as JSON.
+The step includes everything the trainer runs: label dropout, noise sampling, loss, backward,
+clip, AdamW and the EMA update; only the network's matmuls count as FLOPs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common
+import jax
+
+from vdm_jax.training import diffusion_model as dm
+from vdm_jax.training import mesh as mesh_lib
+from vdm_jax.training import train_step as ts
+
+COLUMNS = [
+    ("model", "model"), ("batch", "batch"), ("dtype", "dtype"), ("devices", "devices"),
+    ("step ms", "step_ms"), ("images/s", "images_per_s"), ("compile s", "compile_s"),
+    ("peak MiB", "peak_mib"), ("TFLOP/s", "achieved_tflops"), ("peak TFLOP/s", "peak_tflops"),
+    ("MFU %", "mfu_pct"),
+]
+
+
+def run_config(
+    args: argparse.Namespace, batch: int, dtype: str, peak: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Compile, warm up and time the train step of one (batch, dtype) configuration."""
+    cfg = common.make_config(args, dtype, batch)
+    info = common.dataset_info(args)
+    devices = jax.devices()[: args.devices]
+    mesh = mesh_lib.make_mesh(data=len(devices), fsdp=1, devices=devices)
+    tx, lr = ts.make_optimizer(cfg.optim, 1000)
+    ema = tuple(cfg.optim.ema_decays)
+    model, state, shardings = ts.create_state(lambda: dm.build(cfg, info, 0), tx, ema, 0, mesh)
+    step_fn = ts.jit_train_step(model, tx, lr, ema, 1, shardings, mesh)
+    data = jax.device_put(common.synthetic_batch(args, batch), mesh_lib.batch_sharding(mesh))
+    keys = [ts.step_rng(state["rng"], i) for i in range(args.warmup + args.steps)]
+
+    start = time.perf_counter()
+    compiled = step_fn.lower(state, data, keys[0]).compile()
+    compile_s = time.perf_counter() - start
+    memory = common.memory_stats(compiled)
+
+    for i in range(args.warmup):
+        state, metrics = common.block(compiled(state, data, keys[i]))
+    times = []
+    for i in range(args.warmup, args.warmup + args.steps):
+        start = time.perf_counter()
+        state, metrics = common.block(compiled(state, data, keys[i]))
+        times.append(time.perf_counter() - start)
+    stats = common.summarize(times)
+
+    cost = common.forward_cost(args)
+    train_flops = 3.0 * cost["flops"] * batch
+    achieved = train_flops / stats["median_s"]
+    row: dict[str, Any] = {
+        "model": common.model_label(args.model),
+        "input_size": args.input_size, "in_channels": args.in_channels,
+        "num_classes": args.num_classes, "learn_sigma": bool(args.learn_sigma),
+        "batch": batch, "dtype": dtype, "devices": len(devices),
+        "params": cost["params"], "forward_macs_per_image": cost["macs"],
+        "forward_flops_per_image": cost["flops"], "train_flops_per_step": train_flops,
+        "step_ms": 1e3 * stats["median_s"], "step_time": stats,
+        "images_per_s": batch / stats["median_s"],
+        "compile_s": compile_s, "memory": memory,
+        "peak_mib": memory["peak_bytes"] / 2**20 if memory else None,
+        "achieved_tflops": achieved / 1e12,
+        "final_loss": float(metrics["loss"]),
+    }
+    if peak is not None:
+        peak_total = peak["flops_per_s"] * len(devices)
+        row["peak_tflops"] = peak_total / 1e12
+        row["mfu"] = achieved / peak_total
+        row["mfu_pct"] = 100.0 * row["mfu"]
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common.add_model_args(parser, batch="32", steps=20)
+    parser.add_argument("--devices", type=int, default=1,
+                        help="data-parallel devices (the peak is per device, times this)")
+    args = parser.parse_args(argv)
+    common.check_dtypes(args.dtype)
+
+    peaks = {d: common.matmul_peak(common.DTYPES[d], args.peak_size) if args.peak_size else None
+             for d in args.dtype}
+    rows = [run_config(args, b, d, peaks[d]) for d in args.dtype for b in args.batch]
+    result = {"benchmark": "train_step", "environment": common.environment(),
+              "matmul_peak": peaks, "results": rows}
+    common.print_table(rows, COLUMNS)
+    common.write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
