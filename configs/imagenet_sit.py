@@ -5,8 +5,8 @@
 
 Rectified flow (α = 1 − t, σ = t), the DiT predicts the velocity u = ε − x (SiT's v with its
 t = 1-is-data convention flipped), loss ‖u − û‖² with logit(t) ~ N(0, 1) (SD3's density; SiT
-draws t uniformly), AdamW 1e-4, batch 256, EMA 0.9999, label dropout 0.1, Heun sampling. As configs/imagenet_dit.py, it runs on ImageNet
-pixels at 32×32×3 until the latent dataset exists.
+draws t uniformly), AdamW 1e-4, batch 256, EMA 0.9999, label dropout 0.1, Heun sampling. As
+configs/imagenet_dit.py, it runs on ImageNet pixels at 32×32×3 until the latent dataset exists.
 """
 
 from vdm_jax.training.config import default_config
