@@ -9,6 +9,7 @@ the peak FLOP/s of a large square matmul in the same dtype, measured in the same
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import json
 import os
@@ -42,6 +43,25 @@ def ensure_host_devices(n: int) -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+def retain_host_memory() -> bool:
+    """Make glibc keep freed memory in the process instead of returning it to the OS: one malloc
+    arena, no mmap for large blocks, no trimming (mallopt M_ARENA_MAX=1, M_MMAP_MAX=0,
+    M_TRIM_THRESHOLD=-1; the same as MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
+    MALLOC_TRIM_THRESHOLD_=<large> in the environment). XLA:CPU allocates a step's temporary
+    buffers (GBs for a DiT train step) afresh on every call; by default glibc maps them with
+    mmap and unmaps them after, so each step page-faults them in again (seconds of kernel time
+    per DiT-S/2 step). Call before JAX starts its threads. Returns False where it cannot apply
+    (not glibc). The process keeps its peak memory; numerics are unaffected."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # glibc malloc.h
+    ok = mallopt(m_arena_max, 1) and mallopt(m_mmap_max, 0) and mallopt(m_trim_threshold, -1)
+    return bool(ok)
 
 
 # ---------------------------------------------------------------------------------- arguments
@@ -89,9 +109,18 @@ def add_model_args(parser: argparse.ArgumentParser, *, batch: str, steps: int) -
                         help=f"compute dtype(s), comma-separated, of {sorted(DTYPES)}")
     parser.add_argument("--steps", type=int, default=steps, help="timed repetitions")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs after compiling")
-    parser.add_argument("--peak_size", type=int, default=4096,
+    parser.add_argument("--peak_size", type=int, default=2048,
                         help="n of the n×n matmul that measures the peak (0: skip)")
+    parser.add_argument("--host_malloc", choices=("retain", "default"), default="retain",
+                        help="'retain': keep freed host memory in the process (see "
+                             "retain_host_memory; it saves XLA:CPU's per-step page faults); "
+                             "'default': glibc's defaults")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+
+
+def setup_host(args: argparse.Namespace) -> None:
+    """Apply --host_malloc (call first in main, before JAX creates its threads)."""
+    args.host_malloc_applied = args.host_malloc == "retain" and retain_host_memory()
 
 
 def check_dtypes(dtypes: Sequence[str]) -> None:
@@ -164,32 +193,86 @@ def summarize(times: Sequence[float]) -> dict[str, float]:
     ts = sorted(times)
     q = np.quantile(ts, [0.25, 0.75]) if len(ts) > 1 else (ts[0], ts[0])
     return {"median_s": statistics.median(ts), "min_s": ts[0], "max_s": ts[-1],
-            "iqr_s": float(q[1] - q[0]), "n": len(ts)}
+            "iqr_s": float(q[1] - q[0]), "count": len(ts)}
 
 
-def matmul_peak(dtype: Any, n: int = 4096, repeats: int = 10, warmup: int = 2) -> dict[str, Any]:
-    """Peak FLOP/s of this device: an n×n @ n×n matmul in `dtype` (FLOPs = 2n³), median of
-    `repeats` synchronized calls after `warmup`. On several devices it runs on the first one."""
-    dtype = jnp.dtype(dtype)
-    dev = jax.devices()[0]
-    ka, kb = jax.random.split(jax.random.key(0))
-    a = jax.device_put(jax.random.normal(ka, (n, n), jnp.float32).astype(dtype), dev)
-    b = jax.device_put(jax.random.normal(kb, (n, n), jnp.float32).astype(dtype), dev)
-    fn = jax.jit(jnp.matmul).lower(a, b).compile()
-    for _ in range(warmup):
-        block(fn(a, b))
-    times = [timed(lambda: fn(a, b))[1] for _ in range(repeats)]
-    stats = summarize(times)
-    return {"dtype": dtype.name, "n": n, "flops": 2.0 * n**3,
-            "flops_per_s": 2.0 * n**3 / stats["median_s"], **stats}
+class MatmulPeak:
+    """Peak FLOP/s of this device from an n×n @ n×n matmul in `dtype` (FLOPs = 2n³), each call
+    synchronized. `measure(k)` adds k timings; call it between the timed runs of a benchmark
+    (interleaved) so the peak sees the same conditions, e.g. the same load on a shared host.
+    On several devices it runs on the first one."""
+
+    def __init__(self, dtype: Any, n: int = 2048, warmup_s: float = 1.0):
+        self.dtype, self.n = jnp.dtype(dtype), n
+        ka, kb = jax.random.split(jax.random.key(0))
+        dev = jax.devices()[0]
+        self.a = jax.device_put(jax.random.normal(ka, (n, n), jnp.float32).astype(dtype), dev)
+        self.b = jax.device_put(jax.random.normal(kb, (n, n), jnp.float32).astype(dtype), dev)
+        self.fn = jax.jit(jnp.matmul).lower(self.a, self.b).compile()
+        self.times: list[float] = []
+        self.cpu_times: list[float] = []
+        self.measure(0, warmup_s)
+
+    def reset(self) -> None:
+        self.times, self.cpu_times = [], []
+
+    def measure(self, k: int = 1, warmup_s: float = 1.0) -> None:
+        """Time k matmuls after untimed ones for at least `warmup_s` seconds: right after other
+        work (a train step freeing gigabytes) the first few calls on CPU run up to 2× slower
+        until memory and threads settle, and the peak is the sustained rate."""
+        start = time.perf_counter()
+        while True:
+            block(self.fn(self.a, self.b))
+            if time.perf_counter() - start >= warmup_s:
+                break
+        for _ in range(k):
+            cpu = time.process_time()
+            _, seconds = timed(lambda: self.fn(self.a, self.b))
+            self.times.append(seconds)
+            self.cpu_times.append(time.process_time() - cpu)
+
+    def summary(self) -> dict[str, Any]:
+        flops = 2.0 * self.n**3
+        stats = summarize(self.times)
+        cpu = statistics.median(self.cpu_times)
+        return {"dtype": self.dtype.name, "size": self.n, "flops": flops,
+                "flops_per_s": flops / stats["median_s"], "time": stats,
+                "flops_per_cpu_s": flops / cpu if cpu > 0 else None}
+
+
+def matmul_peak(dtype: Any, n: int = 2048, repeats: int = 10) -> dict[str, Any]:
+    """MatmulPeak measured `repeats` times in a row (not interleaved)."""
+    meter = MatmulPeak(dtype, n)
+    meter.measure(repeats)
+    return meter.summary()
+
+
+def time_interleaved(
+    run: Callable[[int], Any], steps: int, peak: MatmulPeak | None, min_peak_runs: int = 10
+) -> tuple[list[float], list[float]]:
+    """Call run(i) for i < steps, each synchronized and timed (wall and process CPU seconds),
+    with peak matmuls interleaved: ~1 s untimed, then ceil(min_peak_runs / steps) timed ones
+    after each run."""
+    per_step = -(-min_peak_runs // max(steps, 1))
+    walls, cpus = [], []
+    for i in range(steps):
+        cpu = time.process_time()
+        _, seconds = timed(lambda i=i: run(i))
+        walls.append(seconds)
+        cpus.append(time.process_time() - cpu)
+        if peak is not None:
+            peak.measure(per_step)
+    return walls, cpus
 
 
 # ---------------------------------------------------------------------------------- memory
 
 
 def memory_stats(compiled: Any) -> dict[str, int] | None:
-    """Per-device sizes from `compiled.memory_analysis()` (None where the backend has none).
-    peak_bytes: the backend's peak if it reports one, else argument + output − alias + temp."""
+    """Per-device sizes from `compiled.memory_analysis()` (None where the backend has none):
+    argument, output, alias (outputs reusing donated inputs), temp, and peak_bytes =
+    argument + output − alias + temp, everything XLA's buffer assignment holds at once at most.
+    reported_peak_bytes is the backend's own peak figure where it gives one (0 otherwise)."""
     try:
         m = compiled.memory_analysis()
     except Exception:  # some backends raise instead of returning None
@@ -199,9 +282,9 @@ def memory_stats(compiled: Any) -> dict[str, int] | None:
     out = {k: int(getattr(m, f"{k}_in_bytes", 0) or 0)
            for k in ("argument_size", "output_size", "alias_size", "temp_size",
                      "generated_code_size")}
-    peak = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
-    out["peak_bytes"] = peak or (out["argument_size"] + out["output_size"] - out["alias_size"]
-                                 + out["temp_size"])
+    out["peak_bytes"] = (out["argument_size"] + out["output_size"] - out["alias_size"]
+                         + out["temp_size"])
+    out["reported_peak_bytes"] = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
     return out
 
 
@@ -223,13 +306,20 @@ def tree_bytes(tree: Any) -> int:
 # ---------------------------------------------------------------------------------- report
 
 
-def environment() -> dict[str, Any]:
-    """What a figure needs next to it: device, JAX version, host, date, load, XLA flags."""
-    dev = jax.devices()[0]
+def load_avg() -> list[float] | None:
+    """The host's 1/5/15-minute load averages (how contended a CPU timing was)."""
     try:
-        load = [round(x, 2) for x in os.getloadavg()]
+        return [round(x, 2) for x in os.getloadavg()]
     except OSError:
-        load = None
+        return None
+
+
+def environment(
+    script: str, argv: Sequence[str], args: argparse.Namespace | None = None
+) -> dict[str, Any]:
+    """What a figure needs next to it: command, device, JAX version, host, date, load, flags."""
+    dev = jax.devices()[0]
+    load = load_avg()
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "backend": jax.default_backend(),
@@ -241,7 +331,9 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "load_avg_1_5_15": load,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]) if sys.argv else "",
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "host_malloc_retain": bool(getattr(args, "host_malloc_applied", False)),
+        "command": " ".join([f"benchmarks/{os.path.basename(script)}", *argv]),
     }
 
 

@@ -11,7 +11,8 @@ compiled ONCE ahead of time (compile time reported), run --warmup times untimed,
 sampler's count of model evaluations (`samplers.nfe`: N, 2N − 1 for Heun); with guidance
 (scale ≠ 1) every evaluation is one forward pass of 2B (conditional + null batch), so the
 forward passes per image are NFE × 2. TFLOP/s = forward FLOPs (model_cost) × passes × batch ÷
-seconds, and MFU divides by the same-run matmul peak. The parameters are a fresh random
+seconds, and MFU divides by the peak of an n×n matmul in the same dtype (--peak_size),
+interleaved with the timed runs (--peak_runs per configuration). The parameters are a fresh random
 initialization (the cost of a forward pass does not depend on the weights' values).
 """
 
@@ -43,7 +44,7 @@ COLUMNS = [
 
 def run_config(
     args: argparse.Namespace, model: dm.DiffusionModel, params: Any, batch: int, dtype: str,
-    sampler: str, num_steps: int, guidance: float, peak: dict[str, Any] | None,
+    sampler: str, num_steps: int, guidance: float, peak: common.MatmulPeak | None,
 ) -> dict[str, Any]:
     """Compile once, warm up, and time one sampling configuration."""
     fn = make_generate_fn(model, batch, sampler=sampler, num_steps=num_steps,
@@ -55,11 +56,12 @@ def run_config(
     compile_s = time.perf_counter() - start
     for i in range(args.warmup):
         common.block(compiled(params, labels, jax.random.fold_in(rng, i)))
-    times = []
-    for i in range(args.steps):
-        key = jax.random.fold_in(rng, args.warmup + i)
-        _, seconds = common.timed(lambda k=key: compiled(params, labels, k))
-        times.append(seconds)
+    if peak is not None:
+        peak.reset()
+    keys = [jax.random.fold_in(rng, args.warmup + i) for i in range(args.steps)]
+    times, _ = common.time_interleaved(
+        lambda i: compiled(params, labels, keys[i]), args.steps, peak, args.peak_runs
+    )
     stats = common.summarize(times)
 
     guided = bool(model.num_classes) and guidance != 1.0
@@ -77,7 +79,9 @@ def run_config(
         "memory": common.memory_stats(compiled), "achieved_tflops": achieved / 1e12,
     }
     if peak is not None:
-        row["mfu"] = achieved / peak["flops_per_s"]
+        p = peak.summary()
+        row["matmul_peak"] = p
+        row["mfu"] = achieved / p["flops_per_s"]
         row["mfu_pct"] = 100.0 * row["mfu"]
     return row
 
@@ -92,16 +96,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="sampling steps, comma-separated")
     parser.add_argument("--guidance", type=common.float_list, default=[1.0, 4.0],
                         help="classifier-free guidance scales (1 = no guidance)")
+    parser.add_argument("--peak_runs", type=int, default=3,
+                        help="peak matmuls per configuration, interleaved with the timed runs")
     parser.set_defaults(warmup=1)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    common.setup_host(args)
     common.check_dtypes(args.dtype)
     for s in args.samplers:
         samplers.nfe(s, 1)  # validates the name
 
-    peaks = {d: common.matmul_peak(common.DTYPES[d], args.peak_size) if args.peak_size else None
-             for d in args.dtype}
     rows = []
     for dtype in args.dtype:
+        peak = common.MatmulPeak(common.DTYPES[dtype], args.peak_size) if args.peak_size else None
         cfg = common.make_config(args, dtype, max(args.batch))
         model, params = dm.build(cfg, common.dataset_info(args), 0)
         for batch in args.batch:
@@ -109,10 +116,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for n in args.num_steps:
                     for w in args.guidance:
                         rows.append(run_config(args, model, params, batch, dtype, sampler, n,
-                                               w, peaks[dtype]))
-                        common.print_table(rows[-1:], COLUMNS) if len(rows) == 1 else None
-    result = {"benchmark": "sampling", "environment": common.environment(),
-              "matmul_peak": peaks, "results": rows}
+                                               w, peak))
+                        common.print_table(rows[-1:], COLUMNS)
+    result = {"benchmark": "sampling", "environment": common.environment(__file__, argv, args),
+              "results": rows}
+    print()
     common.print_table(rows, COLUMNS)
     common.write_json(args.out, result)
     return result

@@ -14,9 +14,13 @@ and reports the median:
     peak memory        compiled memory analysis of the step, per device (argument, output,
                        alias, temp; None where the backend reports none)
     MFU                3 × forward FLOPs per image (model_cost, FLOPs = 2·MACs) × batch
-                       ÷ step time ÷ peak, the peak being an n×n matmul in the same dtype
-                       measured in the same run (median of 10; FLOPs = 2n³), times devices
+                       ÷ step time ÷ peak, the peak being an n×n matmul (--peak_size, FLOPs =
+                       2n³) in the same dtype, median of --peak_runs runs interleaved between
+                       the timed steps (so both see the same load on a shared host), × devices
 
+On a CPU host, --host_malloc=retain (the default) keeps freed memory in the process, so XLA's
+per-step temporary buffers are not page-faulted in afresh every step (benchmarks/common.py
+retain_host_memory; --host_malloc=default measures glibc's defaults).
 One markdown table row per configuration is printed and everything goes to --out as JSON.
 The step includes everything the trainer runs: label dropout, noise sampling, loss, backward,
 clip, AdamW and the EMA update; only the network's matmuls count as FLOPs.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from typing import Any
@@ -48,9 +53,10 @@ COLUMNS = [
 
 
 def run_config(
-    args: argparse.Namespace, batch: int, dtype: str, peak: dict[str, Any] | None
+    args: argparse.Namespace, batch: int, dtype: str, peak: common.MatmulPeak | None
 ) -> dict[str, Any]:
     """Compile, warm up and time the train step of one (batch, dtype) configuration."""
+    load_before = common.load_avg()
     cfg = common.make_config(args, dtype, batch)
     info = common.dataset_info(args)
     devices = jax.devices()[: args.devices]
@@ -67,14 +73,21 @@ def run_config(
     compile_s = time.perf_counter() - start
     memory = common.memory_stats(compiled)
 
+    holder = {"state": state}
+
+    def run(i: int) -> Any:
+        holder["state"], metrics = compiled(holder["state"], data, keys[i])
+        holder["metrics"] = metrics
+        return holder["state"], metrics
+
     for i in range(args.warmup):
-        state, metrics = common.block(compiled(state, data, keys[i]))
-    times = []
-    for i in range(args.warmup, args.warmup + args.steps):
-        start = time.perf_counter()
-        state, metrics = common.block(compiled(state, data, keys[i]))
-        times.append(time.perf_counter() - start)
-    stats = common.summarize(times)
+        common.block(run(i))
+    if peak is not None:
+        peak.reset()
+    walls, cpus = common.time_interleaved(
+        lambda i: run(args.warmup + i), args.steps, peak, args.peak_runs
+    )
+    stats = common.summarize(walls)
 
     cost = common.forward_cost(args)
     train_flops = 3.0 * cost["flops"] * batch
@@ -87,33 +100,49 @@ def run_config(
         "params": cost["params"], "forward_macs_per_image": cost["macs"],
         "forward_flops_per_image": cost["flops"], "train_flops_per_step": train_flops,
         "step_ms": 1e3 * stats["median_s"], "step_time": stats,
+        "step_cpu_s": statistics.median(cpus),
         "images_per_s": batch / stats["median_s"],
         "compile_s": compile_s, "memory": memory,
         "peak_mib": memory["peak_bytes"] / 2**20 if memory else None,
         "achieved_tflops": achieved / 1e12,
-        "final_loss": float(metrics["loss"]),
+        "final_loss": float(holder["metrics"]["loss"]),
+        "load_avg_before": load_before, "load_avg_after": common.load_avg(),
     }
     if peak is not None:
-        peak_total = peak["flops_per_s"] * len(devices)
+        p = peak.summary()
+        peak_total = p["flops_per_s"] * len(devices)
+        row["matmul_peak"] = p
         row["peak_tflops"] = peak_total / 1e12
         row["mfu"] = achieved / peak_total
         row["mfu_pct"] = 100.0 * row["mfu"]
+        if jax.default_backend() == "cpu" and p["flops_per_cpu_s"]:
+            # Diagnostic on a shared host: FLOPs per CPU-second of the step over those of the
+            # matmul (insensitive to how many cores other processes took; not the MFU).
+            row["cpu_time_efficiency"] = (train_flops / row["step_cpu_s"]) / p["flops_per_cpu_s"]
     return row
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_model_args(parser, batch="32", steps=20)
+    parser.add_argument("--peak_runs", type=int, default=10,
+                        help="peak matmuls, interleaved between the timed steps")
     parser.add_argument("--devices", type=int, default=1,
                         help="data-parallel devices (the peak is per device, times this)")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    common.setup_host(args)
     common.check_dtypes(args.dtype)
 
-    peaks = {d: common.matmul_peak(common.DTYPES[d], args.peak_size) if args.peak_size else None
-             for d in args.dtype}
-    rows = [run_config(args, b, d, peaks[d]) for d in args.dtype for b in args.batch]
-    result = {"benchmark": "train_step", "environment": common.environment(),
-              "matmul_peak": peaks, "results": rows}
+    rows = []
+    for dtype in args.dtype:
+        peak = common.MatmulPeak(common.DTYPES[dtype], args.peak_size) if args.peak_size else None
+        for batch in args.batch:
+            rows.append(run_config(args, batch, dtype, peak))
+            common.print_table(rows[-1:], COLUMNS)
+    result = {"benchmark": "train_step", "environment": common.environment(__file__, argv, args),
+              "results": rows}
+    print()
     common.print_table(rows, COLUMNS)
     common.write_json(args.out, result)
     return result

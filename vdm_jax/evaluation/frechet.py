@@ -8,7 +8,7 @@ semi-definite, so both square roots come from symmetric eigendecompositions (rea
 clipped at 0) instead of a general `scipy.linalg.sqrtm` of the non-symmetric product Σ₁ Σ₂. This
 is the same number ADM / pytorch-fid compute, without their near-singular fallback
 (adding ε·I to both covariances): singular covariances (fewer samples than dimensions, dead
-features) simply contribute zero eigenvalues.
+features) simply contribute zero eigenvalues (those below eigh's round-off floor are set to 0).
 """
 
 from __future__ import annotations
@@ -18,10 +18,18 @@ import numpy as np
 __all__ = ["StatsAccumulator", "feature_statistics", "frechet_distance", "frechet_from_features"]
 
 
+def _psd_eigenvalues_floored(w: np.ndarray) -> np.ndarray:
+    """Eigenvalues (D,) of a symmetric PSD matrix with those below eigh's round-off floor
+    (D · ε_float64 · max |w|) set to 0. A zero eigenvalue comes back as ±1e-16 or so, and its
+    square root, ~1e-8, would otherwise enter the trace once per null direction."""
+    floor = w.shape[0] * np.finfo(np.float64).eps * np.abs(w).max(initial=0.0)
+    return np.where(w > floor, w, 0.0)
+
+
 def _psd_sqrt(sym: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric PSD matrix (D, D) via eigh; negative round-off → 0."""
+    """Symmetric square root of a symmetric PSD matrix (D, D) via eigh."""
     w, v = np.linalg.eigh(sym)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    return (v * np.sqrt(_psd_eigenvalues_floored(w))) @ v.T
 
 
 def _check_stats(mu: np.ndarray, sigma: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +63,7 @@ def frechet_distance(
     s1 = _psd_sqrt(sigma1)
     inner = s1 @ sigma2 @ s1
     w = np.linalg.eigvalsh(0.5 * (inner + inner.T))
-    tr_covmean = np.sqrt(np.clip(w, 0.0, None)).sum()
+    tr_covmean = np.sqrt(_psd_eigenvalues_floored(w)).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
 

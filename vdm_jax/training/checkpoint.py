@@ -17,18 +17,23 @@ devices restores on 1 or 2.
 
 A checkpoint that fails to restore (truncated or deleted files) is skipped with a warning naming
 it, falling back to the previous one; when the run then saves, the unreadable ones are moved to
-`checkpoints/unreadable/` (their step numbers will be written again). Reading never writes: a
-`Checkpointer` only creates, cleans or deletes anything once `save` is first called, so sampling
-or evaluating from a workdir, or refusing a workdir of another configuration, leaves it as it was.
+`checkpoints/unreadable/` (their step numbers will be written again). Once a save is finalized,
+`<step>/vdm_manifest.json` records the size of each of its files, so a truncated or deleted file
+is reported by name before orbax reads anything (a failed orbax read is caught too, but prints
+pages of TensorStore errors).
+
+Reading never writes: a `Checkpointer` only creates, cleans or deletes anything once `save` is
+first called, so sampling or evaluating from a workdir, or refusing a workdir of another
+configuration, leaves it as it was.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,11 @@ IDENTITY_KEYS = ("model", "diffusion")
 IDENTITY_DATA_KEYS = ("name", "image_size")
 TRASH_DIR = ".deleting"  # retired checkpoints, renamed here atomically, then removed
 UNREADABLE_DIR = "unreadable"  # checkpoints that failed to restore, set aside for inspection
+MANIFEST = "vdm_manifest.json"  # {"files": {relative path: size}} of a finalized checkpoint
+
+
+class DamagedCheckpointError(OSError):
+    """A checkpoint's files differ from its manifest (names the file)."""
 
 
 class CheckpointMismatchError(ValueError):
@@ -175,13 +185,51 @@ class Checkpointer:
             data=ocp.args.JsonSave({"iterator": data_state}),
             config=ocp.args.JsonSave(_jsonable(config)),
         )
-        return self.manager.save(step, args=args, force=force)
+        started = self.manager.save(step, args=args, force=force)
+        # manager.save returned once the previous save was finalized: record what it wrote.
+        self._write_manifests(below=step)
+        return started
 
     def wait(self) -> None:
         """Block until every asynchronous save has been finalized; remove retired checkpoints."""
         self.manager.wait_until_finished()
         if self._writing and jax.process_index() == 0:
             self._empty_trash()
+        self._write_manifests()
+
+    def _write_manifests(self, below: int | None = None) -> None:
+        """A manifest in each finalized checkpoint (steps < `below`) that lacks one."""
+        if not self._writing or jax.process_index() != 0 or not self.directory.is_dir():
+            return
+        for step_dir in self.directory.iterdir():
+            if (not step_dir.name.isdigit() or (below is not None and int(step_dir.name) >= below)
+                    or (step_dir / MANIFEST).exists()):
+                continue
+            try:
+                files = {str(p.relative_to(step_dir)): p.stat().st_size
+                         for p in sorted(step_dir.rglob("*"))
+                         if p.is_file() and not p.name.startswith(MANIFEST)}
+                tmp = step_dir / f"{MANIFEST}.tmp"
+                tmp.write_text(json.dumps({"files": files}, indent=0))
+                os.replace(tmp, step_dir / MANIFEST)  # never half-written
+            except OSError as e:  # e.g. retired meanwhile: the manifest is only a diagnostic
+                logging.warning("no manifest for checkpoint %s: %s", step_dir, e)
+
+    def verify(self, step: int) -> None:
+        """Raise DamagedCheckpointError naming a file of checkpoint `step` that is missing or has
+        another size than when it was saved (no-op for a checkpoint without a manifest)."""
+        step_dir = self.directory / str(step)
+        try:
+            files = json.loads((step_dir / MANIFEST).read_text())["files"]
+        except (OSError, ValueError, KeyError):
+            return  # no (readable) manifest: orbax's read is the check
+        for name, size in files.items():
+            path = step_dir / name
+            if not path.is_file():
+                raise DamagedCheckpointError(f"{name} is missing")
+            if path.stat().st_size != size:
+                raise DamagedCheckpointError(
+                    f"{name} is {path.stat().st_size} bytes, {size} when saved")
 
     def close(self) -> None:
         self.manager.close()
@@ -215,6 +263,7 @@ class Checkpointer:
         self.unreadable = []
         for step in self.steps():
             try:
+                self.verify(step)
                 self.check_config(step, config)
             except CheckpointMismatchError:
                 raise
@@ -273,6 +322,7 @@ class Checkpointer:
             )
         for s in [step] if step is not None else self.steps():
             try:
+                self.verify(s)
                 restored = self.manager.restore(s, args=args)
             except Exception as e:  # any read failure: try the previous one
                 if step is not None:
@@ -285,8 +335,8 @@ class Checkpointer:
         raise FileNotFoundError(f"No readable checkpoint in {self.directory}.")
 
     def _warn_skip(self, step: int, error: Exception) -> None:
-        msg = (f"skipping unreadable checkpoint {self.directory / str(step)} "
-               f"({type(error).__name__}: {str(error)[:200]})")
-        logging.warning(msg)
-        warnings.warn(msg, stacklevel=3)
+        reason = (str(error) if isinstance(error, DamagedCheckpointError)
+                  else f"{type(error).__name__}: {str(error)[:200]}")
+        logging.warning("skipping unreadable checkpoint %s (%s)", self.directory / str(step),
+                        reason)
 

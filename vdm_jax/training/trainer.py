@@ -19,7 +19,7 @@ the run draws (counting from the start of training, across restarts), logs its m
 step k, leaves state["step"] == k, and checkpoint `k` holds the state after it. So a NaN in the
 k-th batch stops the run with "... at step k", and the newest checkpoint is the last one before k.
 A resumed run appends to `metrics.jsonl` from the restored step + 1: steps a killed run logged
-after its last checkpoint appear twice (with identical values, the rerun being exact).
+after its last checkpoint appear twice (with the same losses: the rerun is exact).
 """
 
 from __future__ import annotations

@@ -1,0 +1,167 @@
+"""FSDP scaling: per-device memory of parameters + optimizer state, and step time, on 1, 2, 4, 8
+devices (virtual CPU devices on a CPU host, the real ones on GPU/TPU).
+
+    .venv/bin/python benchmarks/scaling.py --model=DiT-S/2 --batch=32 --devices=1,2,4,8 \
+        --out results/scaling.json
+
+For each device count N: a pure-FSDP mesh (data = 1, fsdp = N) over the first N devices, the
+train state from `create_state` (parameters, AdamW state and one EMA sharded by the models'
+logical axes, `training.mesh.FSDP_RULES`), and the jitted train step at a fixed global --batch
+(strong scaling). Reported per device:
+
+    param_opt_bytes            parameters + optimizer state held by the device, summed over the
+                               arrays' addressable shards (the largest over devices)
+    param_opt_bytes_compiled   argument size of a compiled program taking exactly (parameters,
+                               optimizer state) with their shardings (compiled memory analysis)
+    ema_bytes                  the EMA copies, likewise
+    step memory                the train step's compiled memory analysis (argument, temp, peak)
+    step time                  median of --steps synchronized steps after --warmup
+
+and the FSDP check: param_opt_bytes(N) ≤ 1.1 × param_opt_bytes(1) / N. Virtual CPU devices share
+the host's cores, so their step times show overheads, not speed-ups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common
+import jax
+
+from vdm_jax.training import diffusion_model as dm
+from vdm_jax.training import mesh as mesh_lib
+from vdm_jax.training import train_step as ts
+
+FSDP_TOLERANCE = 1.1
+COLUMNS = [
+    ("model", "model"), ("devices", "devices"), ("batch", "batch"), ("dtype", "dtype"),
+    ("param+opt MiB/dev", "param_opt_mib"), ("× N / 1-dev", "param_opt_ratio"),
+    ("compiled MiB/dev", "param_opt_compiled_mib"), ("step peak MiB/dev", "step_peak_mib"),
+    ("step ms", "step_ms"), ("images/s", "images_per_s"), ("FSDP ok", "fsdp_ok"),
+]
+
+
+def per_device_bytes(tree: Any) -> int:
+    """Bytes of `tree` on the most loaded device (addressable shards)."""
+    per = common.shard_bytes(tree)
+    return max(per.values()) if per else 0
+
+
+def compiled_argument_bytes(tree: Any, shardings: Any) -> int | None:
+    """Per-device argument size of a compiled program that takes `tree` with `shardings`."""
+    fn = jax.jit(lambda x: jax.tree.map(lambda a: a.sum(), x), in_shardings=(shardings,))
+    stats = common.memory_stats(fn.lower(tree).compile())
+    return stats["argument_size"] if stats else None
+
+
+def fsdp_state(args: argparse.Namespace, n: int, dtype: str, batch: int) -> dict[str, Any]:
+    """Model, sharded train state and shardings on a (1, n) mesh."""
+    cfg = common.make_config(args, dtype, batch)
+    info = common.dataset_info(args)
+    mesh = mesh_lib.make_mesh(data=1, fsdp=n, devices=jax.devices()[:n])
+    tx, lr = ts.make_optimizer(cfg.optim, 1000)
+    ema = tuple(cfg.optim.ema_decays)
+    model, state, shardings = ts.create_state(lambda: dm.build(cfg, info, 0), tx, ema, 0, mesh)
+    return dict(model=model, state=state, shardings=shardings, mesh=mesh, tx=tx, lr=lr, ema=ema)
+
+
+def state_memory(s: dict[str, Any]) -> dict[str, Any]:
+    """Per-device bytes of parameters + optimizer state (shards and compiled) and of the EMAs."""
+    state, sh = s["state"], s["shardings"]
+    sub = {"params": state["params"], "opt_state": state["opt_state"]}
+    sub_sh = {"params": sh["params"], "opt_state": sh["opt_state"]}
+    return {
+        "param_opt_bytes": per_device_bytes(sub),
+        "param_opt_bytes_compiled": compiled_argument_bytes(sub, sub_sh),
+        "param_opt_bytes_total": common.tree_bytes(sub),
+        "ema_bytes": per_device_bytes(state["ema"]),
+    }
+
+
+def run_config(args: argparse.Namespace, n: int, dtype: str, batch: int) -> dict[str, Any]:
+    s = fsdp_state(args, n, dtype, batch)
+    row: dict[str, Any] = {
+        "model": common.model_label(args.model), "devices": n, "batch": batch, "dtype": dtype,
+        "input_size": args.input_size, "in_channels": args.in_channels,
+        **state_memory(s),
+    }
+    step_fn = ts.jit_train_step(s["model"], s["tx"], s["lr"], s["ema"], 1, s["shardings"],
+                                s["mesh"])
+    data = jax.device_put(common.synthetic_batch(args, batch),
+                          mesh_lib.batch_sharding(s["mesh"]))
+    state = s.pop("state")
+    keys = [ts.step_rng(state["rng"], i) for i in range(args.warmup + args.steps)]
+    start = time.perf_counter()
+    compiled = step_fn.lower(state, data, keys[0]).compile()
+    row["compile_s"] = time.perf_counter() - start
+    row["step_memory"] = common.memory_stats(compiled)
+    holder = {"state": state}
+
+    def run(i: int) -> Any:
+        holder["state"], metrics = compiled(holder["state"], data, keys[i])
+        return metrics
+
+    for i in range(args.warmup):
+        common.block(run(i))
+    times, _ = common.time_interleaved(lambda i: run(args.warmup + i), args.steps, None)
+    stats = common.summarize(times)
+    row.update(step_ms=1e3 * stats["median_s"], step_time=stats,
+               images_per_s=batch / stats["median_s"], load_avg_after=common.load_avg())
+    return row
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """param_opt_ratio = bytes(N) · N / bytes(1) (1.0 = perfect sharding) and the 1.1 check,
+    against the 1-device row of the same dtype/batch (or the total bytes when N = 1 is absent)."""
+    for r in rows:
+        base = next((b["param_opt_bytes"] for b in rows if b["devices"] == 1
+                     and b["dtype"] == r["dtype"] and b["batch"] == r["batch"]),
+                    r["param_opt_bytes_total"])
+        r["param_opt_ratio"] = r["param_opt_bytes"] * r["devices"] / base
+        r["fsdp_ok"] = r["param_opt_bytes"] <= FSDP_TOLERANCE * base / r["devices"]
+        r["param_opt_mib"] = r["param_opt_bytes"] / 2**20
+        c = r["param_opt_bytes_compiled"]
+        r["param_opt_compiled_mib"] = c / 2**20 if c is not None else None
+        m = r.get("step_memory")
+        r["step_peak_mib"] = m["peak_bytes"] / 2**20 if m else None
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common.add_model_args(parser, batch="32", steps=5)
+    parser.add_argument("--devices", type=common.int_list, default=[1, 2, 4, 8],
+                        help="device counts, comma-separated")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    common.setup_host(args)
+    common.check_dtypes(args.dtype)
+    # Virtual devices on a CPU host (only if JAX has not started yet; GPU/TPU ignore it).
+    common.ensure_host_devices(max(args.devices))
+    available = jax.device_count()
+    counts = [n for n in args.devices if n <= available]
+    if len(counts) < len(args.devices):
+        print(f"Skipping device counts above the {available} available: "
+              f"{[n for n in args.devices if n > available]}")
+    rows = []
+    for dtype in args.dtype:
+        for batch in args.batch:
+            for n in counts:
+                if batch % n:
+                    raise SystemExit(f"--batch {batch} is not divisible by {n} devices")
+                rows.append(run_config(args, n, dtype, batch))
+    add_ratios(rows)
+    result = {"benchmark": "scaling", "environment": common.environment(__file__, argv, args),
+              "fsdp_tolerance": FSDP_TOLERANCE, "results": rows}
+    common.print_table(rows, COLUMNS)
+    common.write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
