@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from vdm_jax.data import DatasetInfo
 from vdm_jax.models import model_cost, resolve_spec
@@ -197,18 +198,25 @@ def summarize(times: Sequence[float]) -> dict[str, float]:
 
 
 class MatmulPeak:
-    """Peak FLOP/s of this device from an n×n @ n×n matmul in `dtype` (FLOPs = 2n³), each call
-    synchronized. `measure(k)` adds k timings; call it between the timed runs of a benchmark
-    (interleaved) so the peak sees the same conditions, e.g. the same load on a shared host.
-    On several devices it runs on the first one."""
+    """Peak FLOP/s of the devices a benchmark uses: one n×n @ n×n matmul in `dtype` on each of
+    them at once (a (N, n, n) batch sharded over a 1-D mesh; FLOPs = N·2n³), each call
+    synchronized. Measuring all N together is what makes the figure right both for N real
+    accelerators (N × one device's peak) and for N virtual devices of one CPU host, which
+    share its cores (about one device's peak). `measure(k)` adds k timings; call it between the
+    timed runs of a benchmark (interleaved) so the peak sees the same conditions, e.g. the same
+    load on a shared host."""
 
-    def __init__(self, dtype: Any, n: int = 2048, warmup_s: float = 1.0):
-        self.dtype, self.n = jnp.dtype(dtype), n
+    def __init__(self, dtype: Any, n: int = 2048, warmup_s: float = 1.0,
+                 devices: Sequence[Any] | None = None):
+        devices = list(devices or jax.devices()[:1])
+        self.dtype, self.n, self.num_devices = jnp.dtype(dtype), n, len(devices)
+        sharding = NamedSharding(jax.make_mesh((len(devices),), ("d",), devices=devices),
+                                 PartitionSpec("d"))
         ka, kb = jax.random.split(jax.random.key(0))
-        dev = jax.devices()[0]
-        self.a = jax.device_put(jax.random.normal(ka, (n, n), jnp.float32).astype(dtype), dev)
-        self.b = jax.device_put(jax.random.normal(kb, (n, n), jnp.float32).astype(dtype), dev)
-        self.fn = jax.jit(jnp.matmul).lower(self.a, self.b).compile()
+        shape = (len(devices), n, n)
+        self.a = jax.device_put(jax.random.normal(ka, shape, jnp.float32).astype(dtype), sharding)
+        self.b = jax.device_put(jax.random.normal(kb, shape, jnp.float32).astype(dtype), sharding)
+        self.fn = jax.jit(jnp.matmul, out_shardings=sharding).lower(self.a, self.b).compile()
         self.times: list[float] = []
         self.cpu_times: list[float] = []
         self.measure(0, warmup_s)
@@ -232,10 +240,11 @@ class MatmulPeak:
             self.cpu_times.append(time.process_time() - cpu)
 
     def summary(self) -> dict[str, Any]:
-        flops = 2.0 * self.n**3
+        flops = 2.0 * self.n**3 * self.num_devices
         stats = summarize(self.times)
         cpu = statistics.median(self.cpu_times)
-        return {"dtype": self.dtype.name, "size": self.n, "flops": flops,
+        return {"dtype": self.dtype.name, "size": self.n, "devices": self.num_devices,
+                "flops": flops,
                 "flops_per_s": flops / stats["median_s"], "time": stats,
                 "flops_per_cpu_s": flops / cpu if cpu > 0 else None}
 

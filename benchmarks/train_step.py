@@ -15,8 +15,14 @@ and reports the median:
                        alias, temp; None where the backend reports none)
     MFU                3 × forward FLOPs per image (model_cost, FLOPs = 2·MACs) × batch
                        ÷ step time ÷ peak, the peak being an n×n matmul (--peak_size, FLOPs =
-                       2n³) in the same dtype, median of --peak_runs runs interleaved between
-                       the timed steps (so both see the same load on a shared host), × devices
+                       2n³) in the same dtype on every device at once (common.MatmulPeak),
+                       median of --peak_runs runs interleaved between the timed steps (so both
+                       see the same load on a shared host)
+
+On a CPU host, --devices=N splits the batch over N virtual devices (pure data parallelism, the
+same sharded step the trainer runs with XLA_FLAGS=--xla_force_host_platform_device_count=N):
+XLA:CPU runs one program's ops largely one after another, each spread over the cores, and one
+device per core keeps every core busy through the small and memory-bound ops as well.
 
 On a CPU host, --host_malloc=retain (the default) keeps freed memory in the process, so XLA's
 per-step temporary buffers are not page-faulted in afresh every step (benchmarks/common.py
@@ -110,7 +116,7 @@ def run_config(
     }
     if peak is not None:
         p = peak.summary()
-        peak_total = p["flops_per_s"] * len(devices)
+        peak_total = p["flops_per_s"]  # all the devices together
         row["matmul_peak"] = p
         row["peak_tflops"] = peak_total / 1e12
         row["mfu"] = achieved / peak_total
@@ -128,15 +134,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--peak_runs", type=int, default=10,
                         help="peak matmuls, interleaved between the timed steps")
     parser.add_argument("--devices", type=int, default=1,
-                        help="data-parallel devices (the peak is per device, times this)")
+                        help="data-parallel devices (on a CPU host: virtual ones sharing its "
+                             "cores; the peak is measured on all of them at once)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     common.setup_host(args)
     common.check_dtypes(args.dtype)
+    common.ensure_host_devices(args.devices)  # virtual CPU devices (GPU/TPU ignore it)
+    if args.devices > jax.device_count():
+        parser.error(f"--devices={args.devices}, but only {jax.device_count()} are available")
+    devices = jax.devices()[: args.devices]
 
     rows = []
     for dtype in args.dtype:
-        peak = common.MatmulPeak(common.DTYPES[dtype], args.peak_size) if args.peak_size else None
+        peak = (common.MatmulPeak(common.DTYPES[dtype], args.peak_size, devices=devices)
+                if args.peak_size else None)
         for batch in args.batch:
             rows.append(run_config(args, batch, dtype, peak))
             common.print_table(rows[-1:], COLUMNS)

@@ -37,19 +37,23 @@ def _check_json(out, result):
     return result["results"]
 
 
-def test_train_step_benchmark(tmp_path):
+@pytest.mark.parametrize("devices", [1, 2])
+def test_train_step_benchmark(tmp_path, devices):
     out = tmp_path / "train_step.json"
     result = _load("train_step").main(
         [*TINY_ARGS, "--batch", "4", "--dtype", "float32", "--steps", "2", "--warmup", "1",
-         "--peak_runs", "2", "--out", str(out)])
+         "--peak_runs", "2", "--devices", str(devices), "--out", str(out)])
     rows = _check_json(out, result)
-    assert [(r["batch"], r["dtype"]) for r in rows] == [(4, "float32")]
+    assert [(r["batch"], r["dtype"], r["devices"]) for r in rows] == [(4, "float32", devices)]
     flops = model_cost(json.loads(TINY), input_size=8, in_channels=4, num_classes=10)["flops"]
     for r in rows:
         assert r["step_time"]["count"] == 2 and r["step_ms"] > 0 and r["images_per_s"] > 0
         assert r["compile_s"] > 0 and r["final_loss"] == r["final_loss"]  # not NaN
         assert r["train_flops_per_step"] == pytest.approx(3 * flops * r["batch"])
         assert r["matmul_peak"]["size"] == 128 and r["matmul_peak"]["time"]["count"] == 2
+        # The peak is one 128×128 matmul on each device at once.
+        assert r["matmul_peak"]["devices"] == devices
+        assert r["matmul_peak"]["flops"] == 2 * 128**3 * devices
         assert r["mfu"] == pytest.approx(r["achieved_tflops"] / r["peak_tflops"])
         mem = r["memory"]
         assert mem is None or mem["peak_bytes"] >= mem["argument_size"] > 0
