@@ -204,6 +204,9 @@ def test_cli_digits_mode_writes_table_and_merged_json(digits, tmp_path):
 @pytest.mark.parametrize("case", ["ref_without_mu", "float_samples", "flat_samples",
                                   "no_weights"])
 def test_cli_bad_input_exits_2_with_a_short_message(case, tmp_path):
+    """launch/evaluate.py with a reference without mu/sigma, samples of the wrong dtype or shape,
+    or absent Inception weights: exit 2, one `error:` line naming the file and the fix, no
+    traceback, and nothing written."""
     samples, ref = tmp_path / "samples.npz", tmp_path / "ref.npz"
     good = np.zeros((N, 8, 8, 3), np.uint8)
     np.savez(samples, arr_0=good)
@@ -221,8 +224,10 @@ def test_cli_bad_input_exits_2_with_a_short_message(case, tmp_path):
     else:
         args.append(f"--inception_weights={tmp_path / 'absent.npz'}")
         expected = r"absent\.npz, which does not exist.*pt_inception-2015-12-05"
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     proc = _run_cli(*args)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1 and re.search(expected, error_lines[0])
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before

@@ -557,35 +557,3 @@ def test_workdir_of_another_config_without_checkpoints_is_refused(tmp_path, caps
                       r"start fresh")
     assert _snapshot(workdir) == before
     trainer._check_workdir_config(workdir, _tiny_config(**{"train.num_steps": 99}))
-
-
-# ------------------------------------------------------------------ bad input: evaluation
-@pytest.mark.parametrize("case", ["ref_without_mu_sigma", "samples_float32", "samples_flat",
-                                  "inception_weights_missing"])
-def test_bad_evaluation_input_exits_2_and_writes_nothing(tmp_path, capsys, case, monkeypatch):
-    """launch/evaluate.py's inputs: a reference without mu/sigma, samples of the wrong dtype or
-    shape, absent Inception weights: exit 2, the file and the fix named, no results written."""
-    from vdm_jax.evaluation.evaluate import evaluate_samples_file
-
-    monkeypatch.delenv("VDM_JAX_INCEPTION_WEIGHTS", raising=False)
-    samples, ref = tmp_path / "samples.npz", tmp_path / "ref.npz"
-    good = np.zeros((4, 8, 8, 3), np.uint8)
-    np.savez(samples, arr_0=good)
-    np.savez(ref, mu=np.zeros(4), sigma=np.eye(4), arr_0=good)
-    weights = None
-    if case == "ref_without_mu_sigma":
-        np.savez(ref, mu_s=np.zeros(4), sigma_s=np.eye(4), arr_0=good)
-        expected = r"ref\.npz lacks mu, sigma"
-    elif case == "samples_float32":
-        np.savez(samples, arr_0=good.astype(np.float32))
-        expected = r"arr_0 must be uint8.*got dtype float32"
-    elif case == "samples_flat":
-        np.savez(samples, arr_0=np.zeros((4, 192), np.uint8))
-        expected = r"must be NHWC.*got shape \(4, 192\)"
-    else:
-        weights = str(tmp_path / "absent.npz")
-        expected = r"absent\.npz, which does not exist.*pt_inception-2015-12-05"
-    before = _snapshot(tmp_path)
-    _expect_bad_input(capsys, lambda: evaluate_samples_file(
-        samples, ref_path=ref, inception_weights=weights), expected)
-    assert _snapshot(tmp_path) == before

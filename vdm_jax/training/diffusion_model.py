@@ -149,7 +149,7 @@ def build(config: Mapping[str, Any], info: DatasetInfo, seed: int) -> tuple[Diff
         rngs=nnx.Rngs(params=seed),
     )
     denoiser_def, denoiser_params = nnx.split(denoiser)
-    params: Params = {"denoiser": denoiser_params.to_pure_dict()}
+    params: Params = {"denoiser": nnx.to_pure_dict(denoiser_params)}
     specs: Params = {"denoiser": logical_specs(denoiser)}
     schedule_def, fixed = None, None
     if dcfg["learned_schedule"]:
@@ -160,7 +160,7 @@ def build(config: Mapping[str, Any], info: DatasetInfo, seed: int) -> tuple[Diff
             rngs=nnx.Rngs(params=seed + 1),
         )
         schedule_def, schedule_params = nnx.split(net)
-        params["schedule"] = schedule_params.to_pure_dict()
+        params["schedule"] = nnx.to_pure_dict(schedule_params)
         specs["schedule"] = logical_specs(net)
     else:
         fixed = _schedule_from_config(dcfg)

@@ -113,8 +113,8 @@ def param_shardings(
 
 
 def logical_specs(module: nnx.Module) -> dict:
-    """Logical PartitionSpecs of a module's variables as a pure dict (state.to_pure_dict())."""
-    return nnx.get_partition_spec(nnx.state(module)).to_pure_dict()
+    """Logical PartitionSpecs of a module's variables as a pure dict (nnx.to_pure_dict)."""
+    return nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(module)))
 
 
 def optimizer_shardings(

@@ -159,7 +159,7 @@ def train_step(
                  "rng": state["rng"]}
     metrics = {
         "loss": loss,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "lr": lr_schedule(state["step"]),
         "bin_sum": bin_sum,
         "bin_count": bin_count,
