@@ -31,6 +31,8 @@ from vdm_jax.data import DatasetInfo
 from vdm_jax.models import model_cost, resolve_spec
 from vdm_jax.training import config as config_lib
 from vdm_jax.training import diffusion_model as dm
+from vdm_jax.training import mesh as mesh_lib
+from vdm_jax.training import train_step as ts
 
 DTYPES = dm.DTYPES
 
@@ -249,13 +251,6 @@ class MatmulPeak:
                 "flops_per_cpu_s": flops / cpu if cpu > 0 else None}
 
 
-def matmul_peak(dtype: Any, n: int = 2048, repeats: int = 10) -> dict[str, Any]:
-    """MatmulPeak measured `repeats` times in a row (not interleaved)."""
-    meter = MatmulPeak(dtype, n)
-    meter.measure(repeats)
-    return meter.summary()
-
-
 def time_interleaved(
     run: Callable[[int], Any], steps: int, peak: MatmulPeak | None, min_peak_runs: int = 10
 ) -> tuple[list[float], list[float]]:
@@ -272,6 +267,52 @@ def time_interleaved(
         if peak is not None:
             peak.measure(per_step)
     return walls, cpus
+
+
+def train_step_setup(
+    args: argparse.Namespace, dtype: str, batch: int, mesh: Any
+) -> dict[str, Any]:
+    """The train step the trainer runs, for --model at `dtype` and global `batch` on `mesh`:
+    the model, sharded state and shardings (`create_state`: AdamW from `make_optimizer`, the
+    config's EMAs), the jitted step and a synthetic batch on the mesh."""
+    cfg = make_config(args, dtype, batch)
+    info = dataset_info(args)
+    tx, lr = ts.make_optimizer(cfg.optim, 1000)
+    ema = tuple(cfg.optim.ema_decays)
+    model, state, shardings = ts.create_state(lambda: dm.build(cfg, info, 0), tx, ema, 0, mesh)
+    return {
+        "model": model, "state": state, "shardings": shardings, "mesh": mesh,
+        "step_fn": ts.jit_train_step(model, tx, lr, ema, 1, shardings, mesh),
+        "data": jax.device_put(synthetic_batch(args, batch), mesh_lib.batch_sharding(mesh)),
+    }
+
+
+def time_train_step(
+    setup: dict[str, Any], args: argparse.Namespace, peak: MatmulPeak | None = None,
+    peak_runs: int = 10,
+) -> dict[str, Any]:
+    """Compile setup's step ahead of time (compile_s = lower + compile), run --warmup steps,
+    then time --steps synchronized steps (time_interleaved, with `peak` matmuls between them).
+    Takes the state out of `setup` (each step donates it). Returns compile_s, memory
+    (memory_stats), walls and cpus (seconds per step) and the last step's metrics."""
+    state, data = setup.pop("state"), setup["data"]
+    keys = [ts.step_rng(state["rng"], i) for i in range(args.warmup + args.steps)]
+    start = time.perf_counter()
+    compiled = setup["step_fn"].lower(state, data, keys[0]).compile()
+    compile_s = time.perf_counter() - start
+    holder = {"state": state}
+
+    def run(i: int) -> Any:
+        holder["state"], holder["metrics"] = compiled(holder["state"], data, keys[i])
+        return holder["metrics"]
+
+    for i in range(args.warmup):
+        block(run(i))
+    if peak is not None:
+        peak.reset()
+    walls, cpus = time_interleaved(lambda i: run(args.warmup + i), args.steps, peak, peak_runs)
+    return {"compile_s": compile_s, "memory": memory_stats(compiled), "walls": walls,
+            "cpus": cpus, "metrics": holder["metrics"]}
 
 
 # ---------------------------------------------------------------------------------- memory

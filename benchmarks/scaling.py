@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,9 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 import jax
 
-from vdm_jax.training import diffusion_model as dm
 from vdm_jax.training import mesh as mesh_lib
-from vdm_jax.training import train_step as ts
 
 FSDP_TOLERANCE = 1.1
 COLUMNS = [
@@ -61,14 +58,9 @@ def compiled_argument_bytes(tree: Any, shardings: Any) -> int | None:
 
 
 def fsdp_state(args: argparse.Namespace, n: int, dtype: str, batch: int) -> dict[str, Any]:
-    """Model, sharded train state and shardings on a (1, n) mesh."""
-    cfg = common.make_config(args, dtype, batch)
-    info = common.dataset_info(args)
+    """common.train_step_setup on a pure-FSDP (1, n) mesh over the first n devices."""
     mesh = mesh_lib.make_mesh(data=1, fsdp=n, devices=jax.devices()[:n])
-    tx, lr = ts.make_optimizer(cfg.optim, 1000)
-    ema = tuple(cfg.optim.ema_decays)
-    model, state, shardings = ts.create_state(lambda: dm.build(cfg, info, 0), tx, ema, 0, mesh)
-    return dict(model=model, state=state, shardings=shardings, mesh=mesh, tx=tx, lr=lr, ema=ema)
+    return common.train_step_setup(args, dtype, batch, mesh)
 
 
 def state_memory(s: dict[str, Any]) -> dict[str, Any]:
@@ -91,27 +83,10 @@ def run_config(args: argparse.Namespace, n: int, dtype: str, batch: int) -> dict
         "input_size": args.input_size, "in_channels": args.in_channels,
         **state_memory(s),
     }
-    step_fn = ts.jit_train_step(s["model"], s["tx"], s["lr"], s["ema"], 1, s["shardings"],
-                                s["mesh"])
-    data = jax.device_put(common.synthetic_batch(args, batch),
-                          mesh_lib.batch_sharding(s["mesh"]))
-    state = s.pop("state")
-    keys = [ts.step_rng(state["rng"], i) for i in range(args.warmup + args.steps)]
-    start = time.perf_counter()
-    compiled = step_fn.lower(state, data, keys[0]).compile()
-    row["compile_s"] = time.perf_counter() - start
-    row["step_memory"] = common.memory_stats(compiled)
-    holder = {"state": state}
-
-    def run(i: int) -> Any:
-        holder["state"], metrics = compiled(holder["state"], data, keys[i])
-        return metrics
-
-    for i in range(args.warmup):
-        common.block(run(i))
-    times, _ = common.time_interleaved(lambda i: run(args.warmup + i), args.steps, None)
-    stats = common.summarize(times)
-    row.update(step_ms=1e3 * stats["median_s"], step_time=stats,
+    timing = common.time_train_step(s, args)
+    stats = common.summarize(timing["walls"])
+    row.update(compile_s=timing["compile_s"], step_memory=timing["memory"],
+               step_ms=1e3 * stats["median_s"], step_time=stats,
                images_per_s=batch / stats["median_s"], load_avg_after=common.load_avg())
     return row
 

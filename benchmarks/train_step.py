@@ -38,7 +38,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -46,9 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 import jax
 
-from vdm_jax.training import diffusion_model as dm
 from vdm_jax.training import mesh as mesh_lib
-from vdm_jax.training import train_step as ts
 
 COLUMNS = [
     ("model", "model"), ("batch", "batch"), ("dtype", "dtype"), ("devices", "devices"),
@@ -63,37 +60,12 @@ def run_config(
 ) -> dict[str, Any]:
     """Compile, warm up and time the train step of one (batch, dtype) configuration."""
     load_before = common.load_avg()
-    cfg = common.make_config(args, dtype, batch)
-    info = common.dataset_info(args)
     devices = jax.devices()[: args.devices]
     mesh = mesh_lib.make_mesh(data=len(devices), fsdp=1, devices=devices)
-    tx, lr = ts.make_optimizer(cfg.optim, 1000)
-    ema = tuple(cfg.optim.ema_decays)
-    model, state, shardings = ts.create_state(lambda: dm.build(cfg, info, 0), tx, ema, 0, mesh)
-    step_fn = ts.jit_train_step(model, tx, lr, ema, 1, shardings, mesh)
-    data = jax.device_put(common.synthetic_batch(args, batch), mesh_lib.batch_sharding(mesh))
-    keys = [ts.step_rng(state["rng"], i) for i in range(args.warmup + args.steps)]
-
-    start = time.perf_counter()
-    compiled = step_fn.lower(state, data, keys[0]).compile()
-    compile_s = time.perf_counter() - start
-    memory = common.memory_stats(compiled)
-
-    holder = {"state": state}
-
-    def run(i: int) -> Any:
-        holder["state"], metrics = compiled(holder["state"], data, keys[i])
-        holder["metrics"] = metrics
-        return holder["state"], metrics
-
-    for i in range(args.warmup):
-        common.block(run(i))
-    if peak is not None:
-        peak.reset()
-    walls, cpus = common.time_interleaved(
-        lambda i: run(args.warmup + i), args.steps, peak, args.peak_runs
-    )
-    stats = common.summarize(walls)
+    timing = common.time_train_step(common.train_step_setup(args, dtype, batch, mesh), args,
+                                    peak, args.peak_runs)
+    stats = common.summarize(timing["walls"])
+    memory = timing["memory"]
 
     cost = common.forward_cost(args)
     train_flops = 3.0 * cost["flops"] * batch
@@ -106,12 +78,12 @@ def run_config(
         "params": cost["params"], "forward_macs_per_image": cost["macs"],
         "forward_flops_per_image": cost["flops"], "train_flops_per_step": train_flops,
         "step_ms": 1e3 * stats["median_s"], "step_time": stats,
-        "step_cpu_s": statistics.median(cpus),
+        "step_cpu_s": statistics.median(timing["cpus"]),
         "images_per_s": batch / stats["median_s"],
-        "compile_s": compile_s, "memory": memory,
+        "compile_s": timing["compile_s"], "memory": memory,
         "peak_mib": memory["peak_bytes"] / 2**20 if memory else None,
         "achieved_tflops": achieved / 1e12,
-        "final_loss": float(holder["metrics"]["loss"]),
+        "final_loss": float(timing["metrics"]["loss"]),
         "load_avg_before": load_before, "load_avg_after": common.load_avg(),
     }
     if peak is not None:

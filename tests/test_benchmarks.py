@@ -12,6 +12,7 @@ import jax
 import pytest
 
 from vdm_jax.models import model_cost
+from vdm_jax.training import diffusion_model as dm
 from vdm_jax.training import mesh as mesh_lib
 from vdm_jax.training import train_step as ts
 
@@ -127,7 +128,7 @@ def test_fsdp_memory_registry_models(name):
     holder = {}
 
     def params_only():
-        holder["model"], params = scaling.dm.build(cfg, info, 0)
+        holder["model"], params = dm.build(cfg, info, 0)
         return params
 
     abstract = jax.eval_shape(params_only)
