@@ -2,7 +2,7 @@
 the same-run matmul peak, compiled memory analysis, environment record, table and JSON output.
 
 Not a benchmark itself. Conventions (see CONVENTIONS.md): forward cost in MACs and FLOPs = 2·MACs
-(from `vdm_jax.models.model_cost`); training FLOPs = 3 × forward FLOPs; MFU = achieved FLOP/s ÷
+(from `vdm_jax.nn.model_cost`); training FLOPs = 3 × forward FLOPs; MFU = achieved FLOP/s ÷
 the peak FLOP/s of a large square matmul in the same dtype, measured in the same process.
 """
 
@@ -27,12 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from vdm_jax import config as config_lib
+from vdm_jax import model as dm
 from vdm_jax.data import DatasetInfo
-from vdm_jax.models import model_cost, resolve_spec
-from vdm_jax.training import config as config_lib
-from vdm_jax.training import diffusion_model as dm
-from vdm_jax.training import mesh as mesh_lib
-from vdm_jax.training import train_step as ts
+from vdm_jax.nn.cost import model_cost
+from vdm_jax.nn.registry import resolve_spec
+from vdm_jax.parallel import mesh as mesh_lib
+from vdm_jax.training import step as ts
 
 DTYPES = dm.DTYPES
 

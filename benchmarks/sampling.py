@@ -1,5 +1,5 @@
 """Sampling throughput: images/s and NFE of DDIM, Heun and DPM-Solver++(2M), with and without
-classifier-free guidance, through the real generation path (vdm_jax.evaluation.generate).
+classifier-free guidance, through the real generation path (vdm_jax.generation.generate).
 
     .venv/bin/python benchmarks/sampling.py --model=DiT-S/2 --batch=32 --dtype=float32 \
         --samplers=ddim,heun,dpm_solver_2m --num_steps=10,25,50,250 --guidance=1,4 \
@@ -30,9 +30,9 @@ import common
 import jax
 import jax.numpy as jnp
 
-from vdm_jax import samplers
-from vdm_jax.evaluation.generate import make_generate_fn
-from vdm_jax.training import diffusion_model as dm
+from vdm_jax import model as dm
+from vdm_jax.core import samplers
+from vdm_jax.generation.generate import make_generate_fn
 
 COLUMNS = [
     ("model", "model"), ("batch", "batch"), ("dtype", "dtype"), ("sampler", "sampler"),

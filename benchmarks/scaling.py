@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 import jax
 
-from vdm_jax.training import mesh as mesh_lib
+from vdm_jax.parallel import mesh as mesh_lib
 
 FSDP_TOLERANCE = 1.1
 COLUMNS = [

@@ -1,4 +1,4 @@
-"""Training-step throughput and MFU of the real train step (vdm_jax.training.train_step).
+"""Training-step throughput and MFU of the real train step (vdm_jax.training.step).
 
     .venv/bin/python benchmarks/train_step.py --model=DiT-S/2 --batch=32 --dtype=float32 \
         --out results/train_step.json
@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 import jax
 
-from vdm_jax.training import mesh as mesh_lib
+from vdm_jax.parallel import mesh as mesh_lib
 
 COLUMNS = [
     ("model", "model"), ("batch", "batch"), ("dtype", "dtype"), ("devices", "devices"),

@@ -11,7 +11,7 @@ whose parameters get the ELBO's gradient. Expected: held-out bits/dim decreasing
 2.65 over millions of steps (paper: 10M steps, batch 128 on 8 TPUv3); `eval.at_end` reports it.
 """
 
-from vdm_jax.training.config import default_config
+from vdm_jax.config import default_config
 
 
 def get_config():

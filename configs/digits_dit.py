@@ -9,7 +9,7 @@ digits classifier on class-conditional samples, the digits-FID and its real-vs-r
 path of the sample grid. The README shows the figures and grid of a run.
 """
 
-from vdm_jax.training.config import default_config
+from vdm_jax.config import default_config
 
 
 def get_config():

@@ -15,7 +15,7 @@ config trains the same model and recipe on ImageNet pixels at 32×32×3 (the sam
 tokens per image as the 32×32×4 latents); set data.image_size to change it.
 """
 
-from vdm_jax.training.config import default_config
+from vdm_jax.config import default_config
 
 
 def get_config():

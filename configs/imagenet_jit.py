@@ -9,7 +9,7 @@ t = 1-is-data convention), 256×256 pixels, no external weights. JiT: AdamW lr 2
 1024, EMA, label dropout 0.1, Heun sampling with 50 steps and CFG with an interval.
 """
 
-from vdm_jax.training.config import default_config
+from vdm_jax.config import default_config
 
 
 def get_config():

@@ -9,7 +9,7 @@ draws t uniformly), AdamW 1e-4, batch 256, EMA 0.9999, label dropout 0.1, Heun s
 configs/imagenet_dit.py, it runs on ImageNet pixels at 32×32×3 until the latent dataset exists.
 """
 
-from vdm_jax.training.config import default_config
+from vdm_jax.config import default_config
 
 
 def get_config():

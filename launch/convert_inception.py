@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from vdm_jax.evaluation.convert_inception import PTH_FILENAME, convert_pth_to_npz
+from vdm_jax.importers.inception import PTH_FILENAME, convert_pth_to_npz
 
 
 def main() -> None:

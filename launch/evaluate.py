@@ -84,7 +84,7 @@ def main(argv: list[str]) -> None:
                 raise FileNotFoundError(f"{what} {path} does not exist")
         bpd = None
         if _BPD_WORKDIR.value:
-            from vdm_jax.training.inference import load_for_inference
+            from vdm_jax.checkpoints.restore import load_for_inference
 
             restored = load_for_inference(_BPD_WORKDIR.value, ema=_EMA.value, step=_BPD_STEP.value)
             bpd = bpd_metrics(restored, passes=_BPD_PASSES.value, batch_size=_BPD_BATCH.value)

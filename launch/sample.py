@@ -25,7 +25,7 @@ from vdm_jax.cli import exit_on_bad_input
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints/.")
 _NUM = flags.DEFINE_integer("num_samples", 50_000, "Number of samples N.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Global batch (one chunk) per sampling call.")
-_SAMPLER = flags.DEFINE_string("sampler", None, "Sampler (vdm_jax.samplers.SAMPLERS); default "
+_SAMPLER = flags.DEFINE_string("sampler", None, "Sampler (vdm_jax.core.samplers.SAMPLERS); default "
                                "the run's config.sample.sampler.")
 _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps; default config.sample.num_steps.")
 _SCALE = flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale w (1 = none); "
@@ -77,10 +77,10 @@ def main(argv: list[str]) -> None:
 
         import jax
 
-        from vdm_jax import samplers
-        from vdm_jax.evaluation.sampling import generate_samples
-        from vdm_jax.training import distributed
-        from vdm_jax.training.inference import load_for_inference
+        from vdm_jax.checkpoints.restore import load_for_inference
+        from vdm_jax.core import samplers
+        from vdm_jax.generation.batches import generate_samples
+        from vdm_jax.parallel import distributed
 
         if _SAMPLER.value is not None:
             samplers.nfe(_SAMPLER.value, 1)  # an unknown sampler fails before the restore

@@ -194,7 +194,8 @@ def main(argv: list[str]) -> None:
             config.keys()
         except OSError as e:  # the config file is missing or unreadable (no overrides given)
             raise ValueError(_config_file_message(_config_file(sys.argv), e)) from None
-        from vdm_jax.training import distributed, trainer
+        from vdm_jax.parallel import distributed
+        from vdm_jax.training import loop as trainer
 
         distributed.initialize(config.distributed)
         try:

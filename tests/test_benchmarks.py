@@ -11,10 +11,10 @@ import os
 import jax
 import pytest
 
-from vdm_jax.models import model_cost
-from vdm_jax.training import diffusion_model as dm
-from vdm_jax.training import mesh as mesh_lib
-from vdm_jax.training import train_step as ts
+from vdm_jax import model as dm
+from vdm_jax.nn.cost import model_cost
+from vdm_jax.parallel import mesh as mesh_lib
+from vdm_jax.training import step as ts
 
 BENCH = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
 TINY = '{"family": "dit", "depth": 1, "hidden_size": 32, "num_heads": 2, "patch_size": 2}'

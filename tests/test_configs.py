@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from vdm_jax.training import trainer
+from vdm_jax.training import loop as trainer
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.py"))

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm_jax import diffusion as dif
-from vdm_jax import schedules as sch
+from vdm_jax.core import diffusion as dif
+from vdm_jax.core import schedules as sch
 
 
 def _chain_moments_check(z_chain, x, schedule, t):

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm_jax import elbo
-from vdm_jax import schedules as sch
+from vdm_jax.core import elbo
+from vdm_jax.core import schedules as sch
 
 D = 16
 MU = jnp.linspace(-0.8, 0.8, D)
@@ -51,7 +51,7 @@ def test_discrete_elbo_approaches_from_above_monotonically():
 def test_discrete_kl_term_equals_weighted_eps_form():
     """KL(q(z_s|z_t,x) ‖ q(z_s|z_t,x̂)) = ½ (SNR(s) − SNR(t)) ‖x − x̂‖² = ½ expm1(λ_s − λ_t) ‖ε − ε̂‖²,
     and DDPM's β_t² / (2 σ_t² α_t (1 − ᾱ_t)) ‖ε − ε̂‖² with σ_t² = β̃_t (Ho et al. eq. 12)."""
-    from vdm_jax.diffusion import gaussian_kl, q_posterior, sum_except_batch
+    from vdm_jax.core.diffusion import gaussian_kl, q_posterior, sum_except_batch
 
     # float64: the KL of two nearby Gaussians cancels digits; the identity is algebraic.
     with jax.enable_x64(True):

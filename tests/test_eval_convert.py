@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vdm_jax.evaluation import convert_inception as ci
+from vdm_jax.importers import inception as ci
 
 # Independent spec of torchvision's Inception-v3 (the module pytorch-fid patches), as
 # (name, in, out, kernel) per BasicConv2d; the state dict stores conv weights as (O, I, kh, kw).

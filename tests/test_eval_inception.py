@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from vdm_jax.evaluation import inception as inc
+from vdm_jax.nn.encoders import inception as inc
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from threadpoolctl import threadpool_limits
 
 from vdm_jax.data.digits import load_builder
 from vdm_jax.evaluation import evaluate as ev
-from vdm_jax.evaluation.inception import random_inception
 from vdm_jax.evaluation.reference import load_reference, save_reference, save_samples
+from vdm_jax.nn.encoders.inception import random_inception
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 12  # Inception at 299² costs ~6 GFLOP per image on CPU; IS needs ≥ 10 images (10 splits)

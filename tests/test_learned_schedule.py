@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vdm_jax.models import LearnedGamma, learned_schedule
-from vdm_jax.schedules import Schedule, log_snr_and_derivative
+from vdm_jax.core.schedules import Schedule, log_snr_and_derivative
+from vdm_jax.nn.learned_schedule import LearnedGamma, learned_schedule
 
 G_MIN, G_MAX = -13.3, 5.0
 

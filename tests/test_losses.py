@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm_jax import losses
-from vdm_jax import schedules as sch
-from vdm_jax import time_sampling as ts
-from vdm_jax.parameterizations import PREDICTIONS, from_x_eps
+from vdm_jax.core import objectives as losses
+from vdm_jax.core import schedules as sch
+from vdm_jax.core import time_sampling as ts
+from vdm_jax.core.parameterizations import PREDICTIONS, from_x_eps
 
 B = 8
 

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from vdm_jax.models import build_model, model_cost
+from vdm_jax.nn.cost import model_cost
+from vdm_jax.nn.registry import build_model
 
 LATENT = dict(input_size=32, in_channels=4, num_classes=1000, learn_sigma=True)  # 256² images
 PIXEL = dict(input_size=256, in_channels=3, num_classes=1000, learn_sigma=False)

@@ -9,8 +9,8 @@ import optax
 import pytest
 from flax import nnx
 
-from vdm_jax.models import MODEL_CONFIGS, build_model, label_dropout, logical_axes
-from vdm_jax.models.dit import patchify, sincos_2d, timestep_embedding, unpatchify
+from vdm_jax.nn.layers import label_dropout, patchify, sincos_2d, timestep_embedding, unpatchify
+from vdm_jax.nn.registry import MODEL_CONFIGS, build_model, logical_axes
 
 TINY = {"family": "dit", "depth": 2, "hidden_size": 64, "num_heads": 4, "patch_size": 2}
 HW = (8, 12)  # non-square on purpose

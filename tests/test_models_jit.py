@@ -7,8 +7,8 @@ import optax
 import pytest
 from flax import nnx
 
-from vdm_jax.models import MODEL_CONFIGS, build_model, logical_axes
-from vdm_jax.models.jit import apply_rope, rope_2d
+from vdm_jax.nn.layers import apply_rope, rope_2d
+from vdm_jax.nn.registry import MODEL_CONFIGS, build_model, logical_axes
 
 TINY = {
     "family": "jit", "depth": 3, "hidden_size": 64, "num_heads": 4, "patch_size": 4,

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm_jax import parameterizations as par
-from vdm_jax import schedules as sch
+from vdm_jax.core import parameterizations as par
+from vdm_jax.core import schedules as sch
 
 SCHEDULES = {"vp": sch.cosine_log_snr(), "flow": sch.rectified_flow(), "ve": sch.edm(),
              "ddpm": sch.ddpm_linear()}

@@ -32,12 +32,12 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
+from vdm_jax import model as dm
+from vdm_jax.checkpoints import manager as ckpt_lib
 from vdm_jax.cli import exit_on_bad_input
+from vdm_jax.config import ema_name
 from vdm_jax.data import dataset_info
-from vdm_jax.training import checkpoint as ckpt_lib
-from vdm_jax.training import diffusion_model as dm
-from vdm_jax.training import trainer
-from vdm_jax.training.train_step import ema_name
+from vdm_jax.training import loop as trainer
 
 # orbax abandons the other reads of a checkpoint whose first read failed (the manifest-less case
 # in test_every_checkpoint_unreadable_...); they are reported when collected, maybe later.

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm_jax import samplers as smp
-from vdm_jax import schedules as sch
-from vdm_jax.parameterizations import convert, from_x_eps
+from vdm_jax.core import samplers as smp
+from vdm_jax.core import schedules as sch
+from vdm_jax.core.parameterizations import convert, from_x_eps
 
 # Tests compile many small programs; XLA's backend optimizations cost more than they save here.
 FAST = {"xla_backend_optimization_level": 0}

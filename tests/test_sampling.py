@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vdm_jax.checkpoints.restore import load_for_inference
 from vdm_jax.evaluation.evaluate import settings_path
 from vdm_jax.evaluation.reference import load_samples
-from vdm_jax.evaluation.sampling import chunk_dir, generate_samples
-from vdm_jax.training.inference import load_for_inference
+from vdm_jax.generation.batches import chunk_dir, generate_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 N, BATCH, CHUNKS = 24, 8, 3

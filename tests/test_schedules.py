@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm_jax import schedules as sch
+from vdm_jax.core import schedules as sch
 
 T_INTERIOR = jnp.linspace(1e-3, 1 - 1e-3, 2001)
 

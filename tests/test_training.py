@@ -14,13 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vdm_jax import config as config_lib
+from vdm_jax import model as dm
+from vdm_jax.checkpoints import manager as ckpt_lib
 from vdm_jax.data import dataset_info
-from vdm_jax.training import checkpoint as ckpt_lib
-from vdm_jax.training import config as config_lib
-from vdm_jax.training import diffusion_model as dm
-from vdm_jax.training import mesh as mesh_lib
-from vdm_jax.training import train_step as ts
-from vdm_jax.training import trainer
+from vdm_jax.parallel import mesh as mesh_lib
+from vdm_jax.training import loop as trainer
+from vdm_jax.training import step as ts
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_OVERRIDES = {

@@ -7,12 +7,6 @@ default), evaluate (whole evaluations of sample batches, reference building, res
 Nothing here downloads weights; tests use random Inception weights.
 """
 
-from vdm_jax.evaluation.convert_inception import (
-    INCEPTION_ENV_VAR,
-    inception_weights_path,
-    load_inception,
-    load_pt_state_dict,
-)
 from vdm_jax.evaluation.digits_classifier import DigitsClassifier, train_or_load_digits_classifier
 from vdm_jax.evaluation.evaluate import (
     build_reference,
@@ -40,13 +34,6 @@ from vdm_jax.evaluation.frechet import (
     frechet_distance,
     frechet_from_features,
 )
-from vdm_jax.evaluation.inception import (
-    InceptionV3,
-    make_inception_fn,
-    preprocess_uint8,
-    random_inception,
-    spatial_features,
-)
 from vdm_jax.evaluation.metrics import inception_score, precision_recall
 from vdm_jax.evaluation.reference import (
     ReferenceBatch,
@@ -55,6 +42,19 @@ from vdm_jax.evaluation.reference import (
     load_samples,
     save_reference,
     save_samples,
+)
+from vdm_jax.importers.inception import (
+    INCEPTION_ENV_VAR,
+    inception_weights_path,
+    load_inception,
+    load_pt_state_dict,
+)
+from vdm_jax.nn.encoders.inception import (
+    InceptionV3,
+    make_inception_fn,
+    preprocess_uint8,
+    random_inception,
+    spatial_features,
 )
 
 __all__ = [

@@ -53,19 +53,12 @@ from vdm_jax.data import dataset_info, eval_iterator, levels_to_unit, train_iter
 from vdm_jax.data import digits as digits_data
 from vdm_jax.data.pipeline import InMemorySource
 from vdm_jax.data.tfds_utils import data_source
-from vdm_jax.evaluation.convert_inception import inception_weights_path, load_inception
 from vdm_jax.evaluation.digits_classifier import train_or_load_digits_classifier
 from vdm_jax.evaluation.frechet import (
     StatsAccumulator,
     feature_statistics,
     frechet_distance,
     frechet_from_features,
-)
-from vdm_jax.evaluation.inception import (
-    InceptionV3,
-    preprocess_uint8,
-    random_inception,
-    spatial_features,
 )
 from vdm_jax.evaluation.metrics import inception_score, precision_recall
 from vdm_jax.evaluation.reference import (
@@ -76,9 +69,16 @@ from vdm_jax.evaluation.reference import (
     save_reference,
     validate_images,
 )
+from vdm_jax.importers.inception import inception_weights_path, load_inception
+from vdm_jax.nn.encoders.inception import (
+    InceptionV3,
+    preprocess_uint8,
+    random_inception,
+    spatial_features,
+)
 
 if TYPE_CHECKING:  # training imports the evaluation package
-    from vdm_jax.training.inference import Restored
+    from vdm_jax.checkpoints.restore import Restored
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",

@@ -1,6 +1,6 @@
 """Likelihood on a held-out split: the model's −ELBO in bits/dim and the classical baselines.
 
-    bits/dim = E_x[−ELBO(x)] / (D ln 2),  −ELBO = prior + reconstruction + diffusion (vdm_jax.elbo)
+    bits/dim = E_x[−ELBO(x)] / (D ln 2),  −ELBO = prior + reconstruction + diffusion (core.elbo)
 
 estimated over every example of the split (padded rows masked out), `passes` times with fresh
 (t, ε) draws (low-discrepancy t within a batch), and averaged. Baselines on the same K-level data:
@@ -21,8 +21,8 @@ import numpy as np
 
 from vdm_jax.data import eval_iterator
 from vdm_jax.evaluation.evaluate import unit_to_levels
-from vdm_jax.training import mesh as mesh_lib
-from vdm_jax.training.diffusion_model import DiffusionModel
+from vdm_jax.model import DiffusionModel
+from vdm_jax.parallel import mesh as mesh_lib
 
 
 def evaluate_bpd(

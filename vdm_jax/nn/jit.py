@@ -30,67 +30,27 @@ import numpy as np
 from einops import rearrange
 from flax import nnx
 
-from vdm_jax.models.configs import grid_size
-from vdm_jax.models.dit import (
+from vdm_jax.nn.layers import (
     AdaLNModulation,
     FinalLayer,
     LabelEmbedder,
+    SwiGLU,
     TimestepEmbedder,
+    apply_rope,
     check_inputs,
     dense,
+    grid_size,
     modulate,
     normal_002,
     patchify,
+    rms_norm,
+    rope_2d,
     sincos_2d,
     unpatchify,
 )
 
 Array = jax.Array
 Dtype = Any
-
-
-def rms_norm(num_features: int, axis_name: str | None, rngs: nnx.Rngs) -> nnx.RMSNorm:
-    """x / sqrt(mean(x²) + 1e-6) · scale, scale initialized to 1, computed in float32."""
-    return nnx.RMSNorm(
-        num_features,
-        epsilon=1e-6,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), (axis_name,)),
-        rngs=rngs,
-    )
-
-
-def rope_2d(
-    grid: tuple[int, int], head_dim: int, num_prefix: int = 0, theta: float = 10_000.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin tables (num_prefix + gh·gw, head_dim) of 2D RoPE (EVA-02 / JiT layout).
-
-    Channels [0, head_dim/2) rotate with the row index i, [head_dim/2, head_dim) with the column
-    index j; inside each half, pair k = (2k, 2k+1) turns by angle pos·θ^(−4k/head_dim).
-    Prefix (in-context) tokens get cos = 1, sin = 0, i.e. no rotation.
-    """
-    gh, gw = grid
-    half = head_dim // 2
-    freqs = 1.0 / theta ** (np.arange(0, half, 2, dtype=np.float64) / half)  # (head_dim/4,)
-    ang_h = np.repeat(np.arange(gh)[:, None] * freqs[None], 2, axis=-1)  # (gh, half) paired
-    ang_w = np.repeat(np.arange(gw)[:, None] * freqs[None], 2, axis=-1)  # (gw, half) paired
-    ang = np.concatenate(
-        [np.broadcast_to(ang_h[:, None], (gh, gw, half)),
-         np.broadcast_to(ang_w[None, :], (gh, gw, half))],
-        axis=-1,
-    ).reshape(gh * gw, head_dim)  # (gh·gw, head_dim), row-major tokens
-    cos = np.concatenate([np.ones((num_prefix, head_dim)), np.cos(ang)], axis=0)
-    sin = np.concatenate([np.zeros((num_prefix, head_dim)), np.sin(ang)], axis=0)
-    return cos.astype(np.float32), sin.astype(np.float32)
-
-
-def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
-    """x·cos + rot(x)·sin with rot(x)_(2k, 2k+1) = (−x_(2k+1), x_(2k)).
-    x (B, T, N, Dh); cos, sin (T, Dh) → (B, T, N, Dh)."""
-    pairs = rearrange(x, "... (d r) -> ... d r", r=2)  # (B, T, N, Dh/2, 2)
-    rot = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)  # (B, T, N, Dh)
-    return x * cos[None, :, None, :] + rot * sin[None, :, None, :]
 
 
 class BottleneckPatchEmbed(nnx.Module):
@@ -128,19 +88,6 @@ class JiTAttention(nnx.Module):
         return self.proj(rearrange(o, "b t n h -> b t (n h)"))  # (B, T, D)
 
 
-class SwiGLU(nnx.Module):
-    """w3(SiLU(x w1) ⊙ x w2), w1 and w2 fused as one Linear(D, 2h), h = int(2/3 · mlp_hidden)."""
-
-    def __init__(self, hidden_size: int, mlp_hidden: int, *, dtype: Dtype, rngs: nnx.Rngs):
-        h = int(mlp_hidden * 2 / 3)
-        self.w12 = dense(hidden_size, 2 * h, ("embed", "mlp"), dtype=dtype, rngs=rngs)
-        self.w3 = dense(h, hidden_size, ("mlp", "embed"), dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: Array) -> Array:
-        x1, x2 = jnp.split(self.w12(x), 2, axis=-1)  # 2 × (B, T, h)
-        return self.w3(nnx.silu(x1) * x2)  # (B, T, D)
-
-
 class JiTBlock(nnx.Module):
     """DiT's AdaLN-Zero block with RMSNorm, RoPE attention and a SwiGLU MLP."""
 
@@ -167,7 +114,7 @@ class JiT(nnx.Module):
     """Pixel-space JiT: model(x, t, y) → (B, H, W, C_out), C_out = 2C with learn_sigma.
 
     x: (B, H, W, C) float NHWC; t: (B,) float continuous time in [0, 1]; y: (B,) int32 labels,
-    index num_classes = null class. Use `vdm_jax.models.build_model` to build a registry size.
+    index num_classes = null class. Use `vdm_jax.nn.build_model` to build a registry size.
     """
 
     def __init__(

@@ -12,6 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vdm_jax.nn.dit import DiT
+from vdm_jax.nn.jit import JiT
+from vdm_jax.nn.layers import grid_size
+
 _DIT_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
 # (depth, hidden, heads, bottleneck_dim, in_context_start); in_context_len is 32 for all.
 _JIT_SIZES = {"B": (12, 768, 12, 128, 4), "L": (24, 1024, 16, 128, 8), "H": (32, 1280, 16, 256, 10)}
@@ -96,15 +104,46 @@ def _validate(spec: dict[str, Any]) -> None:
             )
 
 
-def grid_size(input_size: tuple[int, int] | int, patch_size: int) -> tuple[int, int]:
-    """(H, W) → (H/p, W/p), with a clear error when p does not divide H or W."""
-    h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    if h < 1 or w < 1:
-        raise ValueError(f"input_size must be positive, got {(h, w)}.")
-    for side, n in (("height", h), ("width", w)):
-        if n % patch_size:
-            raise ValueError(
-                f"Input {side} {n} is not divisible by patch size {patch_size}; "
-                f"resize or pad the input to a multiple of {patch_size}."
-            )
-    return h // patch_size, w // patch_size
+def build_model(
+    name_or_spec: str | Mapping[str, Any],
+    *,
+    input_size: tuple[int, int] | int,
+    in_channels: int,
+    num_classes: int,
+    learn_sigma: bool = False,
+    dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+) -> DiT | JiT:
+    """Build a registry model ("DiT-XL/2", "JiT-B/16", ...) or a custom spec dict, e.g.
+    {"family": "dit", "depth": 2, "hidden_size": 64, "num_heads": 4, "patch_size": 2}.
+
+    input_size: (H, W) or an int for square inputs, each divisible by the patch size.
+    num_classes: number of real classes (0 = unconditional); the label table has one more row,
+    the null class. dtype: compute dtype (parameters are always float32).
+    Use under `nnx.eval_shape(lambda: build_model(...))` to get shapes without allocating.
+    """
+    spec = resolve_spec(name_or_spec)
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be a positive int, got {in_channels!r}.")
+    if not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(
+            f"num_classes must be an int >= 0 (0 = unconditional), got {num_classes!r}."
+        )
+    grid_size(input_size, spec["patch_size"])  # divisibility check with a clear message
+    family = spec.pop("family")
+    cls = DiT if family == "dit" else JiT
+    kwargs = dict(
+        input_size=input_size, in_channels=in_channels, num_classes=num_classes,
+        learn_sigma=learn_sigma, dtype=dtype, rngs=rngs, **spec,
+    )
+    if jax.sharding.get_abstract_mesh().empty:
+        # No mesh to shard onto: create plain arrays but keep the logical-axis metadata.
+        with nnx.use_eager_sharding(False):
+            return cls(**kwargs)
+    return cls(**kwargs)
+
+
+def logical_axes(model: nnx.Module) -> nnx.State:
+    """Logical axis names of every variable, as a State of PartitionSpecs, e.g.
+    P('embed', 'mlp') for an MLP kernel. Equal to nnx.get_partition_spec(nnx.state(model))."""
+    return nnx.get_partition_spec(nnx.state(model))

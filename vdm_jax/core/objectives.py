@@ -23,8 +23,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from vdm_jax import time_sampling as ts
-from vdm_jax.diffusion import (
+from vdm_jax.core import time_sampling as ts
+from vdm_jax.core.diffusion import (
     expand_to,
     gaussian_kl,
     mean_except_batch,
@@ -32,9 +32,9 @@ from vdm_jax.diffusion import (
     q_sample,
     q_transition,
 )
-from vdm_jax.elbo import discretized_gaussian_nll
-from vdm_jax.parameterizations import PREDICTIONS, from_x_eps, to_x_eps
-from vdm_jax.schedules import (
+from vdm_jax.core.elbo import discretized_gaussian_nll
+from vdm_jax.core.parameterizations import PREDICTIONS, from_x_eps, to_x_eps
+from vdm_jax.core.schedules import (
     Schedule,
     alpha_sigma_derivatives,
     alpha_sigma_from_log_snr,

@@ -16,12 +16,12 @@ import jax
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
+from vdm_jax import config as config_lib
+from vdm_jax.checkpoints.manager import Checkpointer
+from vdm_jax.config import ema_name
 from vdm_jax.data import DatasetInfo, dataset_info
-from vdm_jax.training import config as config_lib
-from vdm_jax.training import mesh as mesh_lib
-from vdm_jax.training.checkpoint import Checkpointer
-from vdm_jax.training.diffusion_model import DiffusionModel, build
-from vdm_jax.training.train_step import ema_name
+from vdm_jax.model import DiffusionModel, build
+from vdm_jax.parallel import mesh as mesh_lib
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,14 +41,14 @@ import numpy as np
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
+from vdm_jax import config as config_lib
+from vdm_jax import model as diffusion_model
+from vdm_jax.checkpoints.manager import Checkpointer, check_identity
 from vdm_jax.data import dataset_info, train_iterator
-from vdm_jax.evaluation import generate
 from vdm_jax.evaluation.evaluate import unit_to_uint8
-from vdm_jax.training import config as config_lib
-from vdm_jax.training import diffusion_model
-from vdm_jax.training import mesh as mesh_lib
-from vdm_jax.training import train_step as ts
-from vdm_jax.training.checkpoint import Checkpointer, check_identity
+from vdm_jax.generation import generate
+from vdm_jax.parallel import mesh as mesh_lib
+from vdm_jax.training import step as ts
 
 log = logging.getLogger(__name__)
 

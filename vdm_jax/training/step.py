@@ -25,16 +25,12 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from vdm_jax.training import mesh as mesh_lib
-from vdm_jax.training.diffusion_model import DiffusionModel
+from vdm_jax.config import ema_name
+from vdm_jax.model import DiffusionModel
+from vdm_jax.parallel import mesh as mesh_lib
 
 Array = jax.Array
 State = dict[str, Any]
-
-
-def ema_name(decay: float) -> str:
-    """Key of an EMA in state["ema"], e.g. 0.9999 -> 'ema_0p9999' (path-safe for checkpoints)."""
-    return "ema_" + repr(float(decay)).replace(".", "p")
 
 
 def learning_rate_schedule(optim: Mapping[str, Any], num_steps: int) -> optax.Schedule:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax.scipy.special import ndtri
 from jax.scipy.stats import norm
 
-from vdm_jax.schedules import Schedule, log_snr_and_derivative, t_from_log_snr
+from vdm_jax.core.schedules import Schedule, log_snr_and_derivative, t_from_log_snr
 
 Array = jax.Array
 _U_EPS = 1e-6  # keeps u (hence t) off the endpoints, where λ = ±∞ for several schedules

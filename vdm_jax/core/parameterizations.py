@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import jax
 
-from vdm_jax.diffusion import expand_to, posterior_coefficients, q_posterior
-from vdm_jax.schedules import Schedule, alpha_sigma, alpha_sigma_derivatives
+from vdm_jax.core.diffusion import expand_to, posterior_coefficients, q_posterior
+from vdm_jax.core.schedules import Schedule, alpha_sigma, alpha_sigma_derivatives
 
 Array = jax.Array
 PREDICTIONS = ("eps", "x", "v", "score", "flow")

@@ -30,10 +30,14 @@ from typing import Any
 
 from ml_collections import ConfigDict, config_dict
 
-from vdm_jax import losses
-from vdm_jax import schedules as sch
+from vdm_jax.core import objectives as losses
+from vdm_jax.core import schedules as sch
 from vdm_jax.data import DATASETS
-from vdm_jax.training.train_step import ema_name
+
+
+def ema_name(decay: float) -> str:
+    """Key of an EMA in state["ema"], e.g. 0.9999 -> 'ema_0p9999' (path-safe for checkpoints)."""
+    return "ema_" + repr(float(decay)).replace(".", "p")
 
 
 def default_config() -> ConfigDict:

@@ -53,9 +53,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from vdm_jax.diffusion import expand_to, posterior_coefficients, q_transition
-from vdm_jax.parameterizations import PREDICTIONS, from_x_eps, to_x_eps
-from vdm_jax.schedules import (
+from vdm_jax.core.diffusion import expand_to, posterior_coefficients, q_transition
+from vdm_jax.core.parameterizations import PREDICTIONS, from_x_eps, to_x_eps
+from vdm_jax.core.schedules import (
     Schedule,
     alpha_sigma,
     alpha_sigma_from_log_snr,

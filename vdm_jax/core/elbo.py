@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import log_ndtr
 
-from vdm_jax import time_sampling as ts
-from vdm_jax.diffusion import gaussian_kl, q_sample, sum_except_batch
-from vdm_jax.parameterizations import to_x_eps
-from vdm_jax.schedules import Schedule, alpha_sigma, log_snr_and_derivative
+from vdm_jax.core import time_sampling as ts
+from vdm_jax.core.diffusion import gaussian_kl, q_sample, sum_except_batch
+from vdm_jax.core.parameterizations import to_x_eps
+from vdm_jax.core.schedules import Schedule, alpha_sigma, log_snr_and_derivative
 
 Array = jax.Array
 DECODERS = ("discretized", "gaussian")

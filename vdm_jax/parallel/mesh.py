@@ -5,7 +5,7 @@ parameters are split over 'fsdp' along the dimension whose logical axis name the
 (ZeRO-3 / FSDP: XLA all-gathers a weight just before use and reduce-scatters its gradient), and
 replicated over 'data'. With fsdp = 1 this is plain data parallelism; with data = 1 pure FSDP.
 
-Logical axis names come from the models (`vdm_jax.models.logical_axes`): 'embed' (width D), 'mlp',
+Logical axis names come from the models (`vdm_jax.nn.logical_axes`): 'embed' (width D), 'mlp',
 'heads', 'patch', 'vocab', 'cond'. `FSDP_RULES` shards 'embed', the axis every large kernel has;
 a dimension the fsdp size does not divide stays replicated rather than failing.
 """

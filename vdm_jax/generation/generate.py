@@ -13,8 +13,8 @@ import jax
 import numpy as np
 from PIL import Image
 
-from vdm_jax import samplers
-from vdm_jax.training.diffusion_model import DiffusionModel
+from vdm_jax.core import samplers
+from vdm_jax.model import DiffusionModel
 
 Array = jax.Array
 

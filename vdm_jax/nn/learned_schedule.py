@@ -14,7 +14,7 @@ is then increasing in t, so γ_raw is strictly increasing. It is rescaled to fix
 so γ(0) = γ_min and γ(1) = γ_max exactly (t = 0 data, t = 1 noise; λ = −γ decreases from −γ_min
 to −γ_max; t outside [0, 1] is clamped to the endpoints). Constant offsets cancel in s, so l1 and
 l3 carry no bias, and each sigmoid feature has σ(b) subtracted so that γ_raw(0) = 0 exactly.
-`learned_schedule(net)` wraps it as a `vdm_jax.schedules.Schedule`; train it jointly with the
+`learned_schedule(net)` wraps it as a `vdm_jax.core.schedules.Schedule`; train it jointly with the
 denoiser by differentiating the ELBO (which depends on it through λ and dλ/dt) wrt the net.
 """
 
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vdm_jax.schedules import Schedule
+from vdm_jax.core.schedules import Schedule
 
 Array = jax.Array
 
@@ -83,6 +83,6 @@ class LearnedGamma(nnx.Module):
 def learned_schedule(net: LearnedGamma) -> Schedule:
     """The learned γ network as a schedule: λ(t) = −γ(t), variance preserving.
 
-    Returns `vdm_jax.schedules.Schedule(log_snr=lambda t: -net(t), family="vp")`.
+    Returns `vdm_jax.core.schedules.Schedule(log_snr=lambda t: -net(t), family="vp")`.
     """
     return Schedule(log_snr=lambda t: -net(t), family="vp")

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from vdm_jax.models.configs import grid_size, resolve_spec
-from vdm_jax.models.dit import FREQ_DIM
+from vdm_jax.nn.layers import FREQ_DIM
+from vdm_jax.nn.registry import grid_size, resolve_spec
 
 
 def _linear(n_in: int, n_out: int, bias: bool = True) -> int:

@@ -12,7 +12,7 @@ written in λ works with all of them. Everything here is a pure function of arra
 grad go through); the `Schedule` value itself holds no arrays to update, only the function.
 
 The VDM learned schedule is a `Schedule` whose `log_snr` closes over network parameters
-(see `vdm_jax.models.learned_schedule`).
+(see `vdm_jax.nn.learned_schedule`).
 """
 
 from __future__ import annotations

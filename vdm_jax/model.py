@@ -23,12 +23,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vdm_jax import elbo as elbo_lib
-from vdm_jax import losses
-from vdm_jax import schedules as sch
+from vdm_jax.core import elbo as elbo_lib
+from vdm_jax.core import objectives as losses
+from vdm_jax.core import schedules as sch
 from vdm_jax.data import DatasetInfo
-from vdm_jax.models import LearnedGamma, build_model, label_dropout, learned_schedule
-from vdm_jax.training.mesh import logical_specs
+from vdm_jax.nn.layers import label_dropout
+from vdm_jax.nn.learned_schedule import LearnedGamma, learned_schedule
+from vdm_jax.nn.registry import build_model
+from vdm_jax.parallel.mesh import logical_specs
 
 Array = jax.Array
 Params = dict[str, Any]

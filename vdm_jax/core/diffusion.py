@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from vdm_jax.schedules import Schedule, alpha_sigma, alpha_sigma_from_log_snr
+from vdm_jax.core.schedules import Schedule, alpha_sigma, alpha_sigma_from_log_snr
 
 Array = jax.Array
 

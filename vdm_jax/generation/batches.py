@@ -40,12 +40,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from vdm_jax import samplers
+from vdm_jax.checkpoints.restore import Restored
+from vdm_jax.core import samplers
 from vdm_jax.evaluation.evaluate import settings_path, unit_to_uint8, write_json_atomic
-from vdm_jax.evaluation.generate import class_balanced_labels, make_generate_fn, save_grid
 from vdm_jax.evaluation.reference import save_samples
-from vdm_jax.training import mesh as mesh_lib
-from vdm_jax.training.inference import Restored
+from vdm_jax.generation.generate import class_balanced_labels, make_generate_fn, save_grid
+from vdm_jax.parallel import mesh as mesh_lib
 
 __all__ = ["SamplingResult", "chunk_dir", "generate_samples", "sample_settings"]
 

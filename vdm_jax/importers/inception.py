@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vdm_jax.evaluation.inception import InceptionV3, abstract_inception
+from vdm_jax.nn.encoders.inception import InceptionV3, abstract_inception
 
 __all__ = [
     "INCEPTION_ENV_VAR",

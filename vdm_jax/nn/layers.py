@@ -1,26 +1,14 @@
-"""DiT: diffusion transformer with AdaLN-Zero conditioning (Peebles & Xie 2023), Flax NNX.
+"""Building blocks shared by the transformer backbones (DiT, JiT, DDT), Flax NNX.
 
-    x (B,H,W,C) → patchify p×p → Linear → + fixed 2D sin-cos position → N × DiTBlock(·, c)
-      → FinalLayer(·, c) → unpatchify → (B,H,W,C) or (B,H,W,2C) with learn_sigma,
-    c = TimestepEmbedder(t) + LabelEmbedder(y).
+Conventions of every layer here: parameters float32, compute in `dtype` (bfloat16 on
+accelerators), normalizations and the timestep frequencies in float32; every kernel carries
+logical axis names ('embed', 'mlp', 'heads', 'patch', 'vocab', 'cond') for FSDP
+(see vdm_jax.parallel.mesh). Shapes: B batch, T tokens, D width, N heads, Dh head width.
 
-A DiTBlock with c-dependent (shift, scale, gate) from Linear(SiLU(c)) → 6D:
-    x ← x + gate_msa · Attn(LN(x)·(1 + scale_msa) + shift_msa)
-    x ← x + gate_mlp · MLP(LN(x)·(1 + scale_mlp) + shift_mlp)
-AdaLN-Zero initializes the modulation Linear to zero, so every block starts as the identity and
-the output (whose final Linear is also zero) starts at exactly 0.
-
-Time: the network takes continuous t ∈ [0, 1] (t = 0 data, t = 1 noise) and embeds 1000·t, so the
-sinusoid frequencies cover the same range as DiT's integer steps 0..999. Labels: int32 in
-[0, num_classes], index num_classes being the null class used for classifier-free guidance; the
-model holds no rng, label dropout is the pure function `label_dropout`.
-
-Precision: parameters float32; matmuls and the residual stream in `dtype` (bfloat16 on
-accelerators); LayerNorm/RMSNorm, the timestep frequencies, attention softmax (inside
-jax.nn.dot_product_attention) and the final projection in float32.
-
-Sharding: every kernel carries logical axis names via nnx.with_partitioning, read back with
-`nnx.get_partition_spec(nnx.state(model))` (see `vdm_jax.models.logical_axes`).
+Time: networks take continuous t ∈ [0, 1] (t = 0 data, t = 1 noise; docs/CONVENTIONS.md) and
+embed 1000·t, so the sinusoid frequencies cover the range of DiT's integer steps 0..999.
+Labels: int32 in [0, num_classes], index num_classes being the null class of classifier-free
+guidance; models hold no rng, label dropout is the pure function `label_dropout`.
 """
 
 from __future__ import annotations
@@ -34,8 +22,6 @@ import numpy as np
 from einops import rearrange
 from flax import nnx
 
-from vdm_jax.models.configs import grid_size
-
 Array = jax.Array
 Dtype = Any
 
@@ -46,11 +32,6 @@ normal_002 = nnx.initializers.normal(0.02)
 DEFAULT_LABEL_DROPOUT = 0.1  # DiT's class_dropout_prob
 TIME_SCALE = 1000.0  # t ∈ [0, 1] → DiT's step range [0, 1000) before the frequency embedding
 FREQ_DIM = 256
-
-
-# ------------------------------------------------------------------------------------------------
-# Shared building blocks (also used by JiT)
-# ------------------------------------------------------------------------------------------------
 
 
 def dense(
@@ -75,6 +56,20 @@ def dense(
         bias_init=nnx.with_partitioning(zeros_init, (axes[1],)),
         rngs=rngs,
     )
+
+
+def grid_size(input_size: tuple[int, int] | int, patch_size: int) -> tuple[int, int]:
+    """(H, W) → (H/p, W/p), with a clear error when p does not divide H or W."""
+    h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if h < 1 or w < 1:
+        raise ValueError(f"input_size must be positive, got {(h, w)}.")
+    for side, n in (("height", h), ("width", w)):
+        if n % patch_size:
+            raise ValueError(
+                f"Input {side} {n} is not divisible by patch size {patch_size}; "
+                f"resize or pad the input to a multiple of {patch_size}."
+            )
+    return h // patch_size, w // patch_size
 
 
 def label_dropout(rng: Array, labels: Array, p: float | Array, num_classes: int) -> Array:
@@ -204,62 +199,6 @@ def layer_norm(hidden_size: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
     )
 
 
-# ------------------------------------------------------------------------------------------------
-# DiT
-# ------------------------------------------------------------------------------------------------
-
-
-class Attention(nnx.Module):
-    """Multi-head self-attention, fused qkv with bias (timm's Attention as used by DiT)."""
-
-    def __init__(self, hidden_size: int, num_heads: int, *, dtype: Dtype, rngs: nnx.Rngs):
-        self.num_heads = num_heads
-        self.qkv = dense(hidden_size, 3 * hidden_size, ("embed", "heads"), dtype=dtype, rngs=rngs)
-        self.proj = dense(hidden_size, hidden_size, ("heads", "embed"), dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: Array) -> Array:
-        qkv = self.qkv(x)  # (B, T, 3D)
-        q, k, v = rearrange(qkv, "b t (s n h) -> s b t n h", s=3, n=self.num_heads)  # (B,T,N,Dh)
-        # implementation=None: cuDNN flash attention on GPU for bf16, XLA elsewhere; the softmax
-        # is float32 in both.
-        o = jax.nn.dot_product_attention(q, k, v)  # (B, T, N, Dh)
-        return self.proj(rearrange(o, "b t n h -> b t (n h)"))  # (B, T, D)
-
-
-class Mlp(nnx.Module):
-    """Linear(D, M) → GELU(tanh) → Linear(M, D)."""
-
-    def __init__(self, hidden_size: int, mlp_hidden: int, *, dtype: Dtype, rngs: nnx.Rngs):
-        self.fc1 = dense(hidden_size, mlp_hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
-        self.fc2 = dense(mlp_hidden, hidden_size, ("mlp", "embed"), dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: Array) -> Array:
-        h = nnx.gelu(self.fc1(x), approximate=True)  # (B, T, M)
-        return self.fc2(h)  # (B, T, D)
-
-
-class DiTBlock(nnx.Module):
-    """Transformer block with AdaLN-Zero conditioning (see module docstring)."""
-
-    def __init__(
-        self, hidden_size: int, num_heads: int, mlp_ratio: float, *, dtype: Dtype, rngs: nnx.Rngs
-    ):
-        self.dtype = dtype
-        self.norm1 = layer_norm(hidden_size, rngs)
-        self.attn = Attention(hidden_size, num_heads, dtype=dtype, rngs=rngs)
-        self.norm2 = layer_norm(hidden_size, rngs)
-        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), dtype=dtype, rngs=rngs)
-        self.adaLN_modulation = AdaLNModulation(hidden_size, 6, dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: Array, c: Array) -> Array:
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c)
-        h = modulate(self.norm1(x.astype(jnp.float32)), shift_msa, scale_msa)  # (B, T, D) f32
-        x = x + gate_msa[:, None] * self.attn(h.astype(self.dtype))  # (B, T, D)
-        h = modulate(self.norm2(x.astype(jnp.float32)), shift_mlp, scale_mlp)  # (B, T, D) f32
-        x = x + gate_mlp[:, None] * self.mlp(h.astype(self.dtype))  # (B, T, D)
-        return x
-
-
 class FinalLayer(nnx.Module):
     """norm → adaLN shift/scale → Linear(D, p·p·C_out), modulation and Linear zero-initialized.
     `norm` is LayerNorm for DiT, RMSNorm for JiT. Runs in float32: it produces the output."""
@@ -281,60 +220,65 @@ class FinalLayer(nnx.Module):
         return self.linear(h)  # (B, T, p·p·C_out) f32
 
 
-class DiT(nnx.Module):
-    """Diffusion transformer: model(x, t, y) → (B, H, W, C_out), C_out = 2C with learn_sigma.
 
-    x: (B, H, W, C) float NHWC; t: (B,) float continuous time in [0, 1]; y: (B,) int32 labels,
-    index num_classes = null class. Use `vdm_jax.models.build_model` to build a registry size.
+# ------------------------------------------------------------------------------------------------
+# RMSNorm, 2D RoPE and SwiGLU (JiT, DDT)
+# ------------------------------------------------------------------------------------------------
+
+
+def rms_norm(num_features: int, axis_name: str | None, rngs: nnx.Rngs) -> nnx.RMSNorm:
+    """x / sqrt(mean(x²) + 1e-6) · scale, scale initialized to 1, computed in float32."""
+    return nnx.RMSNorm(
+        num_features,
+        epsilon=1e-6,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), (axis_name,)),
+        rngs=rngs,
+    )
+
+
+def rope_2d(
+    grid: tuple[int, int], head_dim: int, num_prefix: int = 0, theta: float = 10_000.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin tables (num_prefix + gh·gw, head_dim) of 2D RoPE (EVA-02 / JiT layout).
+
+    Channels [0, head_dim/2) rotate with the row index i, [head_dim/2, head_dim) with the column
+    index j; inside each half, pair k = (2k, 2k+1) turns by angle pos·θ^(−4k/head_dim).
+    Prefix (in-context) tokens get cos = 1, sin = 0, i.e. no rotation.
     """
+    gh, gw = grid
+    half = head_dim // 2
+    freqs = 1.0 / theta ** (np.arange(0, half, 2, dtype=np.float64) / half)  # (head_dim/4,)
+    ang_h = np.repeat(np.arange(gh)[:, None] * freqs[None], 2, axis=-1)  # (gh, half) paired
+    ang_w = np.repeat(np.arange(gw)[:, None] * freqs[None], 2, axis=-1)  # (gw, half) paired
+    ang = np.concatenate(
+        [np.broadcast_to(ang_h[:, None], (gh, gw, half)),
+         np.broadcast_to(ang_w[None, :], (gh, gw, half))],
+        axis=-1,
+    ).reshape(gh * gw, head_dim)  # (gh·gw, head_dim), row-major tokens
+    cos = np.concatenate([np.ones((num_prefix, head_dim)), np.cos(ang)], axis=0)
+    sin = np.concatenate([np.zeros((num_prefix, head_dim)), np.sin(ang)], axis=0)
+    return cos.astype(np.float32), sin.astype(np.float32)
 
-    def __init__(
-        self,
-        *,
-        input_size: tuple[int, int] | int,
-        in_channels: int,
-        num_classes: int,
-        patch_size: int,
-        hidden_size: int,
-        depth: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        learn_sigma: bool = False,
-        dtype: Dtype = jnp.float32,
-        rngs: nnx.Rngs,
-    ):
-        self.grid = grid_size(input_size, patch_size)
-        self.image_size = (self.grid[0] * patch_size, self.grid[1] * patch_size)
-        self.patch_size = patch_size
-        self.in_channels = in_channels
-        self.out_channels = 2 * in_channels if learn_sigma else in_channels
-        self.num_classes = num_classes
-        self.hidden_size = hidden_size
-        self.dtype = dtype
-        p, d = patch_size, hidden_size
 
-        # Patch embedding = p×p stride-p conv, written as a Linear on flattened patches; xavier
-        # on the flattened kernel as in DiT's initialize_weights.
-        self.x_embedder = dense(p * p * in_channels, d, ("patch", "embed"), dtype=dtype, rngs=rngs)
-        self.t_embedder = TimestepEmbedder(d, dtype=dtype, rngs=rngs)
-        self.y_embedder = LabelEmbedder(num_classes, d, dtype=dtype, rngs=rngs)
-        self.blocks = nnx.List(
-            [DiTBlock(d, num_heads, mlp_ratio, dtype=dtype, rngs=rngs) for _ in range(depth)]
-        )
-        self.final_layer = FinalLayer(
-            d, p, self.out_channels, layer_norm(d, rngs), dtype=dtype, rngs=rngs
-        )
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """x·cos + rot(x)·sin with rot(x)_(2k, 2k+1) = (−x_(2k+1), x_(2k)).
+    x (B, T, N, Dh); cos, sin (T, Dh) → (B, T, N, Dh)."""
+    pairs = rearrange(x, "... (d r) -> ... d r", r=2)  # (B, T, N, Dh/2, 2)
+    rot = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)  # (B, T, N, Dh)
+    return x * cos[None, :, None, :] + rot * sin[None, :, None, :]
 
-    def pos_embed(self) -> np.ndarray:
-        """Fixed 2D sin-cos position embedding (T, D); a constant, not a parameter."""
-        return sincos_2d(self.hidden_size, self.grid)
 
-    def __call__(self, x: Array, t: Array, y: Array) -> Array:
-        check_inputs(x, t, y, self.image_size, self.in_channels)
-        x = patchify(x, self.patch_size).astype(self.dtype)  # (B, T, p·p·C)
-        x = self.x_embedder(x) + self.pos_embed().astype(self.dtype)  # (B, T, D)
-        c = self.t_embedder(t) + self.y_embedder(y)  # (B, D)
-        for block in self.blocks:
-            x = block(x, c)  # (B, T, D)
-        x = self.final_layer(x, c)  # (B, T, p·p·C_out) f32
-        return unpatchify(x, self.grid, self.patch_size)  # (B, H, W, C_out) f32
+class SwiGLU(nnx.Module):
+    """w3(SiLU(x w1) ⊙ x w2), w1 and w2 fused as one Linear(D, 2h), h = int(2/3 · mlp_hidden)."""
+
+    def __init__(self, hidden_size: int, mlp_hidden: int, *, dtype: Dtype, rngs: nnx.Rngs):
+        h = int(mlp_hidden * 2 / 3)
+        self.w12 = dense(hidden_size, 2 * h, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+        self.w3 = dense(h, hidden_size, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        x1, x2 = jnp.split(self.w12(x), 2, axis=-1)  # 2 × (B, T, h)
+        return self.w3(nnx.silu(x1) * x2)  # (B, T, D)
+

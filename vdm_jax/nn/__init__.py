@@ -1,0 +1,13 @@
+"""Networks: Flax NNX modules that know nothing of training, data or files.
+
+    layers               blocks shared by the transformer backbones (patchify, sin-cos and
+                         timestep embeddings, AdaLN-Zero, RMSNorm, 2D RoPE, SwiGLU)
+    dit, jit             the DiT and JiT denoisers
+    learned_schedule     VDM's monotone network for a learned γ(t) = −λ(t)
+    registry             named sizes ("DiT-XL/2", "JiT-B/16"), spec validation, `build_model`
+    cost                 exact parameter counts and forward MACs / FLOPs
+    encoders/            frozen feature networks (the FID Inception-v3)
+
+Build a denoiser with `vdm_jax.nn.registry.build_model`; every parameter carries logical axis
+names for FSDP (`registry.logical_axes`, mapped to mesh axes in vdm_jax.parallel.mesh).
+"""
