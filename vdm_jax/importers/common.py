@@ -1,0 +1,221 @@
+"""What every importer of released weights shares: reading a state dict, mapping it onto an NNX
+module tensor by tensor, and one message for everything that does not fit.
+
+A *state dict* here is a flat {name: np.ndarray} in the source's own names and layouts (PyTorch:
+`Linear.weight` (O, I), `Conv2d.weight` (O, I, kh, kw), NCHW). An importer supplies one function
+
+    source_of(path, flax_shape) -> Tensor(name, source_shape, to_flax)
+
+giving, for each NNX variable (its path as a tuple of strings and its shape), the source tensor's
+name, the shape it must have there, and the function taking the source array to the Flax layout.
+`assign` then checks the whole state dict first — every missing, misshaped and unexpected tensor
+is listed in one `WeightMismatchError` — and only then writes the arrays into the module.
+
+Formats: `.safetensors` are read with the safetensors package's NumPy API (no torch); `.bin`,
+`.pt`, `.pth` and `.ckpt` are torch pickles and need torch, an optional dependency
+(`pip install torch`; the CPU wheel suffices), imported only here and only for those files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+__all__ = [
+    "TORCH_SUFFIXES",
+    "MissingDependencyError",
+    "Tensor",
+    "WeightMismatchError",
+    "assign",
+    "conv_kernel",
+    "file_sha256",
+    "flat_variables",
+    "identity",
+    "linear_kernel",
+    "read_state_dict",
+    "strip_prefix",
+]
+
+TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+MAX_LISTED = 12  # names listed per kind of mismatch; the count is always given
+
+
+class WeightMismatchError(ValueError):
+    """A state dict that does not fit the module: names every missing, misshaped and unexpected
+    tensor (a ValueError, so the launch scripts report it as bad input, exit 2)."""
+
+
+class MissingDependencyError(ValueError):
+    """Reading this file needs an optional package (torch) that is not installed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+    """Where an NNX variable comes from: the source tensor's `name`, the `shape` it has there,
+    and `to_flax`, the map from the source array to the NNX variable's layout."""
+
+    name: str
+    shape: tuple[int, ...]
+    to_flax: Callable[[np.ndarray], np.ndarray]
+
+
+def identity(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+def linear_kernel(a: np.ndarray) -> np.ndarray:
+    """PyTorch Linear.weight (O, I) → Flax kernel (I, O)."""
+    return a.T
+
+
+def conv_kernel(a: np.ndarray) -> np.ndarray:
+    """PyTorch Conv2d.weight (O, I, kh, kw) → Flax kernel (kh, kw, I, O)."""
+    return a.transpose(2, 3, 1, 0)
+
+
+def flat_variables(module: nnx.Module) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
+    """(path, shape) of every variable of `module` (abstract or concrete), in NNX order."""
+    return [
+        (tuple(str(k) for k in path), tuple(var.get_value().shape))
+        for path, var in nnx.to_flat_state(nnx.state(module))
+    ]
+
+
+def strip_prefix(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The tensors under `prefix` (e.g. 'first_stage_model.') with it removed; all of them
+    unchanged if none carries it."""
+    if not any(k.startswith(prefix) for k in state_dict):
+        return dict(state_dict)
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def _block(title: str, items: list[str]) -> str:
+    more = f"\n    ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return f"\n  {title} ({len(items)}):\n    " + "\n    ".join(items[:MAX_LISTED]) + more
+
+
+def assign(
+    module: nnx.Module,
+    state_dict: Mapping[str, Any],
+    source_of: Callable[[tuple[str, ...], tuple[int, ...]], Tensor],
+    *,
+    source: str,
+    what: str,
+    ignore: Callable[[str], bool] = lambda name: False,
+    dtype: Any = jnp.float32,
+) -> nnx.Module:
+    """Writes `state_dict` into `module` (in place; an abstract module from `nnx.eval_shape`
+    works and is filled) through `source_of` (module docstring) and returns it.
+
+    `source` names the file in messages, `what` the expected model (e.g. "the SD-VAE
+    AutoencoderKL (diffusers names)"); tensors for which `ignore(name)` holds are skipped
+    (e.g. BatchNorm's num_batches_tracked). Raises WeightMismatchError listing every missing,
+    misshaped and unexpected tensor before anything is written.
+    """
+    given = {k: v for k, v in state_dict.items() if not ignore(k)}
+    arrays: list[tuple[tuple[str, ...], Any]] = []
+    missing, misshaped, used = [], [], set()
+    for path, flax_shape in flat_variables(module):
+        t = source_of(path, flax_shape)
+        used.add(t.name)
+        if t.name not in given:
+            missing.append(f"{t.name} {tuple(t.shape)}")
+            continue
+        value = np.asarray(given[t.name])
+        if tuple(value.shape) != tuple(t.shape):
+            misshaped.append(f"{t.name}: got {tuple(value.shape)}, expected {tuple(t.shape)}")
+            continue
+        arrays.append((path, jnp.asarray(t.to_flax(value), dtype=dtype)))
+    unexpected = sorted(k for k in given if k not in used)
+    if missing or misshaped or unexpected:
+        msg = f"weights from {source} do not match {what}:"
+        if missing:
+            msg += _block("missing tensors", missing)
+        if misshaped:
+            msg += _block("misshaped tensors", misshaped)
+        if unexpected:
+            msg += _block("unexpected tensors", unexpected)
+        raise WeightMismatchError(msg)
+    nnx.update(module, nnx.from_flat_state(arrays))
+    return module
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable .safetensors file: {e}") from None
+
+
+def _read_torch(path: Path) -> dict[str, Any]:
+    try:
+        import torch  # optional: only torch pickles need it
+    except ImportError:
+        raise MissingDependencyError(
+            f"reading {path} needs PyTorch, which is not installed: `pip install torch` (the CPU "
+            "wheel suffices), or use the .safetensors file of the same weights, which needs no "
+            "torch."
+        ) from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a corrupt or foreign pickle
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {e}") from None
+
+    def to_numpy(tree: Any) -> Any:
+        if hasattr(tree, "detach"):
+            t = tree.detach().cpu()
+            return t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
+        if isinstance(tree, Mapping):
+            return {k: to_numpy(v) for k, v in tree.items()}
+        return tree
+
+    return to_numpy(obj)
+
+
+def read_state_dict(path: str | os.PathLike, *, nested: Iterable[str] = ()) -> dict[str, Any]:
+    """The tensors of a weights file as NumPy arrays, by suffix: `.safetensors` without torch,
+    `.bin` / `.pt` / `.pth` / `.ckpt` with torch (MissingDependencyError without it).
+
+    `nested`: keys to descend into when the file holds a dict of state dicts (e.g. 'state_dict'
+    of a Lightning `.ckpt`, 'ema' of a DiT training checkpoint); the first one present is used.
+    Raises FileNotFoundError for a missing file and ValueError for an unreadable one.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no such weights file: {path}")
+    if path.suffix == ".safetensors":
+        obj: Any = _read_safetensors(path)
+    elif path.suffix in TORCH_SUFFIXES:
+        obj = _read_torch(path)
+    else:
+        raise ValueError(
+            f"unknown weights format {path.name!r}: expected .safetensors or a torch pickle "
+            f"({', '.join(TORCH_SUFFIXES)})"
+        )
+    for key in nested:
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, expected a state dict")
+    return {k: v for k, v in obj.items() if isinstance(v, np.ndarray)}
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes (recorded with what was made from the weights)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,124 @@
+"""Publishing files atomically: the one way vdm_jax writes a file that others read.
+
+`atomic_write(path, write)` calls write(f) on a temporary file with a unique name in the target
+directory (so the final rename never crosses a file system and two writers never share it),
+flushes and fsyncs it, renames it over `path` (atomic on POSIX), and fsyncs the directory so the
+rename survives a crash. A reader therefore sees the old file or the new one, never a part of
+either; of two concurrent writers of one path, the last rename wins whole. A failed write removes
+its temporary file and leaves `path` as it was.
+
+Temporary names are `.<name>.<random>.tmp` (hidden, and ignored by readers of the directory);
+`remove_stale_temporaries` deletes those a killed writer left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+__all__ = [
+    "TMP_SUFFIX",
+    "atomic_write",
+    "json_default",
+    "read_json",
+    "remove_stale_temporaries",
+    "write_bytes",
+    "write_json",
+    "write_npz",
+    "write_text",
+]
+
+TMP_SUFFIX = ".tmp"
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a directory be opened
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Publish the bytes `write(f)` puts into a binary file object at `path`, atomically (module
+    docstring). Creates the parent directory. Returns the path."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode())
+
+
+def json_default(obj: Any) -> Any:
+    """JSON for NumPy scalars/arrays, paths and ConfigDicts (everything the project records)."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if isinstance(obj, tuple | set | frozenset):
+        return list(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
+    """`obj` as JSON (keys sorted, NumPy values converted), atomically."""
+    text = json.dumps(obj, indent=indent, sort_keys=True, default=json_default, allow_nan=True)
+    return write_text(path, text + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any | None:
+    """The JSON value in `path`, or None when it is absent or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
+    """An uncompressed `.npz` of `arrays`, atomically (np.savez into the temporary file)."""
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of killed writers (`.<name>.<random>.tmp`) in `directory`;
+    returns what was removed. Call only where no other writer can be active (e.g. under the run
+    directory's lock)."""
+    directory = Path(directory)
+    removed = []
+    if directory.is_dir():
+        for p in directory.iterdir():
+            if p.name.startswith(".") and p.name.endswith(TMP_SUFFIX) and p.is_file():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p)
+    return removed
