@@ -16,11 +16,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/python launch/train.py --config=configs/digits_dit.py --workdir=$(WORKDIR)
 
-test: $(STAMP)
+test: lint
 	$(VENV)/bin/python -m pytest -q -n 2 --durations=15
 
+# Style and the import layering (pyproject.toml [tool.importlinter]); part of `make test`.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) workdirs

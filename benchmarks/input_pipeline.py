@@ -6,7 +6,7 @@ Writes a synthetic ImageFolder of `--num-images` JPEGs with sizes drawn around I
 temporary directory, prepares it, then times `--num-batches` local batches of
 `train_iterator` at `--image-size` after one warm-up batch. Preparation time is reported apart.
 
-  .venv/bin/python benchmarks/input_pipeline.py --out results/input_pipeline.json
+  .venv/bin/python -m benchmarks.input_pipeline --out results/input_pipeline.json
 """
 
 from __future__ import annotations
@@ -15,15 +15,12 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 
 import numpy as np
 from ml_collections import ConfigDict
 from PIL import Image
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vdm_jax.data import dataset_info, train_iterator
 

@@ -1,7 +1,7 @@
 """Sampling throughput: images/s and NFE of DDIM, Heun and DPM-Solver++(2M), with and without
 classifier-free guidance, through the real generation path (vdm_jax.generation.generate).
 
-    .venv/bin/python benchmarks/sampling.py --model=DiT-S/2 --batch=32 --dtype=float32 \
+    .venv/bin/python -m benchmarks.sampling --model=DiT-S/2 --batch=32 --dtype=float32 \
         --samplers=ddim,heun,dpm_solver_2m --num_steps=10,25,50,250 --guidance=1,4 \
         --out results/sampling.json
 
@@ -19,20 +19,18 @@ initialization (the cost of a forward pass does not depend on the weights' value
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import common
 import jax
 import jax.numpy as jnp
 
+from benchmarks import cli_args, host, memory, report, timing
 from vdm_jax import model as dm
 from vdm_jax.core import samplers
 from vdm_jax.generation.generate import make_generate_fn
+from vdm_jax.sampling_spec import SamplingSpec
 
 COLUMNS = [
     ("model", "model"), ("batch", "batch"), ("dtype", "dtype"), ("sampler", "sampler"),
@@ -44,39 +42,39 @@ COLUMNS = [
 
 def run_config(
     args: argparse.Namespace, model: dm.DiffusionModel, params: Any, batch: int, dtype: str,
-    sampler: str, num_steps: int, guidance: float, peak: common.MatmulPeak | None,
+    sampler: str, num_steps: int, guidance: float, peak: timing.MatmulPeak | None,
 ) -> dict[str, Any]:
     """Compile once, warm up, and time one sampling configuration."""
-    fn = make_generate_fn(model, batch, sampler=sampler, num_steps=num_steps,
-                          guidance_scale=guidance)
+    spec = SamplingSpec(sampler=sampler, num_steps=num_steps, guidance_scale=guidance)
+    fn = make_generate_fn(model, batch, spec)
     labels = jnp.arange(batch, dtype=jnp.int32) % max(args.num_classes, 1)
     rng = jax.random.key(0)
     start = time.perf_counter()
     compiled = fn.lower(params, labels, rng).compile()
     compile_s = time.perf_counter() - start
     for i in range(args.warmup):
-        common.block(compiled(params, labels, jax.random.fold_in(rng, i)))
+        timing.block(compiled(params, labels, jax.random.fold_in(rng, i)))
     if peak is not None:
         peak.reset()
     keys = [jax.random.fold_in(rng, args.warmup + i) for i in range(args.steps)]
-    times, _ = common.time_interleaved(
+    times, _ = timing.time_interleaved(
         lambda i: compiled(params, labels, keys[i]), args.steps, peak, args.peak_runs
     )
-    stats = common.summarize(times)
+    stats = timing.summarize(times)
 
-    guided = bool(model.num_classes) and guidance != 1.0
-    nfe = samplers.nfe(sampler, num_steps)
+    guided = spec.guided(model.num_classes)
+    nfe = spec.nfe
     passes = nfe * (2 if guided else 1)
-    flops = common.forward_cost(args)["flops"] * passes * batch
+    flops = cli_args.forward_cost(args)["flops"] * passes * batch
     achieved = flops / stats["median_s"]
     row: dict[str, Any] = {
-        "model": common.model_label(args.model), "input_size": args.input_size,
+        "model": cli_args.model_label(args.model), "input_size": args.input_size,
         "in_channels": args.in_channels, "num_classes": args.num_classes,
         "batch": batch, "dtype": dtype, "sampler": sampler, "num_steps": num_steps,
         "guidance_scale": guidance, "guided": guided, "nfe": nfe,
         "forward_passes_per_image": passes, "seconds_per_batch": stats["median_s"],
         "time": stats, "images_per_s": batch / stats["median_s"], "compile_s": compile_s,
-        "memory": common.memory_stats(compiled), "achieved_tflops": achieved / 1e12,
+        "memory": memory.memory_stats(compiled), "achieved_tflops": achieved / 1e12,
     }
     if peak is not None:
         p = peak.summary()
@@ -88,41 +86,41 @@ def run_config(
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.add_model_args(parser, batch="32", steps=3)
-    parser.add_argument("--samplers", type=common.str_list,
+    cli_args.add_model_args(parser, batch="32", steps=3)
+    parser.add_argument("--samplers", type=cli_args.str_list,
                         default=["ddim", "heun", "dpm_solver_2m"],
                         help=f"comma-separated, of {samplers.SAMPLERS}")
-    parser.add_argument("--num_steps", type=common.int_list, default=[10, 25, 50, 250],
+    parser.add_argument("--num_steps", type=cli_args.int_list, default=[10, 25, 50, 250],
                         help="sampling steps, comma-separated")
-    parser.add_argument("--guidance", type=common.float_list, default=[1.0, 4.0],
+    parser.add_argument("--guidance", type=cli_args.float_list, default=[1.0, 4.0],
                         help="classifier-free guidance scales (1 = no guidance)")
     parser.add_argument("--peak_runs", type=int, default=3,
                         help="peak matmuls per configuration, interleaved with the timed runs")
     parser.set_defaults(warmup=1)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    common.setup_host(args)
-    common.check_dtypes(args.dtype)
+    host.setup_host(args)
+    cli_args.check_dtypes(args.dtype)
     for s in args.samplers:
         samplers.nfe(s, 1)  # validates the name
 
     rows = []
     for dtype in args.dtype:
-        peak = common.MatmulPeak(common.DTYPES[dtype], args.peak_size) if args.peak_size else None
-        cfg = common.make_config(args, dtype, max(args.batch))
-        model, params = dm.build(cfg, common.dataset_info(args), 0)
+        peak = timing.MatmulPeak(cli_args.DTYPES[dtype], args.peak_size) if args.peak_size else None
+        cfg = cli_args.make_config(args, dtype, max(args.batch))
+        model, params = dm.build(cfg, cli_args.data_spec(args), 0)
         for batch in args.batch:
             for sampler in args.samplers:
                 for n in args.num_steps:
                     for w in args.guidance:
                         rows.append(run_config(args, model, params, batch, dtype, sampler, n,
                                                w, peak))
-                        common.print_table(rows[-1:], COLUMNS)
-    result = {"benchmark": "sampling", "environment": common.environment(__file__, argv, args),
+                        report.print_table(rows[-1:], COLUMNS)
+    result = {"benchmark": "sampling", "environment": report.environment(__file__, argv, args),
               "results": rows}
     print()
-    common.print_table(rows, COLUMNS)
-    common.write_json(args.out, result)
+    report.print_table(rows, COLUMNS)
+    report.write_json(args.out, result)
     return result
 
 

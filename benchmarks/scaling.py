@@ -1,7 +1,7 @@
 """FSDP scaling: per-device memory of parameters + optimizer state, and step time, on 1, 2, 4, 8
 devices (virtual CPU devices on a CPU host, the real ones on GPU/TPU).
 
-    .venv/bin/python benchmarks/scaling.py --model=DiT-S/2 --batch=32 --devices=1,2,4,8 \
+    .venv/bin/python -m benchmarks.scaling --model=DiT-S/2 --batch=32 --devices=1,2,4,8 \
         --out results/scaling.json
 
 For each device count N: a pure-FSDP mesh (data = 1, fsdp = N) over the first N devices, the
@@ -24,15 +24,12 @@ the host's cores, so their step times show overheads, not speed-ups.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import common
 import jax
 
+from benchmarks import cli_args, host, memory, report, timing
 from vdm_jax.parallel import mesh as mesh_lib
 
 FSDP_TOLERANCE = 1.1
@@ -46,21 +43,21 @@ COLUMNS = [
 
 def per_device_bytes(tree: Any) -> int:
     """Bytes of `tree` on the most loaded device (addressable shards)."""
-    per = common.shard_bytes(tree)
+    per = memory.shard_bytes(tree)
     return max(per.values()) if per else 0
 
 
 def compiled_argument_bytes(tree: Any, shardings: Any) -> int | None:
     """Per-device argument size of a compiled program that takes `tree` with `shardings`."""
     fn = jax.jit(lambda x: jax.tree.map(lambda a: a.sum(), x), in_shardings=(shardings,))
-    stats = common.memory_stats(fn.lower(tree).compile())
+    stats = memory.memory_stats(fn.lower(tree).compile())
     return stats["argument_size"] if stats else None
 
 
 def fsdp_state(args: argparse.Namespace, n: int, dtype: str, batch: int) -> dict[str, Any]:
-    """common.train_step_setup on a pure-FSDP (1, n) mesh over the first n devices."""
+    """timing.train_step_setup on a pure-FSDP (1, n) mesh over the first n devices."""
     mesh = mesh_lib.make_mesh(data=1, fsdp=n, devices=jax.devices()[:n])
-    return common.train_step_setup(args, dtype, batch, mesh)
+    return timing.train_step_setup(args, dtype, batch, mesh)
 
 
 def state_memory(s: dict[str, Any]) -> dict[str, Any]:
@@ -71,7 +68,7 @@ def state_memory(s: dict[str, Any]) -> dict[str, Any]:
     return {
         "param_opt_bytes": per_device_bytes(sub),
         "param_opt_bytes_compiled": compiled_argument_bytes(sub, sub_sh),
-        "param_opt_bytes_total": common.tree_bytes(sub),
+        "param_opt_bytes_total": memory.tree_bytes(sub),
         "ema_bytes": per_device_bytes(state["ema"]),
     }
 
@@ -79,15 +76,15 @@ def state_memory(s: dict[str, Any]) -> dict[str, Any]:
 def run_config(args: argparse.Namespace, n: int, dtype: str, batch: int) -> dict[str, Any]:
     s = fsdp_state(args, n, dtype, batch)
     row: dict[str, Any] = {
-        "model": common.model_label(args.model), "devices": n, "batch": batch, "dtype": dtype,
+        "model": cli_args.model_label(args.model), "devices": n, "batch": batch, "dtype": dtype,
         "input_size": args.input_size, "in_channels": args.in_channels,
         **state_memory(s),
     }
-    timing = common.time_train_step(s, args)
-    stats = common.summarize(timing["walls"])
-    row.update(compile_s=timing["compile_s"], step_memory=timing["memory"],
+    timed_run = timing.time_train_step(s, args)
+    stats = timing.summarize(timed_run["walls"])
+    row.update(compile_s=timed_run["compile_s"], step_memory=timed_run["memory"],
                step_ms=1e3 * stats["median_s"], step_time=stats,
-               images_per_s=batch / stats["median_s"], load_avg_after=common.load_avg())
+               images_per_s=batch / stats["median_s"], load_avg_after=report.load_avg())
     return row
 
 
@@ -109,15 +106,15 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.add_model_args(parser, batch="32", steps=5)
-    parser.add_argument("--devices", type=common.int_list, default=[1, 2, 4, 8],
+    cli_args.add_model_args(parser, batch="32", steps=5)
+    parser.add_argument("--devices", type=cli_args.int_list, default=[1, 2, 4, 8],
                         help="device counts, comma-separated")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    common.setup_host(args)
-    common.check_dtypes(args.dtype)
+    host.setup_host(args)
+    cli_args.check_dtypes(args.dtype)
     # Virtual devices on a CPU host (only if JAX has not started yet; GPU/TPU ignore it).
-    common.ensure_host_devices(max(args.devices))
+    host.ensure_host_devices(max(args.devices))
     available = jax.device_count()
     counts = [n for n in args.devices if n <= available]
     if len(counts) < len(args.devices):
@@ -131,10 +128,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     raise SystemExit(f"--batch {batch} is not divisible by {n} devices")
                 rows.append(run_config(args, n, dtype, batch))
     add_ratios(rows)
-    result = {"benchmark": "scaling", "environment": common.environment(__file__, argv, args),
+    result = {"benchmark": "scaling", "environment": report.environment(__file__, argv, args),
               "fsdp_tolerance": FSDP_TOLERANCE, "results": rows}
-    common.print_table(rows, COLUMNS)
-    common.write_json(args.out, result)
+    report.print_table(rows, COLUMNS)
+    report.write_json(args.out, result)
     return result
 
 

@@ -1,6 +1,6 @@
 """Training-step throughput and MFU of the real train step (vdm_jax.training.step).
 
-    .venv/bin/python benchmarks/train_step.py --model=DiT-S/2 --batch=32 --dtype=float32 \
+    .venv/bin/python -m benchmarks.train_step --model=DiT-S/2 --batch=32 --dtype=float32 \
         --out results/train_step.json
 
 For each (batch, dtype) configuration: builds the model and the FSDP train state
@@ -15,7 +15,7 @@ and reports the median:
                        alias, temp; None where the backend reports none)
     MFU                3 × forward FLOPs per image (model_cost, FLOPs = 2·MACs) × batch
                        ÷ step time ÷ peak, the peak being an n×n matmul (--peak_size, FLOPs =
-                       2n³) in the same dtype on every device at once (common.MatmulPeak),
+                       2n³) in the same dtype on every device at once (timing.MatmulPeak),
                        median of --peak_runs runs interleaved between the timed steps (so both
                        see the same load on a shared host)
 
@@ -25,7 +25,7 @@ XLA:CPU runs one program's ops largely one after another, each spread over the c
 device per core keeps every core busy through the small and memory-bound ops as well.
 
 On a CPU host, --host_malloc=retain (the default) keeps freed memory in the process, so XLA's
-per-step temporary buffers are not page-faulted in afresh every step (benchmarks/common.py
+per-step temporary buffers are not page-faulted in afresh every step (benchmarks/
 retain_host_memory; --host_malloc=default measures glibc's defaults).
 One markdown table row per configuration is printed and everything goes to --out as JSON.
 The step includes everything the trainer runs: label dropout, noise sampling, loss, backward,
@@ -35,16 +35,13 @@ clip, AdamW and the EMA update; only the network's matmuls count as FLOPs.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import common
 import jax
 
+from benchmarks import cli_args, host, report, timing
 from vdm_jax.parallel import mesh as mesh_lib
 
 COLUMNS = [
@@ -56,35 +53,35 @@ COLUMNS = [
 
 
 def run_config(
-    args: argparse.Namespace, batch: int, dtype: str, peak: common.MatmulPeak | None
+    args: argparse.Namespace, batch: int, dtype: str, peak: timing.MatmulPeak | None
 ) -> dict[str, Any]:
     """Compile, warm up and time the train step of one (batch, dtype) configuration."""
-    load_before = common.load_avg()
+    load_before = report.load_avg()
     devices = jax.devices()[: args.devices]
     mesh = mesh_lib.make_mesh(data=len(devices), fsdp=1, devices=devices)
-    timing = common.time_train_step(common.train_step_setup(args, dtype, batch, mesh), args,
+    timed_run = timing.time_train_step(timing.train_step_setup(args, dtype, batch, mesh), args,
                                     peak, args.peak_runs)
-    stats = common.summarize(timing["walls"])
-    memory = timing["memory"]
+    stats = timing.summarize(timed_run["walls"])
+    memory = timed_run["memory"]
 
-    cost = common.forward_cost(args)
+    cost = cli_args.forward_cost(args)
     train_flops = 3.0 * cost["flops"] * batch
     achieved = train_flops / stats["median_s"]
     row: dict[str, Any] = {
-        "model": common.model_label(args.model),
+        "model": cli_args.model_label(args.model),
         "input_size": args.input_size, "in_channels": args.in_channels,
         "num_classes": args.num_classes, "learn_sigma": bool(args.learn_sigma),
         "batch": batch, "dtype": dtype, "devices": len(devices),
         "params": cost["params"], "forward_macs_per_image": cost["macs"],
         "forward_flops_per_image": cost["flops"], "train_flops_per_step": train_flops,
         "step_ms": 1e3 * stats["median_s"], "step_time": stats,
-        "step_cpu_s": statistics.median(timing["cpus"]),
+        "step_cpu_s": statistics.median(timed_run["cpus"]),
         "images_per_s": batch / stats["median_s"],
-        "compile_s": timing["compile_s"], "memory": memory,
+        "compile_s": timed_run["compile_s"], "memory": memory,
         "peak_mib": memory["peak_bytes"] / 2**20 if memory else None,
         "achieved_tflops": achieved / 1e12,
-        "final_loss": float(timing["metrics"]["loss"]),
-        "load_avg_before": load_before, "load_avg_after": common.load_avg(),
+        "final_loss": float(timed_run["metrics"]["loss"]),
+        "load_avg_before": load_before, "load_avg_after": report.load_avg(),
     }
     if peak is not None:
         p = peak.summary()
@@ -102,7 +99,7 @@ def run_config(
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.add_model_args(parser, batch="32", steps=20)
+    cli_args.add_model_args(parser, batch="32", steps=20)
     parser.add_argument("--peak_runs", type=int, default=10,
                         help="peak matmuls, interleaved between the timed steps")
     parser.add_argument("--devices", type=int, default=1,
@@ -110,25 +107,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "cores; the peak is measured on all of them at once)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    common.setup_host(args)
-    common.check_dtypes(args.dtype)
-    common.ensure_host_devices(args.devices)  # virtual CPU devices (GPU/TPU ignore it)
+    host.setup_host(args)
+    cli_args.check_dtypes(args.dtype)
+    host.ensure_host_devices(args.devices)  # virtual CPU devices (GPU/TPU ignore it)
     if args.devices > jax.device_count():
         parser.error(f"--devices={args.devices}, but only {jax.device_count()} are available")
     devices = jax.devices()[: args.devices]
 
     rows = []
     for dtype in args.dtype:
-        peak = (common.MatmulPeak(common.DTYPES[dtype], args.peak_size, devices=devices)
+        peak = (timing.MatmulPeak(cli_args.DTYPES[dtype], args.peak_size, devices=devices)
                 if args.peak_size else None)
         for batch in args.batch:
             rows.append(run_config(args, batch, dtype, peak))
-            common.print_table(rows[-1:], COLUMNS)
-    result = {"benchmark": "train_step", "environment": common.environment(__file__, argv, args),
+            report.print_table(rows[-1:], COLUMNS)
+    result = {"benchmark": "train_step", "environment": report.environment(__file__, argv, args),
               "results": rows}
     print()
-    common.print_table(rows, COLUMNS)
-    common.write_json(args.out, result)
+    report.print_table(rows, COLUMNS)
+    report.write_json(args.out, result)
     return result
 
 

@@ -18,7 +18,7 @@ def get_config():
     c = default_config()
     c.data.name = "cifar10"
     c.data.random_flip = True
-    c.model.name = "DiT-B/2"
+    c.model.spec = {"name": "DiT-B/2"}
     c.model.prediction = "eps"
     c.diffusion.learned_schedule = True
     c.diffusion.schedule_kwargs = dict(gamma_min=-13.3, gamma_max=5.0)

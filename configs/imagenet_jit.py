@@ -9,36 +9,26 @@ t = 1-is-data convention), 256×256 pixels, no external weights. JiT: AdamW lr 2
 1024, EMA, label dropout 0.1, Heun sampling with 50 steps and CFG with an interval.
 """
 
-from vdm_jax.config import default_config
+from configs.imagenet_common import imagenet_recipe
 
 
 def get_config():
-    c = default_config()
-    c.data.name = "imagenet2012"
-    c.data.image_size = 256
-    c.data.random_flip = True
-    c.data.worker_count = 8
-    c.model.name = "JiT-B/16"
+    c = imagenet_recipe(image_size=256)
+    c.model.spec = {"name": "JiT-B/16"}
     c.model.prediction = "x"
-    c.model.dtype = "bfloat16"
     c.diffusion.schedule = "rectified_flow"
     c.diffusion.objective = "jit"
-    c.diffusion.label_dropout = 0.1
     c.optim.lr = 2e-4
     c.optim.b2 = 0.95
     c.optim.warmup_steps = 5_000
-    c.optim.weight_decay = 0.0
+    c.optim.grad_clip = 1.0
     c.optim.ema_decays = (0.9999, 0.9996)
     c.train.num_steps = 600_000
     c.train.global_batch_size = 1024
-    c.train.checkpoint_every = 10_000
-    c.train.log_every = 100
-    c.sample.every = 10_000
     c.sample.sampler = "heun"
     c.sample.num_steps = 50
     c.sample.guidance_scale = 2.9
     c.sample.guidance_interval = (0.0, 0.9)
-    c.sample.num_images = 64
     c.mesh.fsdp = -1
     c.mesh.data = 1
     return c

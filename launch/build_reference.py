@@ -23,14 +23,10 @@ from absl import app, flags
 
 from vdm_jax.cli import exit_on_bad_input
 from vdm_jax.data import DATASETS
-from vdm_jax.evaluation.evaluate import (
-    DEFAULT_BATCH_SIZE,
-    build_reference,
-    iter_reference_images,
-    load_eval_inception,
-    settings_path,
-    write_json_atomic,
-)
+from vdm_jax.evaluation.features import DEFAULT_BATCH_SIZE, load_eval_inception
+from vdm_jax.evaluation.reference import build_reference, iter_reference_images
+from vdm_jax.io import write_json
+from vdm_jax.rundir import RunDir
 
 _DATASET = flags.DEFINE_enum("dataset", "digits", DATASETS, "data.name of the input pipeline.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data dir (default $VDM_JAX_DATA_DIR).")
@@ -74,9 +70,9 @@ def main(argv: list[str]) -> None:
         "num_stored_images": 0 if ref.images is None else len(ref.images),
         "inception_weights": weights,
     }
-    write_json_atomic(settings_path(ref.path), settings)
+    write_json(RunDir.settings_of(ref.path), settings)
     print(f"wrote {ref.path} (mu {ref.mu.shape}, mu_s {ref.mu_s.shape}, arr_0 "
-          f"{None if ref.images is None else ref.images.shape}) and {settings_path(ref.path)}")
+          f"{None if ref.images is None else ref.images.shape}) and {RunDir.settings_of(ref.path)}")
 
 
 if __name__ == "__main__":

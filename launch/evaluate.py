@@ -25,17 +25,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from vdm_jax.cli import exit_on_bad_input
-from vdm_jax.evaluation.evaluate import (
-    DEFAULT_BATCH_SIZE,
-    bpd_metrics,
-    bpd_results_path,
-    evaluate_samples_file,
-    format_table,
-    write_results_json,
-)
+from vdm_jax.cli import exit_on_bad_input, quiet_third_party_logs
+from vdm_jax.evaluation.evaluate import evaluate_samples_file
+from vdm_jax.evaluation.features import DEFAULT_BATCH_SIZE
+from vdm_jax.evaluation.likelihood import bpd_metrics
+from vdm_jax.evaluation.results import format_table, write_results_json
 
 _SAMPLES = flags.DEFINE_string("samples", None, "Sample batch .npz (arr_0 uint8 NHWC, arr_1).")
 _REF = flags.DEFINE_string("ref", None, "ADM reference batch .npz: FID, sFID, IS, prec./recall.")
@@ -72,7 +68,7 @@ _BPD_BATCH = flags.DEFINE_integer(
 
 
 def main(argv: list[str]) -> None:
-    logging.set_verbosity(logging.WARNING)  # orbax and tfds log every file at INFO
+    quiet_third_party_logs()
     with exit_on_bad_input():
         if len(argv) > 1:
             raise ValueError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
@@ -88,11 +84,11 @@ def main(argv: list[str]) -> None:
 
             restored = load_for_inference(_BPD_WORKDIR.value, ema=_EMA.value, step=_BPD_STEP.value)
             bpd = bpd_metrics(restored, passes=_BPD_PASSES.value, batch_size=_BPD_BATCH.value)
-            bpd[1]["bpd"]["workdir"] = str(Path(_BPD_WORKDIR.value).resolve())
+            bpd[1]["bpd"]["workdir"] = str(restored.rundir.root)
         if not _SAMPLES.value:
             metrics = {**bpd[0], "unavailable": {}}
             path = write_results_json(
-                _OUT.value or bpd_results_path(_BPD_WORKDIR.value, restored.step, restored.ema),
+                _OUT.value or restored.rundir.bpd_results(restored.step, restored.ema),
                 metrics, bpd[1],
             )
             print(format_table(metrics))

@@ -3,31 +3,27 @@ run and write JSON with the expected keys; no timing is checked), and the FSDP m
 per-device parameter + optimizer bytes at N devices ≤ 1.1 × bytes(1) / N for N = 2, 4, 8.
 Runs on the 8 virtual CPU devices of tests/conftest.py."""
 
-import importlib.util
+import argparse
+import importlib
 import json
 import math
-import os
 
 import jax
 import pytest
 
+from benchmarks import cli_args
 from vdm_jax import model as dm
 from vdm_jax.nn.cost import model_cost
 from vdm_jax.parallel import mesh as mesh_lib
-from vdm_jax.training import step as ts
+from vdm_jax.training import state as st
 
-BENCH = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
 TINY = '{"family": "dit", "depth": 1, "hidden_size": 32, "num_heads": 2, "patch_size": 2}'
 TINY_ARGS = ["--model", TINY, "--input_size", "8", "--in_channels", "4", "--num_classes", "10",
              "--peak_size", "128", "--host_malloc", "default"]
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", os.path.join(BENCH,
-                                                                                   f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def _check_json(out, result):
@@ -119,12 +115,11 @@ def test_fsdp_memory_per_device_shrinks_as_one_over_n():
 def test_fsdp_memory_registry_models(name):
     """The same bound for the registry sizes, from the state's shardings (shard shapes of the
     abstract state, nothing allocated): parameters + AdamW state per device at N = 2, 4, 8."""
-    scaling = _load("scaling")
-    args = scaling.argparse.Namespace(model=name, input_size=32, in_channels=4, num_classes=1000,
-                                      learn_sigma=True)
-    cfg = scaling.common.make_config(args, "float32", 8)
-    info = scaling.common.dataset_info(args)
-    tx, _ = ts.make_optimizer(cfg.optim, 10)
+    args = argparse.Namespace(model=name, input_size=32, in_channels=4, num_classes=1000,
+                              learn_sigma=True)
+    cfg = cli_args.make_config(args, "float32", 8)
+    info = cli_args.data_spec(args)
+    tx, _ = st.make_optimizer(cfg.optim, 10)
     holder = {}
 
     def params_only():
@@ -136,7 +131,7 @@ def test_fsdp_memory_registry_models(name):
 
     def per_device(n):
         mesh = mesh_lib.make_mesh(1, n, jax.devices()[:n])
-        sh = ts.state_shardings(holder["model"], abstract, tx, (0.9999,), mesh)
+        sh = st.state_shardings(holder["model"], abstract, tx, (0.9999,), mesh)
         total = 0
         for tree, shardings in ((abstract, sh["params"]), (opt, sh["opt_state"])):
             for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings), strict=True):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vdm_jax.evaluation.reference import load_reference, load_samples, save_reference, save_samples
+from vdm_jax.data.adm_npz import load_reference, load_samples, save_reference, save_samples
 
 
 def test_reference_round_trip(tmp_path):

@@ -11,10 +11,16 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
+from vdm_jax.data import pixels
+from vdm_jax.data.adm_npz import load_reference, save_reference, save_samples
 from vdm_jax.data.digits import load_builder
+from vdm_jax.evaluation import digits as digits_lib
 from vdm_jax.evaluation import evaluate as ev
-from vdm_jax.evaluation.reference import load_reference, save_reference, save_samples
+from vdm_jax.evaluation import inception_metrics
+from vdm_jax.evaluation import reference as reference_lib
+from vdm_jax.evaluation import results as results_lib
 from vdm_jax.nn.encoders.inception import random_inception
+from vdm_jax.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 12  # Inception at 299² costs ~6 GFLOP per image on CPU; IS needs ≥ 10 images (10 splits)
@@ -49,21 +55,21 @@ def images():
 @pytest.fixture(scope="module")
 def reference(images, inception, tmp_path_factory):
     path = tmp_path_factory.mktemp("ref") / "ref.npz"
-    return ev.build_reference(images[0], inception, path, batch_size=N)
+    return reference_lib.build_reference(images[0], inception, path, batch_size=N)
 
 
 def test_pixel_conventions_round_trip():
     for k in (17, 256):
         levels = np.arange(k)
         x = (2 * (levels + 0.5) / k - 1).astype(np.float32)          # the pipeline's scaling
-        np.testing.assert_array_equal(ev.unit_to_levels(x, k), levels)
-        v = ev.unit_to_uint8(x, k)
+        np.testing.assert_array_equal(pixels.unit_to_levels(x, k), levels)
+        v = pixels.unit_to_uint8(x, k)
         assert v.dtype == np.uint8 and v[0] == 0 and v[-1] == 255
-        np.testing.assert_array_equal(ev.uint8_to_levels(v, k), levels)
+        np.testing.assert_array_equal(pixels.uint8_to_levels(v, k), levels)
         # ADM's round((x + 1)·127.5) of level centres maps back to the same levels too.
         adm = np.round((x.astype(np.float64) + 1) * 127.5).astype(np.uint8)
-        np.testing.assert_array_equal(ev.uint8_to_levels(adm, k), levels)
-    np.testing.assert_array_equal(ev.levels_to_uint8(np.arange(256), 256), np.arange(256))
+        np.testing.assert_array_equal(pixels.uint8_to_levels(adm, k), levels)
+    np.testing.assert_array_equal(pixels.levels_to_uint8(np.arange(256), 256), np.arange(256))
 
 
 def test_build_reference_writes_adm_batch_and_streams(reference, images, inception, tmp_path):
@@ -74,7 +80,7 @@ def test_build_reference_writes_adm_batch_and_streams(reference, images, incepti
     np.testing.assert_array_equal(ref.mu, reference.mu)
     # Streaming in uneven chunks gives the same statistics; only the first images are stored.
     chunks = iter([images[0][:7], images[0][7:]])
-    streamed = ev.build_reference(chunks, inception, tmp_path / "s.npz", batch_size=N,
+    streamed = reference_lib.build_reference(chunks, inception, tmp_path / "s.npz", batch_size=N,
                                   num_stored_images=5)
     np.testing.assert_allclose(streamed.mu, ref.mu, rtol=1e-5, atol=1e-6)
     scale = np.abs(ref.sigma).max()
@@ -87,12 +93,13 @@ def test_identical_samples_give_zero_fid_and_full_precision_recall(reference, im
     # A reference without mu_s/sigma_s (as some ADM batches): sFID is reported as unavailable.
     no_spatial = save_reference(tmp_path / "r.npz", reference.mu, reference.sigma,
                                 images=reference.images)
-    m = ev.sample_metrics(images[0], load_reference(no_spatial), inception, batch_size=N)
+    m = inception_metrics.sample_metrics(images[0], load_reference(no_spatial), inception,
+                                         batch_size=N)
     # d² = 2 Tr Σ − 2 Tr Σ up to round-off (eigenvalues of a rank-11 2048² covariance).
     assert abs(m["fid"]) <= 1e-5 * np.trace(reference.sigma)
     assert m["precision"] == 1.0 and m["recall"] == 1.0
     assert m["sfid"] is None and "no mu_s/sigma_s" in m["unavailable"]["sfid"]
-    assert "n/a (" in ev.format_table(m)
+    assert "n/a (" in results_lib.format_table(m)
 
 
 def test_evaluation_gives_every_metric_and_merges_settings(reference, images, inception,
@@ -101,7 +108,7 @@ def test_evaluation_gives_every_metric_and_merges_settings(reference, images, in
     sampling = {"sampler": "ddpm", "steps": 64, "guidance_scale": 1.5,
                 "guidance_interval": [0.1, 0.9], "ema": True, "num_samples": N,
                 "checkpoint_step": 123}
-    ev.settings_path(samples).write_text(json.dumps(sampling))
+    RunDir.settings_of(samples).write_text(json.dumps(sampling))
     metrics, settings, path = ev.evaluate_samples_file(
         samples, ref_path=reference.path, inception=(inception, "random"), batch_size=N)
     for key in ("fid", "sfid", "inception_score", "inception_score_std", "precision", "recall"):
@@ -117,7 +124,7 @@ def test_evaluation_gives_every_metric_and_merges_settings(reference, images, in
     assert saved["settings"]["reference"] == str(reference.path.resolve())
     assert saved["settings"]["precision_recall_k"] == 3
     assert saved["metrics"]["fid"] == pytest.approx(metrics["fid"])
-    table = ev.format_table(metrics)
+    table = results_lib.format_table(metrics)
     assert "FID" in table and "precision (k=3)" in table and "±" in table
 
 
@@ -141,20 +148,20 @@ def digits(tmp_path_factory):
 def test_reference_images_from_data_are_exact_8bit_levels(digits):
     data_dir, _, splits = digits
     cfg = {"name": "digits", "data_dir": data_dir}
-    test = ev.reference_images_from_data(cfg, "eval")
-    np.testing.assert_array_equal(test, ev.levels_to_uint8(splits["test"][0], 17))
-    train = ev.reference_images_from_data(cfg, "train", max_images=20, seed=1)
+    test = reference_lib.reference_images_from_data(cfg, "eval")
+    np.testing.assert_array_equal(test, pixels.levels_to_uint8(splits["test"][0], 17))
+    train = reference_lib.reference_images_from_data(cfg, "train", max_images=20, seed=1)
     assert train.shape == (20, 8, 8, 1)
-    train_set = {im.tobytes() for im in ev.levels_to_uint8(splits["train"][0], 17)}
+    train_set = {im.tobytes() for im in pixels.levels_to_uint8(splits["train"][0], 17)}
     assert all(im.tobytes() in train_set for im in train)
     with pytest.raises(ValueError, match="split must be"):
-        next(ev.iter_reference_images(cfg, "validation"))
+        next(reference_lib.iter_reference_images(cfg, "validation"))
 
 
 def test_digits_metrics_of_real_images_and_noise(digits):
     data_dir, cache, splits = digits
     test_levels, test_labels = splits["test"]
-    m = ev.digits_metrics(ev.levels_to_uint8(test_levels, 17), test_labels, cache,
+    m = digits_lib.digits_metrics(pixels.levels_to_uint8(test_levels, 17), test_labels, cache,
                           data_dir=data_dir)
     assert m["class_accuracy"] >= 0.9
     floor = m["digits_fid_floor"]
@@ -163,17 +170,18 @@ def test_digits_metrics_of_real_images_and_noise(digits):
     # Real images the reference never saw (a train subset) sit near the real-vs-real floor.
     train_levels, train_labels = splits["train"]
     rows = np.random.default_rng(7).permutation(len(train_levels))[: len(test_levels)]
-    held = ev.digits_metrics(ev.levels_to_uint8(train_levels[rows], 17), train_labels[rows],
-                             cache, data_dir=data_dir)
+    held = digits_lib.digits_metrics(pixels.levels_to_uint8(train_levels[rows], 17),
+                                     train_labels[rows], cache, data_dir=data_dir)
     assert 0.5 * held["digits_fid_floor"] < held["digits_fid"] < 2 * held["digits_fid_floor"]
     assert held["class_accuracy"] >= 0.9
 
     noise = np.random.default_rng(0).integers(0, 256, (len(test_levels), 8, 8, 1), np.uint8)
-    bad = ev.digits_metrics(noise, None, cache, data_dir=data_dir)
+    bad = digits_lib.digits_metrics(noise, None, cache, data_dir=data_dir)
     assert bad["digits_fid"] > 10 * bad["digits_fid_floor"]
     assert bad["class_accuracy"] is None and "unconditional" in bad["unavailable"]["class_accuracy"]
     with pytest.raises(ValueError, match=r"\(N, 8, 8, 1\)"):
-        ev.digits_metrics(np.zeros((4, 16, 16, 3), np.uint8), None, cache, data_dir=data_dir)
+        digits_lib.digits_metrics(np.zeros((4, 16, 16, 3), np.uint8), None, cache,
+                                  data_dir=data_dir)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -188,8 +196,8 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_cli_digits_mode_writes_table_and_merged_json(digits, tmp_path):
     data_dir, cache, splits = digits
     test_levels, test_labels = splits["test"]
-    samples = save_samples(tmp_path / "s.npz", ev.levels_to_uint8(test_levels, 17), test_labels)
-    ev.settings_path(samples).write_text(json.dumps({"sampler": "ddim", "steps": 8}))
+    samples = save_samples(tmp_path / "s.npz", pixels.levels_to_uint8(test_levels, 17), test_labels)
+    RunDir.settings_of(samples).write_text(json.dumps({"sampler": "ddim", "steps": 8}))
     out = tmp_path / "results" / "r.json"
     proc = _run_cli(f"--samples={samples}", "--digits", f"--workdir={cache}",
                     f"--data_dir={data_dir}", f"--out={out}")

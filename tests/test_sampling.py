@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from vdm_jax.checkpoints.restore import load_for_inference
-from vdm_jax.evaluation.evaluate import settings_path
-from vdm_jax.evaluation.reference import load_samples
-from vdm_jax.generation.batches import chunk_dir, generate_samples
+from vdm_jax.data.adm_npz import load_samples
+from vdm_jax.generation.batches import generate_samples
+from vdm_jax.rundir import RunDir
+from vdm_jax.sampling_spec import SamplingSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 N, BATCH, CHUNKS = 24, 8, 3
@@ -63,7 +64,7 @@ def resumed(run_dir, tmp_path_factory):
     """sample.py SIGKILLed once its first chunk is on disk, then rerun to completion:
     (npz path, chunk files present at the kill, the rerun's CompletedProcess)."""
     out = tmp_path_factory.mktemp("samples") / "s.npz"
-    chunks = chunk_dir(out)
+    chunks = RunDir.chunks_of(out)
     proc = subprocess.Popen(_launch("sample.py", f"--workdir={run_dir}", f"--out={out}",
                                     *SAMPLE_ARGS),
                             env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -83,13 +84,13 @@ def test_killed_sample_job_resumes_to_the_uninterrupted_samples(resumed, run_dir
     out, present, rerun = resumed
     assert 1 <= len(present) < CHUNKS, present  # killed midway
     assert f"resuming: {len(present)} of {CHUNKS} chunks" in rerun.stdout
-    assert not chunk_dir(out).exists() and out.with_suffix(".png").is_file()
+    assert not RunDir.chunks_of(out).exists() and out.with_suffix(".png").is_file()
     batch = load_samples(out)
     assert batch.images.shape == (N, 8, 8, 1) and batch.images.dtype == np.uint8
     assert len({im.tobytes() for im in batch.images}) == N
     np.testing.assert_array_equal(batch.labels, np.arange(N) % 10)  # class-balanced
-    settings = json.loads(settings_path(out).read_text())
-    assert settings["sampler"] == "ddpm" and settings["steps"] == settings["nfe"] == STEPS
+    settings = json.loads(RunDir.settings_of(out).read_text())
+    assert settings["sampler"] == "ddpm" and settings["num_steps"] == settings["nfe"] == STEPS
     assert settings["guidance_scale"] == 2.0 and settings["guidance_interval"] == [0.1, 0.9]
     assert settings["ema"] == "ema_0p999" and settings["checkpoint_step"] == 2
     assert settings["num_samples"] == N and settings["seed"] == 3
@@ -97,15 +98,19 @@ def test_killed_sample_job_resumes_to_the_uninterrupted_samples(resumed, run_dir
 
     # The same settings in one uninterrupted call give the same arrays.
     restored = load_for_inference(run_dir)
-    kwargs = dict(num_samples=N, batch_size=BATCH, sampler="ddpm", num_steps=STEPS,
-                  guidance_scale=2.0, guidance_interval=(0.1, 0.9), seed=3, progress=False)
-    ref = generate_samples(restored, tmp_path / "ref.npz", **kwargs)
+    spec = SamplingSpec(sampler="ddpm", num_steps=STEPS, guidance_scale=2.0,
+                        guidance_interval=(0.1, 0.9), seed=3)
+    kwargs = dict(num_samples=N, batch_size=BATCH, progress=False)
+    ref = generate_samples(restored, spec, out=tmp_path / "ref.npz", **kwargs)
     expected = load_samples(ref.npz)
     np.testing.assert_array_equal(batch.images, expected.images)
     np.testing.assert_array_equal(batch.labels, expected.labels)
-    # A finished job is not redone.
+    # A finished job is not redone; a finished file of other settings is never overwritten.
     mtime = ref.npz.stat().st_mtime_ns
-    generate_samples(restored, ref.npz, **kwargs)
+    generate_samples(restored, spec, out=ref.npz, **kwargs)
+    assert ref.npz.stat().st_mtime_ns == mtime
+    with pytest.raises(ValueError, match="holds samples of other settings"):
+        generate_samples(restored, spec.replace(seed=4), out=ref.npz, **kwargs)
     assert ref.npz.stat().st_mtime_ns == mtime
 
 
@@ -136,7 +141,7 @@ def test_sample_then_evaluate_reports_every_metric(resumed, run_dir, tmp_path):
         metrics["bpd_prior"] + metrics["bpd_reconstruction"] + metrics["bpd_diffusion"])
     assert metrics["bpd_baseline_uniform"] == pytest.approx(np.log2(17))
     # Every setting behind the figures: sampling, reference, bits/dim.
-    assert settings["sampler"] == "ddpm" and settings["steps"] == STEPS
+    assert settings["sampler"] == "ddpm" and settings["num_steps"] == STEPS
     assert settings["guidance_scale"] == 2.0 and settings["ema"] == "ema_0p999"
     assert settings["reference"] == str(ref.resolve())
     assert settings["reference_settings"]["num_images"] == N
@@ -151,7 +156,7 @@ def test_bad_input_exits_2_and_writes_nothing(case, run_dir, tmp_path):
         workdir = tmp_path / "empty"
         args, expected = [f"--workdir={workdir}"], re.escape(str(workdir / "checkpoints"))
     elif case == "unknown_sampler":
-        args, expected = [f"--workdir={run_dir}", "--sampler=bogus"], "Unknown sampler 'bogus'"
+        args, expected = [f"--workdir={run_dir}", "--sampler=bogus"], "unknown sampler 'bogus'"
     else:  # caught when the sampler is traced, before any file exists
         args, expected = [f"--workdir={run_dir}", "--sampler=ddim", "--eta=2"], r"eta in \[0, 1\]"
     before = sorted(run_dir.rglob("*"))

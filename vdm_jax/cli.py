@@ -1,24 +1,33 @@
 """Command-line error handling shared by the launch scripts.
 
-Bad input (a missing file, a malformed `.npz`, an unknown option value) is reported as one line
-`error: <message>` on stderr with exit status 2 and no traceback: library code raises ValueError
-or FileNotFoundError with a message naming the problem and the fix, and the script's entry point
-runs inside `exit_on_bad_input()`. Anything else is a bug and keeps its traceback. Set
+Bad input (a missing file, a malformed `.npz`, an unknown option value, a workdir in use) is
+reported as one line `error: <message>` on stderr with exit status 2 and no traceback: library
+code raises ValueError or FileNotFoundError with a message naming the problem and the fix, and the
+script runs inside `exit_on_bad_input()`. Anything else is a bug and keeps its traceback. Set
 VDM_JAX_TRACEBACK=1 to get the traceback of bad-input errors too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
+from typing import NoReturn
 
-__all__ = ["BAD_INPUT_ERRORS", "BAD_INPUT_EXIT_CODE", "exit_on_bad_input"]
+__all__ = ["BAD_INPUT_ERRORS", "BAD_INPUT_EXIT_CODE", "exit_on_bad_input", "fail",
+           "quiet_third_party_logs"]
 
 BAD_INPUT_EXIT_CODE = 2
 # DatasetNotFoundError (missing data) is a FileNotFoundError, so it is covered too.
 BAD_INPUT_ERRORS = (ValueError, FileNotFoundError)
+
+
+def fail(message: str, status: int = BAD_INPUT_EXIT_CODE) -> NoReturn:
+    """Print `error: <message>` (one paragraph) on stderr and exit with `status`."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(status)
 
 
 @contextlib.contextmanager
@@ -29,5 +38,15 @@ def exit_on_bad_input() -> Iterator[None]:
     except BAD_INPUT_ERRORS as e:
         if os.environ.get("VDM_JAX_TRACEBACK"):
             raise
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(BAD_INPUT_EXIT_CODE) from None
+        fail(" ".join(str(e).split()) or type(e).__name__)
+
+
+def quiet_third_party_logs() -> None:
+    """Silence what misleads a user: tfds's "Downloading and preparing dataset" (nothing is
+    downloaded: vdm_jax prepares local files) and "Using custom data configuration", orbax's
+    per-file INFO lines, absl's INFO chatter. Warnings and errors still show."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    for name in ("tensorflow_datasets", "orbax", "absl", "jax._src.xla_bridge"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,38 +1,81 @@
-"""The training config schema (ml_collections) and its validation.
+"""The training config: its schema (ml_collections), command-line overrides, validation, and what
+may change when a run resumes.
 
-Every config module in configs/ starts from `default_config()` and overrides fields; the result
-is locked, so a misspelt key on the command line (`--config.optim.lrr=1`) is an error, and
-`validate` checks values before anything is written to the workdir. Sections:
+Every module in configs/ starts from `default_config()` and overrides fields; `load(path,
+overrides)` imports it, applies `--config.<key>=<value>` overrides (each checked against the
+schema: an unknown key names the closest one, a wrongly typed value says what type is expected)
+and locks it; `validate` then checks every value before anything is written. Sections:
 
-    seed            int, fixes initialization, data order and diffusion noise
-    data            dataset (see vdm_jax.data): name, data_dir, manual_dir, image_folder,
-                    image_size, random_flip, worker_count
-    model           name (registry, e.g. "DiT-S/2") or spec (dict, used when name is ""),
-                    prediction ('eps' | 'x' | 'v' | 'flow'), learn_sigma, dtype (compute)
+    seed            int: initialization, data order and diffusion noise
+    data            dataset (vdm_jax.data): name, data_dir, manual_dir, image_folder, image_size,
+                    random_flip, worker_count
+    model           spec (a dict: {'name': 'DiT-XL/2'} for a registry size, optionally with
+                    overrides, or a full spec {'family': 'dit', 'depth': …}), prediction
+                    ('eps' | 'x' | 'v' | 'flow'), learn_sigma, dtype (compute)
     diffusion       schedule (+ schedule_kwargs, shift) or learned_schedule; objective
-                    (+ objective_kwargs); label_dropout; class_conditional; ddpm_steps and
-                    vlb_weight for the learned-variance term
-    optim           AdamW: lr, warmup_steps, schedule, b1, b2, eps, weight_decay, grad_clip;
-                    ema_decays (one EMA per decay)
+                    (+ objective_kwargs); timesteps: T of a discrete-time recipe (DDPM's linear
+                    β grid, L_simple on the integer grid, the learned-σ term), 0 = continuous;
+                    label_dropout; class_conditional; vlb_weight
+    optim           AdamW: lr, warmup_steps, schedule, b1, b2, eps, weight_decay, grad_clip
+                    (0 = off); ema_decays (one EMA per decay)
     train           num_steps, global_batch_size, micro_batches, log_every, checkpoint_every,
                     keep_checkpoints, keep_period, async_checkpoints, num_t_bins
-    sample          periodic sample grids: every, sampler, num_steps, guidance_scale,
-                    guidance_interval, num_images, ema
+    sample          the trainer's sample grids: every (0 = only at the end), num_images, and
+                    the SamplingSpec fields sampler, num_steps, guidance_scale,
+                    guidance_interval, guidance_channels, ema, options
     eval            at_end, batch_size, bpd_passes, num_samples (metrics at the end of training)
     mesh            data, fsdp (−1 = the remaining devices)
     distributed     coordinator_address, num_processes, process_id (multi-host; optional)
+
+Resuming (`resume_config`): the config stored in the run directory is the base; overrides given
+now are applied on top when their keys are safe to change mid-run (`SAFE_ON_RESUME`: schedule of
+logging, checkpointing and sampling, the number of steps, evaluation, the mesh, paths to the same
+data, and the optimizer's hyperparameters and EMAs) and refused otherwise, naming them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ast
+import difflib
+import importlib.util
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from ml_collections import ConfigDict, config_dict
 
-from vdm_jax.core import objectives as losses
-from vdm_jax.core import schedules as sch
+from vdm_jax.core import objectives, schedules
 from vdm_jax.data import DATASETS
+from vdm_jax.model import DTYPES as MODEL_DTYPES
+from vdm_jax.model import objective_kwargs, schedule_kwargs
+from vdm_jax.nn.registry import resolve_spec
+from vdm_jax.sampling_spec import SamplingSpec
+
+__all__ = [
+    "DTYPES",
+    "SAFE_ON_RESUME",
+    "apply_overrides",
+    "check_batch",
+    "default_config",
+    "ema_choice",
+    "ema_name",
+    "load",
+    "parse_override_args",
+    "resume_config",
+    "validate",
+]
+
+DTYPES = tuple(MODEL_DTYPES)
+PREDICTIONS = ("eps", "x", "v", "flow")
+# Keys (dotted prefixes) a resumed run may change: none of them changes what the checkpoint's
+# arrays mean. Everything else (model, diffusion, data identity, seed, batch) is fixed per run.
+SAFE_ON_RESUME = (
+    "train.num_steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.keep_period", "train.async_checkpoints", "train.num_t_bins", "train.micro_batches",
+    "sample.", "eval.", "mesh.", "distributed.", "data.data_dir", "data.manual_dir",
+    "data.worker_count", "optim.",
+)
 
 
 def ema_name(decay: float) -> str:
@@ -54,7 +97,6 @@ def default_config() -> ConfigDict:
         worker_count=0,
     ))
     c.model = ConfigDict(dict(
-        name="",
         spec=dict(family="dit", depth=2, hidden_size=64, num_heads=4, patch_size=2),
         prediction="eps",
         learn_sigma=False,
@@ -68,9 +110,9 @@ def default_config() -> ConfigDict:
         learned_schedule_features=1024,
         objective="eps_mse",
         objective_kwargs={},
+        timesteps=0,
         label_dropout=0.1,
         class_conditional=True,
-        ddpm_steps=1000,
         vlb_weight=1.0,
     ))
     c.optim = ConfigDict(dict(
@@ -89,13 +131,15 @@ def default_config() -> ConfigDict:
         num_t_bins=10,
     ))
     c.sample = ConfigDict(dict(
-        every=0,  # 0: only at the end
+        every=0,
+        num_images=64,
         sampler="dpm_solver_2m",
         num_steps=25,
         guidance_scale=1.0,
         guidance_interval=config_dict.placeholder(tuple),
-        num_images=64,
-        ema="",  # '' = the first of optim.ema_decays; 'none' = raw parameters
+        guidance_channels=config_dict.placeholder(int),
+        ema="",
+        options={},
     ))
     c.eval = ConfigDict(dict(at_end=False, batch_size=256, bpd_passes=1, num_samples=0))
     c.mesh = ConfigDict(dict(data=-1, fsdp=1))
@@ -107,52 +151,257 @@ def default_config() -> ConfigDict:
     return c
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)
+# ------------------------------------------------------------------------------ loading
+def load(path: str | Path, overrides: Sequence[tuple[str, str]] = ()) -> ConfigDict:
+    """The config of module `path` (its `get_config()`), with `overrides` applied, locked.
+    ValueError naming the problem for a missing or broken file, a bad key or value."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"--config={path}: no such file. Give a config module with "
+                         "get_config(), e.g. --config=configs/digits_dit.py")
+    spec = importlib.util.spec_from_file_location(f"vdm_jax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        config = module.get_config()
+    except Exception as e:  # a config file is user input: report, don't trace back
+        raise ValueError(f"--config={path} could not be loaded: {type(e).__name__}: "
+                         f"{' '.join(str(e).split())}") from None
+    if not isinstance(config, ConfigDict):
+        raise ValueError(f"--config={path}: get_config() returned a {type(config).__name__}, "
+                         "expected an ml_collections ConfigDict")
+    config.lock()
+    apply_overrides(config, overrides)
+    return config
 
 
+def parse_override_args(argv: Sequence[str]) -> tuple[str | None, list[tuple[str, str]], list[str]]:
+    """Split a command line into (--config path, [(key, value) of --config.<key>=<value>], the
+    remaining arguments). A `--config.<key>` without '=' is True (a bool flag)."""
+    path, overrides, rest = None, [], []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if name in ("--config", "-config"):
+            path = value if eq else None
+            if not eq:
+                raise ValueError("--config needs a value: --config=configs/<name>.py")
+        elif name.startswith(("--config.", "-config.")):
+            overrides.append((name.split(".", 1)[1], value if eq else "true"))
+        else:
+            rest.append(arg)
+    return path, overrides, rest
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (SyntaxError, ValueError):
+        return text
+
+
+def _parse_value(text: str, kind: type, key: str, current: Any) -> Any:
+    """`text` as a value of type `kind` (the schema's type of `key`)."""
+    def wrong() -> ValueError:
+        shown = current.to_dict() if hasattr(current, "to_dict") else current
+        example = f'"{shown!r}"' if isinstance(shown, dict | tuple | list) else f"{shown!r}"
+        return ValueError(f"wrong type for config key '{key}': got {text!r}, expected "
+                          f"{kind.__name__}; e.g. --config.{key}={example}")
+
+    if text in ("None", "none", "null") and current is None:
+        return None
+    if kind is bool:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise wrong()
+    if kind is str:
+        value = _literal(text)
+        return value if isinstance(value, str) else text
+    value = _literal(text)
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong()
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise wrong()
+        return float(value)
+    if kind in (tuple, list):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = (value,)
+        if not isinstance(value, tuple | list):
+            raise wrong()
+        return tuple(value)
+    if issubclass(kind, Mapping) or kind is ConfigDict:
+        if not isinstance(value, dict):
+            raise wrong()
+        return value
+    return value
+
+
+def apply_overrides(config: ConfigDict, overrides: Sequence[tuple[str, str]]) -> ConfigDict:
+    """Set each (dotted key, text) on the locked `config`, checking the key and the value's
+    type; ValueError naming the key (with the closest existing one) or the expected type."""
+    for key, text in overrides:
+        parts = key.split(".")
+        node = config
+        for i, part in enumerate(parts):
+            section = ".".join(parts[:i])
+            if not isinstance(node, ConfigDict):
+                raise ValueError(f"unknown config key '{key}': '{section}' is a value "
+                                 f"({node!r}), not a section")
+            if part not in node:
+                keys = sorted(node.keys())
+                where = f"'{section}'" if section else "the config"
+                msg = f"unknown config key '{key}': {where} has no '{part}'"
+                if close := difflib.get_close_matches(part, keys, n=1):
+                    msg += f"; did you mean '{'.'.join([*parts[:i], close[0]])}'?"
+                else:
+                    msg += "."
+                msg += f" Its keys: {', '.join(keys) or '(none)'}."
+                if i >= 2:  # inside a dict-valued field (model.spec, …_kwargs, sample.options)
+                    whole = {**node.to_dict(), part: _literal(text)}
+                    msg += (f" {section} is a free-form dict: to add a key, replace it whole, "
+                            f"e.g. --config.{section}=\"{whole!r}\".")
+                raise ValueError(msg)
+            if i < len(parts) - 1:
+                node = node[part]
+        leaf, current = parts[-1], node[parts[-1]]
+        kind = node.get_type(leaf) if hasattr(node, "get_type") else type(current)
+        value = _parse_value(text, kind, key, current)
+        try:
+            node[leaf] = value
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"config key '{key}': cannot set {text!r}: "
+                             f"{' '.join(str(e).split())}") from None
+    return config
+
+
+# ------------------------------------------------------------------------------ validation
 def _require(cond: bool, message: str) -> None:
     if not cond:
         raise ValueError(message)
 
 
+def _int(value: Any, minimum: int | None = None) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and (minimum is None or value >= minimum))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def validate(config: Mapping[str, Any]) -> None:
-    """Check values a type system cannot: names, ranges, divisibility. Raises ValueError naming
-    the field and what it accepts."""
+    """Check every value a type system cannot (names, ranges, divisibility, consistency) before
+    anything is created. Raises ValueError naming the key and what it accepts."""
     unknown = sorted(set(config) - set(default_config()))
-    _require(not unknown, f"Unknown config keys {unknown}; valid: {sorted(default_config())}.")
-    d, m, diff, o, t, s = (config[k] for k in ("data", "model", "diffusion", "optim", "train",
-                                               "sample"))
-    _require(d["name"] in DATASETS, f"data.name={d['name']!r}; expected one of {DATASETS}.")
-    _require(diff["learned_schedule"] or diff["schedule"] in sch.SCHEDULES,
-             f"diffusion.schedule={diff['schedule']!r}; expected one of {sorted(sch.SCHEDULES)}.")
-    _require(diff["objective"] in losses.OBJECTIVES,
+    _require(not unknown, f"unknown config sections {unknown}; valid: "
+                          f"{sorted(default_config())}")
+    d, m, diff, o, t, s, e = (config[k] for k in ("data", "model", "diffusion", "optim", "train",
+                                                  "sample", "eval"))
+    _require(_int(config["seed"]), f"seed={config['seed']!r} must be an int")
+    # data
+    _require(d["name"] in DATASETS, f"data.name={d['name']!r}; expected one of {DATASETS}")
+    _require(d["image_size"] is None or _int(d["image_size"], 1),
+             f"data.image_size={d['image_size']!r} must be a positive int (or unset)")
+    _require(_int(d["worker_count"], 0), f"data.worker_count={d['worker_count']!r} must be >= 0")
+    # model
+    spec = m["spec"].to_dict() if hasattr(m["spec"], "to_dict") else m["spec"]
+    try:
+        resolve_spec(spec)
+    except ValueError as err:
+        raise ValueError(f"model.spec: {err}") from None
+    _require(m["prediction"] in PREDICTIONS,
+             f"model.prediction={m['prediction']!r}; expected one of {PREDICTIONS}")
+    _require(m["dtype"] in DTYPES, f"model.dtype={m['dtype']!r}; expected one of {DTYPES}")
+    _require(not m["learn_sigma"] or m["prediction"] == "eps",
+             "model.learn_sigma needs model.prediction='eps' (the DiT/IDDPM recipe)")
+    # diffusion
+    _require(_int(diff["timesteps"], 0),
+             f"diffusion.timesteps={diff['timesteps']!r} must be an int >= 0 (0: continuous)")
+    for key in ("schedule_kwargs", "objective_kwargs"):
+        _require("num_steps" not in (diff[key] or {}),
+                 f"diffusion.{key} sets num_steps; set diffusion.timesteps instead (one key for "
+                 "the T of a discrete-time recipe)")
+    if diff["learned_schedule"]:
+        _require(diff["objective"] == "elbo", "diffusion.learned_schedule trains γ(t) with the "
+                 "ELBO's gradient: set diffusion.objective='elbo'")
+    else:
+        _require(diff["schedule"] in schedules.SCHEDULES,
+                 f"diffusion.schedule={diff['schedule']!r}; expected one of "
+                 f"{sorted(schedules.SCHEDULES)}")
+        try:
+            schedules.get_schedule(diff["schedule"], shift=float(diff["shift"]),
+                                   **schedule_kwargs(diff))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"diffusion.schedule / schedule_kwargs: {err}") from None
+    _require(diff["objective"] in objectives.OBJECTIVES,
              f"diffusion.objective={diff['objective']!r}; expected one of "
-             f"{sorted(losses.OBJECTIVES)}.")
-    _require(0.0 <= diff["label_dropout"] <= 1.0,
-             f"diffusion.label_dropout={diff['label_dropout']} must be in [0, 1].")
-    _require(m["prediction"] in ("eps", "x", "v", "flow"),
-             f"model.prediction={m['prediction']!r}; expected eps, x, v or flow.")
-    _require(o["lr"] > 0, f"optim.lr={o['lr']} must be positive.")
+             f"{sorted(objectives.OBJECTIVES)}")
+    try:
+        objectives.get_objective(diff["objective"], **objective_kwargs(diff))
+    except ValueError as err:
+        raise ValueError(f"diffusion.objective / objective_kwargs: {err}") from None
+    _require(not m["learn_sigma"] or diff["timesteps"] > 0,
+             "model.learn_sigma trains IDDPM's variance on a discrete grid: set "
+             "diffusion.timesteps (DiT: 1000)")
+    _require(_number(diff["label_dropout"]) and 0.0 <= diff["label_dropout"] <= 1.0,
+             f"diffusion.label_dropout={diff['label_dropout']} must be in [0, 1]")
+    _require(_number(diff["shift"]) and diff["shift"] > 0,
+             f"diffusion.shift={diff['shift']} must be positive")
+    # optim
+    _require(_number(o["lr"]) and o["lr"] > 0, f"optim.lr={o['lr']} must be positive")
+    _require(_int(o["warmup_steps"], 0), f"optim.warmup_steps={o['warmup_steps']!r} must be >= 0")
+    _require(o["schedule"] in ("constant", "cosine"),
+             f"optim.schedule={o['schedule']!r}; expected 'constant' or 'cosine'")
+    for key in ("b1", "b2"):
+        _require(_number(o[key]) and 0.0 <= o[key] < 1.0, f"optim.{key}={o[key]} must be in [0, 1)")
+    _require(_number(o["eps"]) and o["eps"] > 0, f"optim.eps={o['eps']} must be positive")
+    for key in ("weight_decay", "grad_clip"):
+        _require(_number(o[key]) and o[key] >= 0, f"optim.{key}={o[key]} must be >= 0")
     decays = o["ema_decays"]
     _require(isinstance(decays, tuple | list) and len(decays) > 0
-             and all(_is_number(e) and 0.0 <= e < 1.0 for e in decays),
-             f"optim.ema_decays={decays!r} must be one or more numbers in [0, 1), "
-             "e.g. --config.optim.ema_decays='(0.9999,)'.")
+             and all(_number(x) and 0.0 <= x < 1.0 for x in decays)
+             and len({ema_name(x) for x in decays}) == len(decays),
+             f"optim.ema_decays={decays!r} must be one or more distinct numbers in [0, 1), "
+             "e.g. --config.optim.ema_decays='(0.9999,)'")
+    # train
     for key in ("num_steps", "global_batch_size", "micro_batches", "log_every", "checkpoint_every",
                 "keep_checkpoints", "num_t_bins"):
-        _require(isinstance(t[key], int) and t[key] > 0,
-                 f"train.{key}={t[key]!r} must be a positive int.")
+        _require(_int(t[key], 1), f"train.{key}={t[key]!r} must be a positive int")
+    _require(t["keep_period"] is None or _int(t["keep_period"], 1),
+             f"train.keep_period={t['keep_period']!r} must be a positive int (or unset)")
     _require(t["global_batch_size"] % t["micro_batches"] == 0,
              f"train.global_batch_size={t['global_batch_size']} is not divisible by "
-             f"train.micro_batches={t['micro_batches']}.")
-    _require(s["every"] >= 0, f"sample.every={s['every']} must be >= 0 (0: only at the end).")
-    interval = s["guidance_interval"]
-    _require(interval is None or (isinstance(interval, tuple | list) and len(interval) == 2
-                                  and all(_is_number(x) for x in interval)
-                                  and 0 <= interval[0] <= interval[1] <= 1),
-             f"sample.guidance_interval={interval!r} must be None or (t_lo, t_hi) in [0, 1], "
-             "e.g. --config.sample.guidance_interval='(0.1, 0.9)'.")
+             f"train.micro_batches={t['micro_batches']}")
+    # sample
+    _require(_int(s["every"], 0), f"sample.every={s['every']!r} must be >= 0 (0: only at the end)")
+    _require(_int(s["num_images"], 1), f"sample.num_images={s['num_images']!r} must be >= 1")
+    try:
+        spec_ = sampling_spec(config)
+    except ValueError as err:
+        raise ValueError(f"sample: {err}") from None
+    ema_choice(config, spec_.ema)
+    if spec_.sampler_options.get("variance") == "learned":
+        _require(m["learn_sigma"], "sample.options variance='learned' needs model.learn_sigma")
+    # eval
+    _require(_int(e["batch_size"], 1), f"eval.batch_size={e['batch_size']!r} must be >= 1")
+    _require(_int(e["bpd_passes"], 1), f"eval.bpd_passes={e['bpd_passes']!r} must be >= 1")
+    _require(_int(e["num_samples"], 0), f"eval.num_samples={e['num_samples']!r} must be >= 0")
+    # mesh
+    for key in ("data", "fsdp"):
+        v = config["mesh"][key]
+        _require(_int(v) and (v >= 1 or v == -1), f"mesh.{key}={v!r} must be >= 1 or -1")
+
+
+def sampling_spec(config: Mapping[str, Any]) -> SamplingSpec:
+    """The SamplingSpec of the config's `sample` section (its seed: the run's seed)."""
+    s = config["sample"]
+    values = s.to_dict() if hasattr(s, "to_dict") else dict(s)
+    return SamplingSpec.from_mapping({**values, "seed": int(config["seed"])})
 
 
 def check_batch(config: Mapping[str, Any], num_devices: int, data_parallel: int) -> None:
@@ -179,6 +428,80 @@ def ema_choice(config: Mapping[str, Any], requested: str = "") -> str | None:
         decay = None
     names = [ema_name(x) for x in decays]
     if decay is None or ema_name(decay) not in names:
-        raise ValueError(f"EMA {requested!r} not trained in this run; choose one of "
-                         f"{[str(x) for x in decays]} or 'none'.")
+        raise ValueError(f"EMA {requested!r} is not trained in this run; choose one of "
+                         f"{[str(x) for x in decays]} or 'none'")
     return ema_name(decay)
+
+
+# ------------------------------------------------------------------------------ resuming
+def flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and key != "model.spec" and not key.endswith(("_kwargs",
+                                                                                  "options")):
+            out.update(flat(v, key + "."))
+        else:
+            out[key] = v.to_dict() if hasattr(v, "to_dict") else v
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two configs (dict fields compared whole)."""
+    fa, fb = flat(a), flat(b)
+    return sorted(k for k in set(fa) | set(fb) if _plain(fa.get(k)) != _plain(fb.get(k)))
+
+
+def is_safe_on_resume(key: str) -> bool:
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in SAFE_ON_RESUME)
+
+
+def resume_config(
+    stored: Mapping[str, Any], overrides: Sequence[tuple[str, str]], workdir: str
+) -> tuple[ConfigDict, list[str]]:
+    """The config of a resumed run: the stored one with `overrides` applied. Returns (config,
+    the keys the overrides changed). ValueError listing overrides that would change a key that
+    is fixed for a run (model, diffusion, data identity, seed, batch: see SAFE_ON_RESUME)."""
+    config = ConfigDict(_to_schema(stored))
+    config.lock()
+    apply_overrides(config, overrides)
+    changed = config_diff(stored, config.to_dict())
+    refused = [k for k in changed if not is_safe_on_resume(k)]
+    if refused:
+        old, new = flat(stored), flat(config.to_dict())
+        lines = [f"{k}: {old.get(k)!r} in the run, {new.get(k)!r} now" for k in refused]
+        raise ValueError(
+            f"{workdir} holds a run whose " + "; ".join(lines) + ". These keys are fixed for a "
+            "run (they change what its checkpoints mean): drop those overrides to resume it, or "
+            "use a new --workdir to start another run.")
+    return config, changed
+
+
+def _to_schema(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored config as the schema's types (JSON lists back to tuples where the schema has
+    tuples), so overrides type-check as on a fresh start."""
+    defaults = default_config()
+
+    def convert(value: Any, default: Any) -> Any:
+        if isinstance(default, tuple) and isinstance(value, list):
+            return tuple(value)
+        if isinstance(default, ConfigDict) and isinstance(value, Mapping):
+            return {k: convert(v, default[k]) if k in default else v for k, v in value.items()}
+        return value
+
+    out = {}
+    for k, v in stored.items():
+        out[k] = convert(v, defaults[k]) if k in defaults else v
+    for section in ("sample",):  # placeholder tuples read back from JSON as lists
+        gi = out.get(section, {}).get("guidance_interval")
+        if isinstance(gi, list):
+            out[section]["guidance_interval"] = tuple(gi)
+    return out

@@ -16,6 +16,7 @@ the continuous-time ELBO and its gradient trains the schedule jointly (Kingma et
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,17 +25,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vdm_jax.core import elbo as elbo_lib
-from vdm_jax.core import objectives as losses
+from vdm_jax.core import objectives
 from vdm_jax.core import schedules as sch
-from vdm_jax.data import DatasetInfo
 from vdm_jax.nn.layers import label_dropout
 from vdm_jax.nn.learned_schedule import LearnedGamma, learned_schedule
-from vdm_jax.nn.registry import build_model
-from vdm_jax.parallel.mesh import logical_specs
+from vdm_jax.nn.registry import build_model, logical_specs
 
 Array = jax.Array
 Params = dict[str, Any]
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}  # model.dtype
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -47,16 +46,16 @@ class DiffusionModel:
     denoiser_def: Any
     schedule_def: Any | None
     fixed_schedule: sch.Schedule | None
-    objective: losses.Objective
+    objective: objectives.Objective
     prediction: str
     image_shape: tuple[int, int, int]
     num_classes: int
     num_levels: int
     learn_sigma: bool
     label_dropout: float
-    ddpm_steps: int  # grid of the learned-variance term (DiT: 1000)
+    ddpm_steps: int  # T of the learned-variance term's grid (diffusion.timesteps; DiT: 1000)
     vlb_weight: float
-    param_specs: Any  # logical PartitionSpecs, a pytree like params (see training.mesh)
+    param_specs: Any  # logical PartitionSpecs, a pytree like params (see parallel.mesh)
 
     # ------------------------------------------------------------------------------ pieces
     def schedule(self, params: Params) -> sch.Schedule:
@@ -86,7 +85,9 @@ class DiffusionModel:
     def loss(
         self, params: Params, batch: Mapping[str, Array], rng: Array, num_bins: int = 10
     ) -> tuple[Array, dict[str, Array]]:
-        """Mean training loss of a batch {"image": (B,H,W,C), "label": (B,)} and diagnostics."""
+        """Mean training loss of a batch {"image": (B,H,W,C), "label": (B,)} and its diagnostics:
+        'per_example' (B,), 't' (B,), per-t-bin sums/counts of the objective ('bin_sum',
+        'bin_count'), and 'vlb' (the learned-variance term's mean) with learn_sigma."""
         rng_drop, rng_loss = jax.random.split(rng)
         x, y = batch["image"], batch["label"]
         if self.num_classes:
@@ -94,23 +95,18 @@ class DiffusionModel:
         else:
             y = self.null_labels(x.shape[0])
         schedule = self.schedule(params)
-        outputs = {}
-
-        def model_fn(z, t):
-            out = self.network(params, z, t, y)
-            outputs["z"], outputs["var"] = z, out[..., self.image_shape[-1] :]
-            outputs["pred"] = out[..., : self.image_shape[-1]]
-            return outputs["pred"]
-
-        _, aux = losses.diffusion_loss(
-            self.objective, schedule, model_fn, x, rng_loss, self.prediction, num_bins=num_bins
-        )
-        per_example = aux["per_example"]
+        c = self.image_shape[-1]
+        t, eps, z = objectives.noisy_inputs(self.objective, schedule, x, rng_loss)  # (B,), x, x
+        out = self.network(params, z, t, y)  # (B, H, W, C) or (B, H, W, 2C) with learn_sigma
+        pred = out[..., :c]  # (B, H, W, C) the prediction of kind self.prediction
+        per_example = objectives.per_example_loss(
+            self.objective, schedule, pred, self.prediction, x, eps, z, t)  # (B,)
+        aux = {"t": t, **objectives.t_bin_statistics(per_example, t, num_bins)}
         if self.learn_sigma:
-            vlb = losses.learned_variance_vlb(
-                schedule, x, outputs["z"], aux["t"], outputs["pred"], self.prediction,
-                outputs["var"], self.ddpm_steps, self.num_levels,
-            )
+            vlb = objectives.learned_variance_vlb(
+                schedule, x, z, t, pred, self.prediction, out[..., c:], self.ddpm_steps,
+                self.num_levels,
+            )  # (B,) bits/dim
             per_example = per_example + self.vlb_weight * vlb
             aux["vlb"] = vlb.mean()
         aux["per_example"] = per_example
@@ -131,20 +127,58 @@ class DiffusionModel:
 # ---------------------------------------------------------------------------------- building
 
 
-def _schedule_from_config(cfg: Mapping[str, Any]) -> sch.Schedule:
-    kwargs = dict(cfg.get("schedule_kwargs") or {})
-    return sch.get_schedule(cfg["schedule"], shift=float(cfg.get("shift", 1.0)), **kwargs)
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """What a model must know of its data: image_shape (H, W, C) of a batch, num_classes (0 =
+    unconditional) and num_levels K (bits/dim are for data on K levels). Training takes it from
+    the dataset; checkpoints store it, so a run directory alone rebuilds the model."""
+
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    num_levels: int
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DataSpec:
+        return cls(tuple(int(v) for v in d["image_shape"]), int(d["num_classes"]),
+                   int(d["num_levels"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image_shape": list(self.image_shape), "num_classes": self.num_classes,
+                "num_levels": self.num_levels}
 
 
-def build(config: Mapping[str, Any], info: DatasetInfo, seed: int) -> tuple[DiffusionModel, Params]:
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
+def schedule_kwargs(diffusion: Mapping[str, Any]) -> dict[str, Any]:
+    """The schedule constructor's keyword arguments: diffusion.schedule_kwargs, plus num_steps =
+    diffusion.timesteps for a discrete-time schedule (DDPM's linear β)."""
+    kwargs = dict(diffusion.get("schedule_kwargs") or {})
+    fn = sch.SCHEDULES.get(diffusion["schedule"])
+    if fn is not None and _accepts(fn, "num_steps") and diffusion.get("timesteps"):
+        kwargs["num_steps"] = int(diffusion["timesteps"])
+    return kwargs
+
+
+def objective_kwargs(diffusion: Mapping[str, Any]) -> dict[str, Any]:
+    """The objective constructor's keyword arguments, with num_steps = diffusion.timesteps for
+    a discrete-time objective (L_simple on DDPM's integer grid)."""
+    kwargs = dict(diffusion.get("objective_kwargs") or {})
+    fn = objectives.OBJECTIVES.get(diffusion["objective"])
+    if fn is not None and _accepts(fn, "num_steps") and diffusion.get("timesteps"):
+        kwargs["num_steps"] = int(diffusion["timesteps"])
+    return kwargs
+
+
+def build(config: Mapping[str, Any], data: DataSpec, seed: int) -> tuple[DiffusionModel, Params]:
     """The model and freshly initialized `params` described by config.model / config.diffusion
-    for data described by `info`. Raises ValueError naming the bad config field."""
+    for data described by `data` (config.validate has checked the values)."""
     mcfg, dcfg = config["model"], config["diffusion"]
-    if mcfg["dtype"] not in DTYPES:
-        raise ValueError(f"model.dtype={mcfg['dtype']!r}; expected one of {sorted(DTYPES)}.")
-    spec = mcfg["name"] if mcfg["name"] else dict(mcfg["spec"])
-    h, w, c = info.image_shape
-    num_classes = info.num_classes if dcfg.get("class_conditional", True) else 0
+    spec = mcfg["spec"]
+    spec = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
+    h, w, c = data.image_shape
+    num_classes = data.num_classes if dcfg.get("class_conditional", True) else 0
     denoiser = build_model(
         spec, input_size=(h, w), in_channels=c, num_classes=num_classes,
         learn_sigma=bool(mcfg["learn_sigma"]), dtype=DTYPES[mcfg["dtype"]],
@@ -165,25 +199,20 @@ def build(config: Mapping[str, Any], info: DatasetInfo, seed: int) -> tuple[Diff
         params["schedule"] = nnx.to_pure_dict(schedule_params)
         specs["schedule"] = logical_specs(net)
     else:
-        fixed = _schedule_from_config(dcfg)
-    prediction = mcfg["prediction"]
-    if prediction not in ("eps", "x", "v", "flow"):
-        raise ValueError(f"model.prediction={prediction!r}; expected eps, x, v or flow.")
-    objective = losses.get_objective(dcfg["objective"], **dict(dcfg.get("objective_kwargs") or {}))
-    if mcfg["learn_sigma"] and prediction != "eps":
-        raise ValueError("model.learn_sigma needs model.prediction='eps' (the DiT/IDDPM recipe).")
+        fixed = sch.get_schedule(dcfg["schedule"], shift=float(dcfg.get("shift", 1.0)),
+                                 **schedule_kwargs(dcfg))
     model = DiffusionModel(
         denoiser_def=denoiser_def,
         schedule_def=schedule_def,
         fixed_schedule=fixed,
-        objective=objective,
-        prediction=prediction,
-        image_shape=info.image_shape,
+        objective=objectives.get_objective(dcfg["objective"], **objective_kwargs(dcfg)),
+        prediction=mcfg["prediction"],
+        image_shape=data.image_shape,
         num_classes=num_classes,
-        num_levels=info.num_levels,
+        num_levels=data.num_levels,
         learn_sigma=bool(mcfg["learn_sigma"]),
         label_dropout=float(dcfg["label_dropout"]),
-        ddpm_steps=int(dcfg.get("ddpm_steps", 1000)),
+        ddpm_steps=int(dcfg.get("timesteps") or 0),
         vlb_weight=float(dcfg.get("vlb_weight", 1.0)),
         param_specs=specs,
     )

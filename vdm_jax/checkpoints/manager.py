@@ -7,6 +7,8 @@ A checkpoint `workdir/checkpoints/<step>/` holds the items
     meta       {"step", "rng"}
     data       {"iterator": grain iterator state (JSON string)}
     config     the run's config as JSON (what built the model; checked on every restore)
+    data_spec  image shape, classes and levels of the data (vdm_jax.model.DataSpec): with the
+               config, all that is needed to rebuild the model without the dataset
 orbax writes each checkpoint into a temporary directory and renames it when every item is
 written, so a kill mid-write leaves only an unfinished temporary directory that is ignored (and
 cleaned up when the next run first saves); the latest finalized checkpoint is never touched.
@@ -22,6 +24,10 @@ it, falling back to the previous one; when the run then saves, the unreadable on
 is reported by name before orbax reads anything (a failed orbax read is caught too, but prints
 pages of TensorStore errors).
 
+A run may resume with another config only where `vdm_jax.config.SAFE_ON_RESUME` allows; other
+differences are refused (CheckpointMismatchError naming them). EMAs added to optim.ema_decays
+start from the restored parameters; EMAs dropped from it are not restored.
+
 Reading never writes: a `Checkpointer` only creates, cleans or deletes anything once `save` is
 first called, so sampling or evaluating from a workdir, or refusing a workdir of another
 configuration, leaves it as it was.
@@ -31,7 +37,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Mapping
@@ -39,13 +44,15 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+from vdm_jax import config as config_lib
+from vdm_jax.io import write_json
 
 State = dict[str, Any]
 ARRAY_ITEMS = ("params", "ema", "opt_state", "meta")
-# Config sections that define what a checkpoint's arrays mean: a run may not resume with others.
-IDENTITY_KEYS = ("model", "diffusion")
-IDENTITY_DATA_KEYS = ("name", "image_size")
+ITEMS = (*ARRAY_ITEMS, "data", "config", "data_spec")
 TRASH_DIR = ".deleting"  # retired checkpoints, renamed here atomically, then removed
 UNREADABLE_DIR = "unreadable"  # checkpoints that failed to restore, set aside for inspection
 MANIFEST = "vdm_manifest.json"  # {"files": {relative path: size}} of a finalized checkpoint
@@ -57,13 +64,6 @@ class DamagedCheckpointError(OSError):
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint or workdir written by another configuration."""
-
-
-def config_identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a config a checkpoint's arrays depend on (JSON-comparable)."""
-    ident = {k: _jsonable(config[k]) for k in IDENTITY_KEYS}
-    ident["data"] = {k: _jsonable(config["data"].get(k)) for k in IDENTITY_DATA_KEYS}
-    return ident
 
 
 def _jsonable(value: Any) -> Any:
@@ -79,26 +79,19 @@ def _abstract(tree: Any) -> Any:
     )
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Human-readable differences between two JSON-like trees."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [f"{prefix.rstrip('.')}: checkpoint {a!r}, now {b!r}"]
-
-
-def check_identity(saved: Mapping[str, Any], config: Mapping[str, Any], what: str) -> None:
-    """Raise CheckpointMismatchError (`what`: where `saved` comes from) listing the differences
-    between the model, diffusion and dataset of two configs, and how to start fresh."""
-    diffs = _diff(config_identity(saved), config_identity(config))
-    if diffs:
+def check_compatible(saved: Mapping[str, Any], config: Mapping[str, Any], what: str) -> None:
+    """Raise CheckpointMismatchError (`what`: where `saved` comes from) listing the keys in which
+    `config` differs from the run's stored config and which may not change when a run resumes
+    (vdm_jax.config.SAFE_ON_RESUME), and how to proceed."""
+    saved, now = _jsonable(saved), _jsonable(config)
+    fixed = [k for k in config_lib.config_diff(saved, now) if not config_lib.is_safe_on_resume(k)]
+    if fixed:
+        old, new = config_lib.flat(saved), config_lib.flat(now)
         raise CheckpointMismatchError(
-            f"{what}:\n  " + "\n  ".join(diffs)
-            + "\nRefusing to mix runs: use a new --workdir to start fresh, or rerun with the "
-            "original config."
-        )
+            f"{what}:\n  " + "\n  ".join(f"{k}: checkpoint {old.get(k)!r}, now {new.get(k)!r}"
+                                        for k in fixed)
+            + "\nRefusing to mix runs: these keys are fixed for a run. Rerun with the run's "
+            "config to resume it, or use a new --workdir to start another run.")
 
 
 class Checkpointer:
@@ -133,8 +126,7 @@ class Checkpointer:
             todelete_subdir=TRASH_DIR if writing else None,
         )
         return ocp.CheckpointManager(
-            self.directory, options=options, item_names=(*ARRAY_ITEMS, "data", "config")
-        )
+            self.directory, options=options, item_names=ITEMS)
 
     def _start_writing(self) -> None:
         """Before the first save: set aside unreadable checkpoints (their steps are about to be
@@ -170,7 +162,7 @@ class Checkpointer:
 
     # ------------------------------------------------------------------------------- save
     def save(self, state: State, data_state: bytes | str | None, config: Mapping[str, Any],
-             force: bool = True) -> bool:
+             data_spec: Mapping[str, Any], force: bool = True) -> bool:
         """Start an asynchronous save of `state` at its step (returns at once)."""
         if not self._writing:
             self._start_writing()
@@ -184,6 +176,7 @@ class Checkpointer:
             meta=ocp.args.StandardSave({"step": state["step"], "rng": state["rng"]}),
             data=ocp.args.JsonSave({"iterator": data_state}),
             config=ocp.args.JsonSave(_jsonable(config)),
+            data_spec=ocp.args.JsonSave(_jsonable(data_spec)),
         )
         started = self.manager.save(step, args=args, force=force)
         # manager.save returned once the previous save was finalized: record what it wrote.
@@ -208,10 +201,8 @@ class Checkpointer:
             try:
                 files = {str(p.relative_to(step_dir)): p.stat().st_size
                          for p in sorted(step_dir.rglob("*"))
-                         if p.is_file() and not p.name.startswith(MANIFEST)}
-                tmp = step_dir / f"{MANIFEST}.tmp"
-                tmp.write_text(json.dumps({"files": files}, indent=0))
-                os.replace(tmp, step_dir / MANIFEST)  # never half-written
+                         if p.is_file() and MANIFEST not in p.name}
+                write_json(step_dir / MANIFEST, {"files": files}, indent=0)
             except OSError as e:  # e.g. retired meanwhile: the manifest is only a diagnostic
                 logging.warning("no manifest for checkpoint %s: %s", step_dir, e)
 
@@ -244,19 +235,23 @@ class Checkpointer:
         args = ocp.args.Composite(config=ocp.args.JsonRestore())
         return self.manager.restore(step, args=args)["config"]
 
-    def check_config(self, step: int, config: Mapping[str, Any]) -> None:
-        """Raise CheckpointMismatchError when the checkpoint at `step` was written by a config
-        with another model, diffusion or dataset."""
-        check_identity(self.saved_config(step), config,
-                       f"{self.directory.parent} holds a run of another configuration "
-                       f"(checkpoint step {step})")
+    def saved_data_spec(self, step: int) -> dict[str, Any] | None:
+        """The DataSpec record of checkpoint `step` (None for checkpoints written before it was
+        recorded)."""
+        if not (self.directory / str(step) / "data_spec").exists():
+            return None
+        args = ocp.args.Composite(data_spec=ocp.args.JsonRestore())
+        return self.manager.restore(step, args=args)["data_spec"]
 
     def restore_latest(self, target: State, config: Mapping[str, Any]) -> tuple[State, str] | None:
         """The newest readable checkpoint as (state, data_iterator_state) onto the shardings of
-        `target` (a state of the same structure, concrete or abstract), or None if there is none.
+        `target` (a state of the structure `config` gives, concrete or abstract), or None if
+        there is none.
 
         Checkpoints that fail to read are skipped with a warning and listed in
-        `self.unreadable`; a config mismatch is an error.
+        `self.unreadable`; a config that may not resume this run is an error
+        (CheckpointMismatchError), never a reason to skip. EMAs of `target` that the checkpoint
+        lacks start from its parameters; EMAs it has that `target` lacks are dropped.
         """
         abstract = _abstract(target)
         skipped = []
@@ -264,19 +259,21 @@ class Checkpointer:
         for step in self.steps():
             try:
                 self.verify(step)
-                self.check_config(step, config)
-            except CheckpointMismatchError:
-                raise
+                saved = self.saved_config(step)
             except Exception as e:  # unreadable config item: treat as a damaged checkpoint
                 skipped.append((step, e))
                 self._warn_skip(step, e)
                 continue
+            check_compatible(saved, config, f"{self.directory.parent} holds a run of another "
+                                            f"configuration (checkpoint step {step})")
+            saved_emas = [config_lib.ema_name(d) for d in saved["optim"]["ema_decays"]]
             try:
                 restored = self.manager.restore(
                     step,
                     args=ocp.args.Composite(
                         params=ocp.args.StandardRestore(abstract["params"]),
-                        ema=ocp.args.StandardRestore(abstract["ema"]),
+                        ema=ocp.args.StandardRestore(
+                            {name: abstract["params"] for name in saved_emas}),
                         opt_state=ocp.args.StandardRestore(abstract["opt_state"]),
                         meta=ocp.args.StandardRestore(
                             {"step": abstract["step"], "rng": abstract["rng"]}
@@ -289,10 +286,18 @@ class Checkpointer:
                 self._warn_skip(step, e)
                 continue
             self.unreadable = [s for s, _ in skipped]
+            ema = {}
+            for name in abstract["ema"]:
+                if name in restored["ema"]:
+                    ema[name] = restored["ema"][name]
+                else:
+                    logging.warning("EMA %s is new in this config: it starts from the parameters "
+                                    "of step %d", name, step)
+                    ema[name] = jax.tree.map(jnp.copy, restored["params"])
             state = {
                 "step": restored["meta"]["step"],
                 "params": restored["params"],
-                "ema": restored["ema"],
+                "ema": ema,
                 "opt_state": restored["opt_state"],
                 "rng": restored["meta"]["rng"],
             }

@@ -1,6 +1,7 @@
-"""Restore a trained model for sampling and evaluation: the config stored in the checkpoint
-rebuilds the `DiffusionModel`, and only the requested parameters (an EMA by default) are read,
-onto any mesh (sharded like training, FSDP over the mesh's 'fsdp' axis).
+"""Restore a trained model for sampling and evaluation from its run directory alone: the config
+and DataSpec stored in the checkpoint rebuild the `DiffusionModel` (no dataset is opened), and
+only the requested parameters (an EMA by default) are read, onto any mesh (sharded like
+training, FSDP over the mesh's 'fsdp' axis).
 
     restored = load_for_inference("workdirs/digits_dit")          # newest readable checkpoint
     model, params = restored.model, restored.params
@@ -9,7 +10,7 @@ onto any mesh (sharded like training, FSDP over the mesh's 'fsdp' axis).
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+import os
 from typing import Any
 
 import jax
@@ -18,29 +19,33 @@ from ml_collections import ConfigDict
 
 from vdm_jax import config as config_lib
 from vdm_jax.checkpoints.manager import Checkpointer
-from vdm_jax.config import ema_name
-from vdm_jax.data import DatasetInfo, dataset_info
-from vdm_jax.model import DiffusionModel, build
+from vdm_jax.data import dataset_info
+from vdm_jax.model import DataSpec, DiffusionModel, build
 from vdm_jax.parallel import mesh as mesh_lib
+from vdm_jax.rundir import RunDir
+
+__all__ = ["Restored", "load_for_inference"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Restored:
     """A model ready to sample: static `model`, its `params`, the run's `config`, the checkpoint
     `step`, which parameters were loaded (`ema`: e.g. 'ema_0p9999', or None for the raw ones),
-    the dataset `info` and the `mesh` the parameters live on."""
+    the `data` spec, the `mesh` the parameters live on and the run directory."""
 
     model: DiffusionModel
     params: Any
     config: ConfigDict
     step: int
     ema: str | None
-    info: DatasetInfo
+    data: DataSpec
     mesh: Mesh
+    rundir: RunDir
 
 
 def load_for_inference(
-    workdir: str | Path, *, ema: str = "", step: int | None = None, mesh: Mesh | None = None
+    workdir: str | os.PathLike, *, ema: str = "", step: int | None = None,
+    mesh: Mesh | None = None,
 ) -> Restored:
     """Parameters of the run in `workdir` for inference.
 
@@ -48,7 +53,8 @@ def load_for_inference(
     step: a checkpoint step, or None for the newest readable one. mesh: default all devices,
     data-parallel. Raises FileNotFoundError when `workdir` has no checkpoint.
     """
-    ckpt_dir = Path(workdir) / "checkpoints"
+    rundir = RunDir(workdir)
+    ckpt_dir = rundir.checkpoints
     if not ckpt_dir.is_dir():
         raise FileNotFoundError(
             f"No checkpoints in {ckpt_dir}: train first (launch/train.py --workdir={workdir})."
@@ -60,13 +66,19 @@ def load_for_inference(
             raise FileNotFoundError(f"No finalized checkpoint in {ckpt_dir}.")
         if step is not None and step not in steps:
             raise FileNotFoundError(f"No checkpoint at step {step} in {ckpt_dir}; have {steps}.")
-        config = ConfigDict(checkpointer.saved_config(step if step is not None else steps[0]))
-        info = dataset_info(config.data)
+        at = step if step is not None else steps[0]
+        config = ConfigDict(checkpointer.saved_config(at))
+        record = checkpointer.saved_data_spec(at)
+        if record is not None:
+            data = DataSpec.from_dict(record)
+        else:  # written before checkpoints recorded it: ask the dataset
+            info = dataset_info(config.data)
+            data = DataSpec(info.image_shape, info.num_classes, info.num_levels)
         mesh = mesh or mesh_lib.make_mesh(-1, 1)
         holder: dict[str, DiffusionModel] = {}
 
         def params_only():
-            holder["model"], params = build(config, info, config.seed)
+            holder["model"], params = build(config, data, config.seed)
             return params
 
         abstract = jax.eval_shape(params_only)
@@ -76,8 +88,8 @@ def load_for_inference(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
         )
         choice = config_lib.ema_choice(config, ema)
-        names = [ema_name(d) for d in config.optim.ema_decays]
+        names = [config_lib.ema_name(d) for d in config.optim.ema_decays]
         params, restored_step = checkpointer.restore_params(target, choice, names, step)
     finally:
         checkpointer.close()
-    return Restored(model, params, config, restored_step, choice, info, mesh)
+    return Restored(model, params, config, restored_step, choice, data, mesh, rundir)

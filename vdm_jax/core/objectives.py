@@ -226,6 +226,17 @@ def t_bin_statistics(values: Array, t: Array, num_bins: int) -> dict[str, Array]
     return {"bin_sum": values @ one_hot, "bin_count": one_hot.sum(axis=0)}
 
 
+def noisy_inputs(
+    objective: Objective, schedule: Schedule, x: Array, rng: Array, *, antithetic: bool = True,
+) -> tuple[Array, Array, Array]:
+    """The training inputs of a batch x (B, ...): t ~ p(t) (low-discrepancy when `antithetic`),
+    ε ~ N(0, I) and z_t = α_t x + σ_t ε. Returns (t (B,), ε, z_t)."""
+    rng_t, rng_eps = jax.random.split(rng)
+    t = ts.sample_time(objective.density, rng_t, x.shape[0], schedule, antithetic)
+    eps = jax.random.normal(rng_eps, x.shape, x.dtype)
+    return t, eps, q_sample(schedule, x, t, eps)
+
+
 def diffusion_loss(
     objective: Objective,
     schedule: Schedule,
@@ -237,21 +248,15 @@ def diffusion_loss(
     antithetic: bool = True,
     num_bins: int = 10,
 ) -> tuple[Array, dict[str, Array]]:
-    """One Monte Carlo estimate of the objective for a batch x (B, ...).
-
-    Draws t ~ p(t) (low-discrepancy), ε ~ N(0, I), forms z_t = α_t x + σ_t ε and calls
-    model_fn(z_t, t) -> prediction of type `prediction`. Returns (mean loss, aux) with aux holding
-    the per-example losses, t, and per-t-bin sums/counts.
+    """One Monte Carlo estimate of the objective for a batch x (B, ...): `noisy_inputs`, then
+    model_fn(z_t, t) -> prediction of type `prediction`, then `per_example_loss`. Returns
+    (mean loss, aux) with aux holding the per-example losses, t, and per-t-bin sums/counts.
     """
-    rng_t, rng_eps = jax.random.split(rng)
-    t = ts.sample_time(objective.density, rng_t, x.shape[0], schedule, antithetic)
-    eps = jax.random.normal(rng_eps, x.shape, x.dtype)
-    z = q_sample(schedule, x, t, eps)
+    t, eps, z = noisy_inputs(objective, schedule, x, rng, antithetic=antithetic)
     pred = model_fn(z, t).astype(jnp.float32)
     losses = per_example_loss(objective, schedule, pred, prediction, x, eps, z, t)
     aux = {"per_example": losses, "t": t, **t_bin_statistics(losses, t, num_bins)}
     return losses.mean(), aux
-
 
 
 def learned_variance_vlb(

@@ -13,9 +13,9 @@ from vdm_jax.data.pipeline import (
     center_crop,
     dataset_info,
     eval_iterator,
-    levels_to_unit,
     train_iterator,
 )
+from vdm_jax.data.pixels import levels_to_unit
 from vdm_jax.data.tfds_utils import DatasetNotFoundError, default_data_dir
 
 __all__ = [

@@ -43,6 +43,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from PIL import Image
 
 from vdm_jax.data import cifar10, digits, image_folder, imagenet
+from vdm_jax.data.pixels import levels_to_unit
 from vdm_jax.data.tfds_utils import DatasetNotFoundError, data_source
 
 DATASETS = ("digits", "imagenet2012", "cifar10", "image_folder")
@@ -181,12 +182,6 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
     out = np.asarray(pil).reshape(pil.size[1], pil.size[0], channels)  # (h, w, C)
     top, left = (out.shape[0] - size) // 2, (out.shape[1] - size) // 2
     return out[top : top + size, left : left + size]
-
-
-def levels_to_unit(levels: np.ndarray, num_levels: int) -> np.ndarray:
-    """x = 2(k + ½)/K − 1 for integer levels k ∈ {0..K−1}: (...) int -> (...) float32."""
-    k = np.clip(levels.astype(np.float32), 0, num_levels - 1)
-    return (2.0 * k + 1.0) / num_levels - 1.0
 
 
 def _preprocess(

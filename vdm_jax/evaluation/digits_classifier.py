@@ -23,6 +23,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from vdm_jax.io import write_npz
+
 __all__ = ["DigitsCNN", "DigitsClassifier", "train_digits_cnn", "train_or_load_digits_classifier"]
 
 _RECIPE = {  # part of the cache key: change any of these and the classifier is retrained
@@ -195,11 +197,7 @@ def train_or_load_digits_classifier(
         except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
             warnings.warn(f"ignoring unreadable digits classifier cache {path}: {e}", stacklevel=2)
     model = train_digits_cnn(x, y, num_classes, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, **{
-        "/".join(map(str, p)): np.asarray(v.get_value())
-        for p, v in nnx.to_flat_state(nnx.state(model))
-    })
-    os.replace(tmp, path)  # atomic: concurrent processes never read a partial file
+    # Atomic: concurrent processes never read a partial file.
+    write_npz(path, {"/".join(map(str, p)): np.asarray(v.get_value())
+                     for p, v in nnx.to_flat_state(nnx.state(model))})
     return DigitsClassifier(model)

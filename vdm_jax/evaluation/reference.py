@@ -1,161 +1,131 @@
-"""ADM-format `.npz` files: reference batches and sample batches.
+"""Building ADM reference batches: FID statistics of a dataset split with the FID Inception.
 
-Reference batch (guided-diffusion `evaluations/`): `mu` (D,), `sigma` (D, D) of pool3 features,
-`mu_s`, `sigma_s` of the sFID spatial features, and `arr_0` uint8 NHWC reference images (used for
-precision/recall). `mu`/`sigma` are required; `mu_s`/`sigma_s` come as a pair; `arr_0` is optional.
-Sample batch: `arr_0` uint8 NHWC images (3 or 1 channels), optional `arr_1` int labels (N,).
+`iter_reference_images` reads a split through the training pipeline's preprocessing (ADM center
+crop, no flips) back to 8 bits; `build_reference` streams the images through the Inception,
+accumulating the pool3 and spatial statistics in float64, and writes the ADM `.npz`.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "ReferenceBatch",
-    "SampleBatch",
-    "load_reference",
-    "load_samples",
-    "save_reference",
-    "save_samples",
-    "validate_images",
-]
+from vdm_jax.data import dataset_info, eval_iterator, train_iterator
+from vdm_jax.data.adm_npz import ReferenceBatch, save_reference, validate_images
+from vdm_jax.data.pixels import unit_to_uint8
+from vdm_jax.evaluation.features import DEFAULT_BATCH_SIZE, inception_batches
+from vdm_jax.evaluation.frechet import StatsAccumulator
+from vdm_jax.nn.encoders.inception import InceptionV3
+
+__all__ = ["build_reference", "iter_reference_images", "reference_images_from_data"]
 
 
-@dataclass(frozen=True)
-class ReferenceBatch:
-    mu: np.ndarray             # (D,)      pool3 mean
-    sigma: np.ndarray          # (D, D)    pool3 covariance
-    mu_s: np.ndarray | None    # (Ds,)     spatial mean (sFID), or None
-    sigma_s: np.ndarray | None  # (Ds, Ds)  spatial covariance, or None
-    images: np.ndarray | None  # (N, H, W, C) uint8, or None (absent or not loaded)
-    path: Path
-
-
-@dataclass(frozen=True)
-class SampleBatch:
-    images: np.ndarray         # (N, H, W, C) uint8, C in {1, 3}
-    labels: np.ndarray | None  # (N,) int64, or None
-    path: Path
-
-
-def validate_images(images: np.ndarray, source: str) -> np.ndarray:
-    """Checks an ADM image array: uint8, NHWC, 3 or 1 channels; returns it unchanged."""
-    images = np.asarray(images)
-    if images.dtype != np.uint8:
-        raise ValueError(
-            f"{source}: arr_0 must be uint8 images in 0..255, got dtype {images.dtype} "
-            "(convert float images in [-1, 1] with round((x + 1) * 127.5) before saving)"
-        )
-    if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(
-            f"{source}: arr_0 must be NHWC with 3 or 1 channels, got shape {images.shape}"
-            + (" (channels-first? transpose to NHWC)" if images.ndim == 4 else "")
-        )
-    return images
-
-
-def _check_stats(mu: np.ndarray, sigma: np.ndarray, names: str, source: str) -> None:
-    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise ValueError(
-            f"{source}: {names} must have shapes (D,) and (D, D), got {mu.shape} and {sigma.shape}"
-        )
-
-
-def load_reference(path: str | os.PathLike, load_images: bool = True) -> ReferenceBatch:
-    """Reads and validates an ADM reference batch `.npz` (see the module docstring)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"reference batch {path} does not exist")
-    with np.load(path) as npz:
-        keys = set(npz.files)
-        missing = [k for k in ("mu", "sigma") if k not in keys]
-        if missing:
-            raise ValueError(
-                f"reference batch {path} lacks {', '.join(missing)} (has: {sorted(keys)}); an ADM "
-                "reference .npz holds mu, sigma, mu_s, sigma_s and arr_0"
-            )
-        if ("mu_s" in keys) != ("sigma_s" in keys):
-            absent = "sigma_s" if "mu_s" in keys else "mu_s"
-            raise ValueError(
-                f"reference batch {path} has only one of mu_s/sigma_s ({absent} missing)"
-            )
-        mu, sigma = npz["mu"], npz["sigma"]
-        _check_stats(mu, sigma, "mu/sigma", str(path))
-        mu_s = sigma_s = None
-        if "mu_s" in keys:
-            mu_s, sigma_s = npz["mu_s"], npz["sigma_s"]
-            _check_stats(mu_s, sigma_s, "mu_s/sigma_s", str(path))
-        images = None
-        if load_images and "arr_0" in keys:
-            images = validate_images(npz["arr_0"], str(path))
-    return ReferenceBatch(mu, sigma, mu_s, sigma_s, images, path)
-
-
-def save_reference(
+def build_reference(
+    images: np.ndarray | Iterable[np.ndarray],
+    inception: InceptionV3,
     path: str | os.PathLike,
-    mu: np.ndarray,
-    sigma: np.ndarray,
-    mu_s: np.ndarray | None = None,
-    sigma_s: np.ndarray | None = None,
-    images: np.ndarray | None = None,
-) -> Path:
-    """Writes an ADM reference batch; statistics stored as float64, images validated."""
-    path = Path(path)
-    arrays = {"mu": np.asarray(mu, np.float64), "sigma": np.asarray(sigma, np.float64)}
-    _check_stats(arrays["mu"], arrays["sigma"], "mu/sigma", str(path))
-    if (mu_s is None) != (sigma_s is None):
-        raise ValueError("give both mu_s and sigma_s, or neither")
-    if mu_s is not None:
-        arrays["mu_s"] = np.asarray(mu_s, np.float64)
-        arrays["sigma_s"] = np.asarray(sigma_s, np.float64)
-        _check_stats(arrays["mu_s"], arrays["sigma_s"], "mu_s/sigma_s", str(path))
-    if images is not None:
-        arrays["arr_0"] = validate_images(images, str(path))
-    return _savez_atomic(path, arrays)
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    num_stored_images: int | None = None,
+) -> ReferenceBatch:
+    """Computes an ADM reference batch from uint8 NHWC images and writes it to `path`.
+
+    `images`: one array (N, H, W, C) or an iterable of such chunks (streamed: statistics are
+    accumulated in float64 with `StatsAccumulator`, so N may exceed memory). Stores mu, sigma
+    (pool3) and mu_s, sigma_s (spatial) over all N images, and the first `num_stored_images`
+    (default: all) images as arr_0 for precision/recall. Returns the batch as `load_reference`
+    would read it.
+    """
+    if isinstance(images, np.ndarray):
+        images = validate_images(images, "reference images")
+        batch, chunks = min(batch_size, max(len(images), 1)), [images]
+    else:
+        batch, chunks = batch_size, images
+    acc, acc_s = StatsAccumulator(), StatsAccumulator()
+    stored: list[np.ndarray] = []
+    budget = math.inf if num_stored_images is None else num_stored_images
+    for chunk in chunks:
+        chunk = validate_images(chunk, "reference images")
+        if len(chunk) == 0:
+            continue
+        for out in inception_batches(chunk, inception, batch):
+            acc.update(out["pool3"])
+            acc_s.update(out["spatial"])
+        keep = int(min(len(chunk), budget))
+        if keep:
+            stored.append(chunk[:keep])
+            budget -= keep
+    if acc.n < 2:
+        raise ValueError(f"a reference batch needs at least 2 images, got {acc.n}")
+    mu, sigma = acc.finalize()
+    mu_s, sigma_s = acc_s.finalize()
+    arr_0 = np.concatenate(stored) if stored else None
+    path = save_reference(path, mu, sigma, mu_s, sigma_s, arr_0)
+    return ReferenceBatch(mu, sigma, mu_s, sigma_s, arr_0, Path(path))
 
 
-def load_samples(path: str | os.PathLike) -> SampleBatch:
-    """Reads and validates a sample batch `.npz`: `arr_0` uint8 NHWC (C 3|1), optional `arr_1`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sample batch {path} does not exist")
-    with np.load(path) as npz:
-        if "arr_0" not in npz.files:
-            raise ValueError(f"sample batch {path} has no arr_0 (has: {sorted(npz.files)})")
-        images = validate_images(npz["arr_0"], str(path))
-        labels = npz["arr_1"] if "arr_1" in npz.files else None
-    if labels is not None:
-        if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(
-                f"{path}: arr_1 must be integer labels of shape ({images.shape[0]},), got "
-                f"{labels.dtype} {labels.shape}"
-            )
-        labels = labels.astype(np.int64)
-    return SampleBatch(images, labels, path)
+def _plain_config(data_config: Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
+    config = data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config)
+    return {**config, **overrides}
 
 
-def save_samples(
-    path: str | os.PathLike, images: np.ndarray, labels: np.ndarray | None = None
-) -> Path:
-    """Writes an ADM sample batch: `arr_0` images (validated), `arr_1` labels if given."""
-    path = Path(path)
-    arrays = {"arr_0": validate_images(images, str(path))}
-    if labels is not None:
-        labels = np.asarray(labels)
-        if labels.shape != (images.shape[0],):
-            raise ValueError(f"labels must have shape ({images.shape[0]},), got {labels.shape}")
-        arrays["arr_1"] = labels
-    return _savez_atomic(path, arrays)
+def iter_reference_images(
+    data_config: Mapping[str, Any],
+    split: str = "eval",
+    max_images: int | None = None,
+    *,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> Iterator[np.ndarray]:
+    """uint8 NHWC chunks (b, H, W, C) of a dataset split, read through the data pipeline.
+
+    split "eval": the evaluation split in order (`eval_iterator`, padding rows dropped);
+    "train": a random subset of the training split without repeats or flips
+    (`train_iterator` shuffled from `seed`, random_flip off). At most `max_images` images
+    (default: the whole split). Pipeline floats x are mapped back to 8 bits with
+    `unit_to_uint8(x, K)`, K the dataset's number of levels: for 8-bit data these are exactly
+    the stored (center-cropped) pixels.
+    """
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    if max_images is not None and max_images <= 0:
+        raise ValueError(f"max_images must be positive, got {max_images}")
+    info = dataset_info(data_config)
+    available = info.num_train if split == "train" else info.num_test
+    n = available if max_images is None else min(max_images, available)
+    if n == 0:
+        raise ValueError(f"the {split} split of {data_config.get('name')!r} has no images")
+    b = min(batch_size, n)
+    if split == "eval":
+        batches = eval_iterator(data_config, batch_size=b, process_index=0, process_count=1)
+    else:
+        # An infinite stream of epoch permutations: its first num_train records are distinct.
+        batches = train_iterator(
+            _plain_config(data_config, random_flip=False), global_batch_size=b, seed=seed,
+            process_index=0, process_count=1,
+        )
+    taken = 0
+    for batch in batches:
+        x = batch["image"][batch["mask"]] if "mask" in batch else batch["image"]
+        x = x[: n - taken]
+        taken += len(x)
+        if len(x):
+            yield unit_to_uint8(x, info.num_levels)
+        if taken >= n:
+            break
 
 
-def _savez_atomic(path: Path, arrays: dict[str, np.ndarray]) -> Path:
-    # Write-then-rename so a killed job never leaves a truncated .npz behind.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-    return path
+def reference_images_from_data(
+    data_config: Mapping[str, Any],
+    split: str = "eval",
+    max_images: int | None = None,
+    *,
+    seed: int = 0,
+) -> np.ndarray:
+    """uint8 images (N, H, W, C) of a dataset split; see `iter_reference_images`."""
+    return np.concatenate(list(iter_reference_images(data_config, split, max_images, seed=seed)))

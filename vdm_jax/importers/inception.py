@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vdm_jax.io import write_npz
 from vdm_jax.nn.encoders.inception import InceptionV3, abstract_inception
 
 __all__ = [
@@ -142,16 +143,11 @@ def read_pt_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def save_inception_npz(model: InceptionV3, path: str | os.PathLike) -> Path:
     """Writes the model's arrays to `.npz`, keyed by '/'-joined NNX path (Flax layout)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {
         "/".join(map(str, p)): np.asarray(v.get_value())
         for p, v in nnx.to_flat_state(nnx.state(model))
     }
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-    return path
+    return write_npz(path, arrays)
 
 
 def load_inception_npz(path: str | os.PathLike) -> InceptionV3:

@@ -43,7 +43,11 @@ _JIT_KEYS = ("bottleneck_dim", "in_context_len", "in_context_start")
 
 
 def resolve_spec(name_or_spec: str | Mapping[str, Any]) -> dict[str, Any]:
-    """A registry name or a custom spec dict → a complete, validated spec dict (a copy)."""
+    """A registry name, a dict {'name': <registry name>, **overrides}, or a custom spec dict →
+    a complete, validated spec dict (a copy)."""
+    if isinstance(name_or_spec, Mapping) and "name" in name_or_spec:
+        overrides = {k: v for k, v in name_or_spec.items() if k != "name"}
+        return resolve_spec({**resolve_spec(name_or_spec["name"]), **overrides})
     if isinstance(name_or_spec, str):
         if name_or_spec not in MODEL_CONFIGS:
             raise ValueError(
@@ -147,3 +151,9 @@ def logical_axes(model: nnx.Module) -> nnx.State:
     """Logical axis names of every variable, as a State of PartitionSpecs, e.g.
     P('embed', 'mlp') for an MLP kernel. Equal to nnx.get_partition_spec(nnx.state(model))."""
     return nnx.get_partition_spec(nnx.state(model))
+
+
+def logical_specs(module: nnx.Module) -> dict:
+    """Logical PartitionSpecs of a module's variables as a pure dict (the pytree structure of
+    `nnx.to_pure_dict(nnx.state(module))`), for vdm_jax.parallel.mesh.param_shardings."""
+    return nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(module)))

@@ -18,7 +18,6 @@ from typing import Any
 import jax
 import numpy as np
 import optax
-from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp")
@@ -110,11 +109,6 @@ def param_shardings(
         abstract_params,
         is_leaf=lambda x: isinstance(x, PartitionSpec),
     )
-
-
-def logical_specs(module: nnx.Module) -> dict:
-    """Logical PartitionSpecs of a module's variables as a pure dict (nnx.to_pure_dict)."""
-    return nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(module)))
 
 
 def optimizer_shardings(

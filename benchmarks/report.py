@@ -1,0 +1,68 @@
+"""What a benchmark prints and records: the environment beside every figure (command, device,
+versions, host, date, load), markdown rows, and the JSON results file."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+
+from vdm_jax.io import write_json as write_json_file
+
+
+def load_avg() -> list[float] | None:
+    """The host's 1/5/15-minute load averages (how contended a CPU timing was)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def environment(
+    script: str, argv: Sequence[str], args: argparse.Namespace | None = None
+) -> dict[str, Any]:
+    """What a figure needs next to it: command, device, JAX version, host, date, load, flags."""
+    dev = jax.devices()[0]
+    load = load_avg()
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "backend": jax.default_backend(),
+        "device_kind": dev.device_kind,
+        "device_count": jax.device_count(),
+        "jax_version": jax.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_avg_1_5_15": load,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "host_malloc_retain": bool(getattr(args, "host_malloc_applied", False)),
+        "command": " ".join([f"benchmarks/{os.path.basename(script)}", *argv]),
+    }
+
+
+def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
+    """A markdown table: columns = [(header, key)], values formatted compactly."""
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "–"
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+        return str(v)
+
+    print("| " + " | ".join(h for h, _ in columns) + " |")
+    print("|" + "---|" * len(columns))
+    for r in rows:
+        print("| " + " | ".join(fmt(r.get(k)) for _, k in columns) + " |")
+
+
+def write_json(path: str | None, result: Mapping[str, Any]) -> None:
+    """The results as JSON at `path` (atomically; nothing when no --out was given)."""
+    if path:
+        write_json_file(path, result)

@@ -1,0 +1,163 @@
+"""Synchronized timing: medians of device-synchronized calls, the same-run matmul peak
+interleaved with the timed work, and the trainer's own train step set up and timed.
+
+Conventions (docs/CONVENTIONS.md): training FLOPs = 3 × forward FLOPs; MFU = achieved FLOP/s ÷ the
+peak FLOP/s of a large square matmul in the same dtype, measured in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from benchmarks import cli_args
+from benchmarks.memory import memory_stats
+from vdm_jax import model as dm
+from vdm_jax.parallel import mesh as mesh_lib
+from vdm_jax.training import state as st
+from vdm_jax.training.step import jit_train_step
+
+
+def block(tree: Any) -> Any:
+    """Wait for every array in `tree` (device-synchronized timing)."""
+    return jax.block_until_ready(tree)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """(fn(), seconds), the result waited for."""
+    start = time.perf_counter()
+    out = block(fn())
+    return out, time.perf_counter() - start
+
+
+def summarize(times: Sequence[float]) -> dict[str, float]:
+    """Median (the reported figure), min, max and interquartile range of per-call seconds."""
+    ts = sorted(times)
+    q = np.quantile(ts, [0.25, 0.75]) if len(ts) > 1 else (ts[0], ts[0])
+    return {"median_s": statistics.median(ts), "min_s": ts[0], "max_s": ts[-1],
+            "iqr_s": float(q[1] - q[0]), "count": len(ts)}
+
+
+class MatmulPeak:
+    """Peak FLOP/s of the devices a benchmark uses: one n×n @ n×n matmul in `dtype` on each of
+    them at once (a (N, n, n) batch sharded over a 1-D mesh; FLOPs = N·2n³), each call
+    synchronized. Measuring all N together is what makes the figure right both for N real
+    accelerators (N × one device's peak) and for N virtual devices of one CPU host, which
+    share its cores (about one device's peak). `measure(k)` adds k timings; call it between the
+    timed runs of a benchmark (interleaved) so the peak sees the same conditions, e.g. the same
+    load on a shared host."""
+
+    def __init__(self, dtype: Any, n: int = 2048, warmup_s: float = 1.0,
+                 devices: Sequence[Any] | None = None):
+        devices = list(devices or jax.devices()[:1])
+        self.dtype, self.n, self.num_devices = jnp.dtype(dtype), n, len(devices)
+        sharding = NamedSharding(jax.make_mesh((len(devices),), ("d",), devices=devices),
+                                 PartitionSpec("d"))
+        ka, kb = jax.random.split(jax.random.key(0))
+        shape = (len(devices), n, n)
+        self.a = jax.device_put(jax.random.normal(ka, shape, jnp.float32).astype(dtype), sharding)
+        self.b = jax.device_put(jax.random.normal(kb, shape, jnp.float32).astype(dtype), sharding)
+        self.fn = jax.jit(jnp.matmul, out_shardings=sharding).lower(self.a, self.b).compile()
+        self.times: list[float] = []
+        self.cpu_times: list[float] = []
+        self.measure(0, warmup_s)
+
+    def reset(self) -> None:
+        self.times, self.cpu_times = [], []
+
+    def measure(self, k: int = 1, warmup_s: float = 1.0) -> None:
+        """Time k matmuls after untimed ones for at least `warmup_s` seconds: right after other
+        work (a train step freeing gigabytes) the first few calls on CPU run up to 2× slower
+        until memory and threads settle, and the peak is the sustained rate."""
+        start = time.perf_counter()
+        while True:
+            block(self.fn(self.a, self.b))
+            if time.perf_counter() - start >= warmup_s:
+                break
+        for _ in range(k):
+            cpu = time.process_time()
+            _, seconds = timed(lambda: self.fn(self.a, self.b))
+            self.times.append(seconds)
+            self.cpu_times.append(time.process_time() - cpu)
+
+    def summary(self) -> dict[str, Any]:
+        flops = 2.0 * self.n**3 * self.num_devices
+        stats = summarize(self.times)
+        cpu = statistics.median(self.cpu_times)
+        return {"dtype": self.dtype.name, "size": self.n, "devices": self.num_devices,
+                "flops": flops,
+                "flops_per_s": flops / stats["median_s"], "time": stats,
+                "flops_per_cpu_s": flops / cpu if cpu > 0 else None}
+
+
+def time_interleaved(
+    run: Callable[[int], Any], steps: int, peak: MatmulPeak | None, min_peak_runs: int = 10
+) -> tuple[list[float], list[float]]:
+    """Call run(i) for i < steps, each synchronized and timed (wall and process CPU seconds),
+    with peak matmuls interleaved: ~1 s untimed, then ceil(min_peak_runs / steps) timed ones
+    after each run."""
+    per_step = -(-min_peak_runs // max(steps, 1))
+    walls, cpus = [], []
+    for i in range(steps):
+        cpu = time.process_time()
+        _, seconds = timed(lambda i=i: run(i))
+        walls.append(seconds)
+        cpus.append(time.process_time() - cpu)
+        if peak is not None:
+            peak.measure(per_step)
+    return walls, cpus
+
+
+def train_step_setup(
+    args: argparse.Namespace, dtype: str, batch: int, mesh: Any
+) -> dict[str, Any]:
+    """The train step the trainer runs, for --model at `dtype` and global `batch` on `mesh`:
+    the model, sharded state and shardings (`create_state`: AdamW from `make_optimizer`, the
+    config's EMAs), the jitted step and a synthetic batch on the mesh."""
+    cfg = cli_args.make_config(args, dtype, batch)
+    info = cli_args.data_spec(args)
+    tx, lr = st.make_optimizer(cfg.optim, 1000)
+    ema = tuple(cfg.optim.ema_decays)
+    model, state, shardings = st.create_state(lambda: dm.build(cfg, info, 0), tx, ema, 0, mesh)
+    return {
+        "model": model, "state": state, "shardings": shardings, "mesh": mesh,
+        "step_fn": jit_train_step(model, tx, lr, ema, 1, shardings, mesh),
+        "data": jax.device_put(cli_args.synthetic_batch(args, batch),
+                               mesh_lib.batch_sharding(mesh)),
+    }
+
+
+def time_train_step(
+    setup: dict[str, Any], args: argparse.Namespace, peak: MatmulPeak | None = None,
+    peak_runs: int = 10,
+) -> dict[str, Any]:
+    """Compile setup's step ahead of time (compile_s = lower + compile), run --warmup steps,
+    then time --steps synchronized steps (time_interleaved, with `peak` matmuls between them).
+    Takes the state out of `setup` (each step donates it). Returns compile_s, memory
+    (memory_stats), walls and cpus (seconds per step) and the last step's metrics."""
+    state, data = setup.pop("state"), setup["data"]
+    keys = [st.step_rng(state["rng"], i) for i in range(args.warmup + args.steps)]
+    start = time.perf_counter()
+    compiled = setup["step_fn"].lower(state, data, keys[0]).compile()
+    compile_s = time.perf_counter() - start
+    holder = {"state": state}
+
+    def run(i: int) -> Any:
+        holder["state"], holder["metrics"] = compiled(holder["state"], data, keys[i])
+        return holder["metrics"]
+
+    for i in range(args.warmup):
+        block(run(i))
+    if peak is not None:
+        peak.reset()
+    walls, cpus = time_interleaved(lambda i: run(args.warmup + i), args.steps, peak, peak_runs)
+    return {"compile_s": compile_s, "memory": memory_stats(compiled), "walls": walls,
+            "cpus": cpus, "metrics": holder["metrics"]}

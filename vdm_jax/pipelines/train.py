@@ -1,0 +1,196 @@
+"""Training as `launch/train.py` runs it: the config a run directory resumes with, the trainer with
+its sample-grid hook, and the end-of-run evaluation — what crosses training, generation and
+evaluation lives here, above all three.
+
+    config, notes = resolve_config(workdir, config_path, overrides)
+    summary = run(config, workdir)            # trains; sample grids; metrics at the end
+
+`resolve_config`: on a fresh run directory the config is the module's with the overrides; on a
+run directory that holds a run, the run's stored config is the base and the overrides given now
+are applied on top where they may change (vdm_jax.config.resume_config), so a resumed run never
+silently falls back to the module's defaults for settings it was started with.
+
+End of run (`config.eval.at_end`): held-out bits/dim with its three terms and two classical
+baselines on the same data, then `eval.num_samples` class-balanced samples from the EMA
+(`config.sample`'s spec) written as `samples/final.npz`, with the digits metrics for the digits
+default; all of it in `eval_results.json`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import ConfigDict
+
+from vdm_jax import config as config_lib
+from vdm_jax.data.adm_npz import save_samples
+from vdm_jax.data.pixels import unit_to_uint8
+from vdm_jax.evaluation import likelihood
+from vdm_jax.evaluation.digits import digits_metrics
+from vdm_jax.generation.generate import class_balanced_labels, make_generate_fn
+from vdm_jax.generation.grids import grid_upscale, image_grid, save_grid
+from vdm_jax.io import write_json
+from vdm_jax.parallel import mesh as mesh_lib
+from vdm_jax.rundir import RunDir
+from vdm_jax.training import loop
+from vdm_jax.training.loop import StepContext
+
+__all__ = ["SampleGridHook", "evaluate_at_end", "format_results", "resolve_config", "run"]
+
+GRID_SEED_OFFSET = 12345  # the grids' fixed noise: key(seed + offset), the same at every step
+EVAL_SEED_OFFSET = 777
+
+
+def resolve_config(workdir: str | Path, config_path: str | None,
+                   overrides: Sequence[tuple[str, str]]) -> tuple[ConfigDict, list[str]]:
+    """(config, notes for the user) of a run in `workdir`; see the module docstring."""
+    rundir = RunDir(workdir)
+    stored = loop.stored_config(rundir) if rundir.has_run() else None
+    if stored is None:
+        if not config_path:
+            raise ValueError("--config=FILE is required to start a run (e.g. "
+                             "--config=configs/digits_dit.py)")
+        return config_lib.load(config_path, overrides), []
+    config, changed = config_lib.resume_config(stored, overrides, str(rundir.root))
+    notes = [f"Resuming the run in {rundir.root} with its stored config."]
+    if changed:
+        flat = config_lib.flat(config.to_dict())
+        notes.append("Changed for this run: " + ", ".join(f"{k}={flat.get(k)!r}"
+                                                          for k in changed) + ".")
+    if config_path:
+        try:
+            from_file = config_lib.load(config_path, overrides).to_dict()
+        except ValueError:
+            from_file = None
+        ignored = [] if from_file is None else [
+            k for k in config_lib.config_diff(from_file, config.to_dict())]
+        if ignored:
+            notes.append(f"{config_path} differs from the stored config in {', '.join(ignored)}: "
+                         "the stored values are kept (pass --config.<key>=<value> to change a "
+                         "key that may change on resume).")
+    return config, notes
+
+
+class SampleGridHook:
+    """After every `config.sample.every` steps and at the end: `config.sample.num_images`
+    samples from the chosen EMA with fixed noise, saved as `samples/step_<k>.png` and shown in
+    TensorBoard (the same upscaled image)."""
+
+    def __init__(self, config: ConfigDict, model: Any, mesh: Any):
+        self.every = int(config.sample.every)
+        self.spec = config_lib.sampling_spec(config)
+        self.ema = config_lib.ema_choice(config, self.spec.ema)
+        n = int(config.sample.num_images)
+        sharding = mesh_lib.batch_sharding(mesh) if n % mesh.size == 0 else None
+        self.fn = make_generate_fn(model, n, self.spec, sharding=sharding)
+        self.labels = jnp.asarray(class_balanced_labels(n, model.num_classes))
+        self.key = jax.random.key(int(config.seed) + GRID_SEED_OFFSET)
+        self.cols = model.num_classes if model.num_classes and model.num_classes <= 16 else None
+        self.upscale = grid_upscale(model.image_shape[0])
+        self.last: Path | None = None
+
+    def __call__(self, ctx: StepContext) -> None:
+        if not ctx.final and not (self.every and ctx.step % self.every == 0):
+            return
+        params = ctx.state["params"] if self.ema is None else ctx.state["ema"][self.ema]
+        images = unit_to_uint8(np.asarray(mesh_lib.to_host(self.fn(params, self.labels,
+                                                                    self.key))),
+                               ctx.model.num_levels)
+        if jax.process_index() != 0:
+            return
+        self.last = save_grid(images, ctx.rundir.sample_grid(ctx.step), self.cols, self.upscale)
+        ctx.writer.image(ctx.step, "samples", image_grid(images, self.cols, upscale=self.upscale))
+
+
+def run(config: ConfigDict, workdir: str | Path, devices: list | None = None
+        ) -> dict[str, Any]:
+    """Train with sample grids; evaluate at the end when `config.eval.at_end` (and the run was
+    not preempted). The summary gains 'sample_grid' and, after evaluation, 'results'."""
+    grids: list[SampleGridHook] = []
+
+    def grid_hook(ctx: StepContext) -> None:
+        if not grids:  # built on first use: the model and mesh come from the trainer
+            grids.append(SampleGridHook(ctx.config, ctx.model, ctx.mesh))
+        grids[0](ctx)
+
+    summary = loop.train(config, workdir, devices, hooks=[grid_hook])
+    summary["sample_grid"] = grids[0].last if grids else None
+    if (config.eval.at_end and not summary["preempted"]
+            and summary["step"] >= config.train.num_steps):
+        summary["results"] = evaluate_at_end(summary, config)
+    return summary
+
+
+def evaluate_at_end(summary: Mapping[str, Any], config: ConfigDict) -> dict[str, Any]:
+    """Held-out bits/dim, baselines and sample metrics of a finished run (config.eval), from the
+    EMA of config.sample.ema; written to the run directory's eval_results.json."""
+    rundir: RunDir = summary["rundir"]
+    model, state, mesh = summary["model"], summary["state"], summary["mesh"]
+    spec = config_lib.sampling_spec(config)
+    ema = config_lib.ema_choice(config, spec.ema)
+    params = state["params"] if ema is None else state["ema"][ema]
+    results: dict[str, Any] = {"step": summary["step"], "ema": ema or "none",
+                               "sampling": spec.to_dict()}
+    results["bpd"] = likelihood.evaluate_bpd(
+        model, params, config.data, batch_size=config.eval.batch_size, mesh=mesh,
+        seed=config.seed, passes=config.eval.bpd_passes,
+    )
+    results["baselines_bpd"] = likelihood.pixel_baselines(config.data, model.num_levels)
+    n = config.eval.num_samples
+    if n:
+        batch = min(n, 500)
+        batch -= batch % mesh.size if batch >= mesh.size else 0
+        sharding = mesh_lib.batch_sharding(mesh) if batch % mesh.size == 0 else None
+        fn = make_generate_fn(model, batch, spec, sharding=sharding)
+        labels = class_balanced_labels(math.ceil(n / batch) * batch, model.num_classes)
+        chunks = []
+        for i in range(0, len(labels), batch):
+            key = jax.random.fold_in(jax.random.key(config.seed + EVAL_SEED_OFFSET), i)
+            chunks.append(unit_to_uint8(np.asarray(mesh_lib.to_host(
+                fn(params, labels[i:i + batch], key))), model.num_levels))
+        images, labels = np.concatenate(chunks)[:n], labels[:n]
+        if jax.process_index() == 0:
+            results["samples_npz"] = str(save_samples(
+                rundir.sample_batch("final"), images, labels if model.num_classes else None))
+        if config.data.name == "digits":
+            results["digits"] = digits_metrics(
+                images, labels if model.num_classes else None, rundir.cache,
+                data_dir=config.data.data_dir, seed=config.seed)
+    grid = summary.get("sample_grid")
+    results["sample_grid"] = str(grid) if grid else None
+    if jax.process_index() == 0:
+        write_json(rundir.eval_results, results)
+    return results
+
+
+def format_results(results: Mapping[str, Any]) -> str:
+    """The end-of-run figures as aligned text (what `make demo` prints)."""
+    bpd, base = results["bpd"], results["baselines_bpd"]
+    rows = [
+        ("held-out bits/dim (−ELBO)", f"{bpd['total']:.4f}  (prior {bpd['prior']:.4f}, "
+         f"reconstruction {bpd['reconstruction']:.4f}, diffusion {bpd['diffusion']:.4f}; "
+         f"{bpd['num_examples']} test images)"),
+        ("baseline: independent per-pixel categorical", f"{base['independent_categorical']:.4f}"),
+        ("baseline: uniform over K levels", f"{base['uniform']:.4f}"),
+    ]
+    if "digits" in results:
+        d = results["digits"]
+        if d.get("class_accuracy") is not None:
+            rows.append(("class accuracy of conditional samples", f"{d['class_accuracy']:.4f}"))
+        rows.append(("digits-FID (samples vs test)", f"{d['digits_fid']:.4f}"))
+        rows.append(("digits-FID floor (real train vs test)", f"{d['digits_fid_floor']:.4f}"))
+    s = results["sampling"]
+    rows.append(("sampler", f"{s['sampler']}, {s['num_steps']} steps, guidance "
+                 f"{s['guidance_scale']:g}, {results['ema']}"))
+    if results.get("samples_npz"):
+        rows.append(("samples (.npz)", results["samples_npz"]))
+    if results.get("sample_grid"):
+        rows.append(("sample grid (PNG)", results["sample_grid"]))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -1,0 +1,202 @@
+"""The one specification of how to sample a trained model: `SamplingSpec`.
+
+Every place that samples — the trainer's periodic grids, end-of-run metrics, `launch/sample.py`,
+evaluation records and the benchmarks — builds one `SamplingSpec`, and it is validated here
+once, when it is made (`ValueError` naming the field and what it accepts). Fields:
+
+    sampler              one of core.samplers.SAMPLERS
+    num_steps            steps N of the time grid (NFE: core.samplers.nfe)
+    guidance_scale       classifier-free guidance w (1 = the conditional model, no null pass)
+    guidance_interval    (t_lo, t_hi) with 0 ≤ t_lo < t_hi ≤ 1: guide only there, else w = 1
+    guidance_channels    guide only the first k output channels (DiT's sample.py guides 3 of
+                         the 4 latent channels); None = all
+    ema                  '' = the run's first EMA, 'none' = raw parameters, or a decay '0.9999'
+    seed                 the sampling seed
+    options              sampler options, only those the sampler takes (core.samplers
+                         .SAMPLER_OPTIONS): eta (ddim), variance (ddpm), lower_order_final
+                         (dpm_solver_2m), clip_denoised, spacing, shift, t_min, t_max
+
+A spec is frozen and hashable; `replace(**changes)` returns a validated copy, `to_dict()` is what
+results files record, and `slug()` is a file-name fragment that differs whenever any field does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from vdm_jax.core import samplers
+
+__all__ = ["COMMON_OPTIONS", "SamplingSpec"]
+
+# Options every sampler takes (the time grid); the rest are per sampler (SAMPLER_OPTIONS).
+COMMON_OPTIONS = ("spacing", "shift", "t_min", "t_max")
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _check_option(sampler: str, key: str, value: Any) -> Any:
+    """A validated, JSON-plain value of sampler option `key`."""
+    if key == "eta":
+        eta = _number(value, "sampler option eta")
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"DDIM needs eta in [0, 1], got {eta}")
+        return eta
+    if key == "variance":
+        if value not in samplers.VARIANCES:
+            raise ValueError(f"DDPM variance {value!r}; expected one of {samplers.VARIANCES}")
+        return value
+    if key in ("lower_order_final", "clip_denoised"):
+        if not isinstance(value, bool):
+            raise ValueError(f"sampler option {key} must be true or false, got {value!r}")
+        return value
+    if key == "spacing":
+        if value not in samplers.SPACINGS:
+            raise ValueError(f"time-grid spacing {value!r}; expected one of {samplers.SPACINGS}")
+        return value
+    if key == "shift":
+        shift = _number(value, "sampler option shift")
+        if shift <= 0:
+            raise ValueError(f"time-grid shift must be positive, got {shift}")
+        return shift
+    if key in ("t_min", "t_max"):
+        t = _number(value, f"sampler option {key}")
+        if not 0.0 <= t <= 1.0:
+            raise ValueError(f"sampler option {key} must lie in [0, 1], got {t}")
+        return t
+    raise ValueError(f"unknown sampler option {key!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSpec:
+    """How to sample; see the module docstring. Validated on construction."""
+
+    sampler: str = "dpm_solver_2m"
+    num_steps: int = 25
+    guidance_scale: float = 1.0
+    guidance_interval: tuple[float, float] | None = None
+    guidance_channels: int | None = None
+    ema: str = ""
+    seed: int = 0
+    options: tuple[tuple[str, Any], ...] = ()  # sorted (key, value) pairs: hashable
+
+    def __post_init__(self) -> None:
+        if self.sampler not in samplers.SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; expected one of "
+                             f"{', '.join(samplers.SAMPLERS)}")
+        if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) \
+                or self.num_steps < 1:
+            raise ValueError(f"the number of sampler steps must be a positive int, got "
+                             f"{self.num_steps!r}")
+        scale = _number(self.guidance_scale, "guidance scale")
+        if scale < 0:
+            raise ValueError(f"guidance scale must be >= 0 (1 = no guidance), got {scale}")
+        object.__setattr__(self, "guidance_scale", scale)
+        interval = self.guidance_interval
+        if interval is not None:
+            if not isinstance(interval, tuple | list) or len(interval) != 2:
+                raise ValueError(f"guidance interval must be (t_lo, t_hi), got {interval!r}")
+            lo, hi = (_number(v, "guidance interval bound") for v in interval)
+            if not 0.0 <= lo < hi <= 1.0:
+                raise ValueError(
+                    f"guidance interval must satisfy 0 <= t_lo < t_hi <= 1, got ({lo}, {hi})")
+            object.__setattr__(self, "guidance_interval", (lo, hi))
+        k = self.guidance_channels
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"guidance channels must be a positive int or None, got {k!r}")
+        if not isinstance(self.ema, str):
+            raise ValueError(f"ema must be '', 'none' or a decay such as '0.9999', got "
+                             f"{self.ema!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+        options = dict(self.options)
+        allowed = COMMON_OPTIONS + samplers.SAMPLER_OPTIONS[self.sampler]
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ValueError(f"sampler {self.sampler!r} takes no option(s) {unknown}; its options "
+                             f"are {', '.join(allowed)}")
+        checked = {key: _check_option(self.sampler, key, v) for key, v in options.items()}
+        t_min, t_max = checked.get("t_min", 0.0), checked.get("t_max", 1.0)
+        if not t_min < t_max:
+            raise ValueError(f"sampler options need t_min < t_max, got {t_min} and {t_max}")
+        object.__setattr__(self, "options", tuple(sorted(checked.items())))
+
+    # ----------------------------------------------------------------------------- building
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> SamplingSpec:
+        """A spec from a mapping with the field names (a config's `sample` section: keys that
+        are not fields, such as `every` or `num_images`, are ignored; `options` is a dict)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in dict(values).items() if k in fields}
+        if kwargs.get("guidance_interval") is not None:
+            kwargs["guidance_interval"] = tuple(kwargs["guidance_interval"])
+        if "options" in kwargs:
+            kwargs["options"] = tuple(dict(kwargs["options"] or {}).items())
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> SamplingSpec:
+        """A validated copy with `changes`; `options` may be given as a dict and is merged
+        into (not replacing) the current options; an option set to None is removed."""
+        if "options" in changes:
+            merged = dict(self.options)
+            for key, value in dict(changes["options"] or {}).items():
+                if value is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
+            changes["options"] = tuple(merged.items())
+        if changes.get("guidance_interval") is not None:
+            changes["guidance_interval"] = tuple(changes["guidance_interval"])
+        return dataclasses.replace(self, **changes)
+
+    # ----------------------------------------------------------------------------- reading
+    @property
+    def sampler_options(self) -> dict[str, Any]:
+        """Keyword options for `core.samplers.sample`."""
+        return dict(self.options)
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per sample (a guided evaluation runs a 2B batch)."""
+        return samplers.nfe(self.sampler, self.num_steps)
+
+    def guided(self, num_classes: int) -> bool:
+        """Whether sampling a model with `num_classes` classes runs classifier-free guidance."""
+        return bool(num_classes) and self.guidance_scale != 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-plain record of every field (what results files store)."""
+        return {
+            "sampler": self.sampler, "num_steps": self.num_steps, "nfe": self.nfe,
+            "guidance_scale": self.guidance_scale,
+            "guidance_interval": list(self.guidance_interval) if self.guidance_interval else None,
+            "guidance_channels": self.guidance_channels, "ema": self.ema or "first",
+            "seed": self.seed, "options": dict(self.options),
+        }
+
+    def describe(self) -> str:
+        """One line for logs and tables, e.g. 'ddpm, 250 steps, guidance 1.5 on [0.1, 0.9]'."""
+        text = f"{self.sampler}, {self.num_steps} steps, guidance {self.guidance_scale:g}"
+        if self.guidance_interval:
+            text += f" on [{self.guidance_interval[0]:g}, {self.guidance_interval[1]:g}]"
+        if self.guidance_channels:
+            text += f" (first {self.guidance_channels} channels)"
+        if self.options:
+            text += ", " + ", ".join(f"{k}={v}" for k, v in self.options)
+        return text
+
+    def slug(self) -> str:
+        """A file-name fragment naming every field: readable where short, plus a hash of the
+        whole spec so two specs never share a name."""
+        digest = hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        ema = {"": "ema", "none": "raw"}.get(self.ema, "ema" + self.ema.replace(".", "p"))
+        return (f"{self.sampler}{self.num_steps}_w{self.guidance_scale:g}_{ema}_s{self.seed}_"
+                f"{digest[:8]}")

@@ -1,0 +1,91 @@
+"""What a training run tells its user: TensorBoard event files, `metrics.jsonl`, and `train.log`.
+
+Only process 0 writes. `MetricWriter` holds the TensorBoard writer and the JSON-lines file;
+`RunLog` prints a message to stderr (above the progress bar) and appends it, time-stamped, to
+the run directory's `train.log`, so what the user saw stays with the run. Closing never masks
+the error that ended a run: a failure while closing (a full disk, say) is logged, not raised,
+when another exception is already propagating.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from tqdm import tqdm
+
+__all__ = ["MetricWriter", "RunLog"]
+
+log = logging.getLogger(__name__)
+
+
+class RunLog:
+    """Messages for the user: stderr (tqdm-safe) and `path` (appended), on process 0 only."""
+
+    def __init__(self, path: Path | None, active: bool):
+        self.active = active
+        self._file: IO[str] | None = None
+        if active and path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a")  # closed in close()
+
+    def __call__(self, message: str) -> None:
+        if not self.active:
+            return
+        tqdm.write(message, file=sys.stderr)
+        if self._file is not None:
+            stamp = datetime.datetime.now().isoformat(timespec="seconds")
+            self._file.write(f"{stamp} {message}\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+
+
+class MetricWriter:
+    """TensorBoard event files + JSON lines in the run directory; a no-op on other processes."""
+
+    def __init__(self, tensorboard_dir: Path, jsonl_path: Path, active: bool):
+        self.active = active
+        if not active:
+            return
+        from tensorboardX import SummaryWriter
+
+        self.tb = SummaryWriter(str(tensorboard_dir))
+        self.jsonl = open(jsonl_path, "a")  # closed in close()
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        if not self.active:
+            return
+        for k, v in values.items():
+            self.tb.add_scalar(k, v, step)
+        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self.jsonl.flush()
+
+    def image(self, step: int, name: str, image: np.ndarray) -> None:
+        """A uint8 (H, W, C) image (the sample grid, upscaled like its PNG)."""
+        if self.active:
+            self.tb.add_image(name, image, step, dataformats="HWC")
+
+    def close(self, quiet: bool = False) -> None:
+        """Close the files; `quiet`: log instead of raising (another error is on its way)."""
+        if not self.active:
+            return
+        self.active = False
+        for closer in (self.tb.close, self.jsonl.close):
+            try:
+                closer()
+            except Exception as e:  # e.g. ENOSPC while flushing
+                if not quiet:
+                    raise
+                log.warning("while closing the training logs: %s", e)
