@@ -175,7 +175,8 @@ def test_unreadable_files_are_skipped_named_and_counted(tmp_path, caplog):
         info = dataset_info(cfg)
     assert (info.num_train, info.num_test, info.num_classes) == (3, 1, 2)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    for bad, reason in (("train/cat/cut.jpg", "truncated"), ("train/dog/notes.jpg", "identify")):
+    for bad, reason in (("train/cat/cut.jpg", "image file is truncated"),
+                        ("train/dog/notes.jpg", "not an image")):
         assert any(str(root / bad) in w and reason in w for w in warnings), (bad, warnings)
     assert any("skipped 2 of 5 files of split 'train'" in w for w in warnings), warnings
     (prepared,) = _prepared_dirs(tmp_path / "tfds")

@@ -142,25 +142,30 @@ def _check_meta(data: bytes, where: str, manual_dir: str) -> list[str]:
 def check_files(manual_dir: str) -> None:
     """Reads every input file whole and checks it (see the module docstring); the archive is
     read to its end, so a truncated one is found before preparing starts."""
+
+    def check(name: str, data: bytes, where: str) -> None:
+        if name == META_FILE:
+            _check_meta(data, where, manual_dir)
+        else:
+            _check_records(data, where, manual_dir)
+
     folder = os.path.join(manual_dir, FOLDER)
     if os.path.isdir(folder):
-        contents = {name: read() for name, read in _file_readers(manual_dir).items()}
-        where = {name: os.path.join(folder, name) for name in contents}
-    else:
-        archive = os.path.join(manual_dir, ARCHIVE)
-        wanted = {f"{FOLDER}/{name}": name for name in (*TRAIN_FILES, *TEST_FILES, META_FILE)}
-        contents = {}
-        with _open_archive(archive, manual_dir) as tar:
-            for member in tar:  # streams through the whole archive
-                if member.name in wanted and member.isfile():
-                    contents[wanted[member.name]] = tar.extractfile(member).read()
-        for name in wanted.values():
-            if name not in contents:
-                raise _missing_member(archive, name, manual_dir)
-        where = {name: f"{FOLDER}/{name} in {archive}" for name in contents}
-    for name in (*TRAIN_FILES, *TEST_FILES):
-        _check_records(contents[name], where[name], manual_dir)
-    _check_meta(contents[META_FILE], where[META_FILE], manual_dir)
+        for name, read in _file_readers(manual_dir).items():
+            check(name, read(), os.path.join(folder, name))
+        return
+    archive = os.path.join(manual_dir, ARCHIVE)
+    wanted = {f"{FOLDER}/{name}": name for name in (*TRAIN_FILES, *TEST_FILES, META_FILE)}
+    found = set()
+    with _open_archive(archive, manual_dir) as tar:
+        for member in tar:  # streams through the whole archive
+            if member.name in wanted and member.isfile():
+                name = wanted[member.name]
+                check(name, tar.extractfile(member).read(), f"{member.name} in {archive}")
+                found.add(name)
+    for name in wanted.values():
+        if name not in found:
+            raise _missing_member(archive, name, manual_dir)
 
 
 def decode_records(data: bytes) -> Iterator[tuple[int, np.ndarray]]:

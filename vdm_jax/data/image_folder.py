@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, TypeVar
 
 import tensorflow_datasets as tfds
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from vdm_jax.data.tfds_utils import default_data_dir, load_prepared, missing_files_error
 
@@ -149,6 +149,8 @@ def _read_or_error(path: str) -> bytes | str:
     """The image's bytes to store, or the reason it cannot be read (one line)."""
     try:
         return _rgb_image_bytes(path)
+    except UnidentifiedImageError:  # its message names a BytesIO object, not the file
+        return "UnidentifiedImageError: not an image in a format Pillow knows"
     except MemoryError:
         raise
     except Exception as e:  # Pillow's decoders raise many types (OSError, SyntaxError, ...)
@@ -246,12 +248,12 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 yield rel_path, {"image": data, "label": label, "file_name": rel_path}
         for label, (num_files, readable) in counts.items():
             if not readable:
-                folder = os.path.join(root, split, label)
-                first = next(s for s in skipped if s.startswith(os.path.join(split, label, "")))
+                prefix = os.path.join(split, label, "")
+                first = next(s for s in skipped if s.startswith(prefix))[len(prefix):]
                 raise ValueError(
-                    f"image_folder: none of the {num_files} image file(s) in {folder} can be "
-                    f"read (e.g. {first.split(os.sep)[-1]}); replace them or remove the folder, "
-                    "then run again."
+                    f"image_folder: none of the {num_files} image file(s) in "
+                    f"{os.path.join(root, split, label)} can be read (e.g. {first}); replace "
+                    "them or remove the folder, then run again."
                 )
         if skipped:
             log.warning("image_folder: skipped %d of %d files of split %r under %s "
