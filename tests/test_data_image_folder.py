@@ -1,4 +1,10 @@
-"""ImageFolder trees: preparation, labels, ADM center-crop geometry, flips, missing data."""
+"""ImageFolder trees: preparation, labels, ADM center-crop geometry, flips, missing data,
+unreadable files (skipped), changes to the tree after preparation (prepared again)."""
+
+import io
+import json
+import logging
+import os
 
 import numpy as np
 import pytest
@@ -106,3 +112,144 @@ def test_missing_root_names_the_path_and_the_layout(tmp_path):
     assert isinstance(err.value, FileNotFoundError)
     assert str(root) in str(err.value) and "train/<label>/<image>.png|jpg|jpeg" in str(err.value)
     assert err.value.__cause__ is None
+
+
+# ------------------------------------------------------------------ unreadable files, changes
+def _jpeg_bytes(seed, size=(24, 24)):
+    """A random-noise RGB JPEG (no two alike), as bytes."""
+    noise = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(noise).save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def _truncated_jpeg(path):
+    """A JPEG cut in the middle of its scan: the header opens, the pixels do not decode."""
+    data = _jpeg_bytes(99, size=(64, 64))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data[: len(data) // 2])
+    with Image.open(path) as image:  # only the header is read: this passes
+        assert image.size == (64, 64)
+
+
+def _flat_tree(root, colors):
+    """root/<split>/<label>/<name>.png, each a flat 16×16 image of its color."""
+    for rel, color in colors.items():
+        _save(root / rel, np.full((SIZE, SIZE, 3), color))
+
+
+def _folder_cfg(root, data_dir, **kw):
+    return ConfigDict(dict(name="image_folder", image_folder=str(root), image_size=SIZE,
+                           random_flip=False, data_dir=str(data_dir), **kw))
+
+
+def _prepared_dirs(data_dir):
+    """The version directories of every prepared copy under data_dir."""
+    return sorted(p.parent for p in data_dir.glob("image_folder/*/*/dataset_info.json"))
+
+
+def _colors_and_labels(batches):
+    """{color of each (flat) image: labels} over the batches (padding rows left out)."""
+    out = {}
+    for batch in batches:
+        mask = batch.get("mask", np.ones(len(batch["label"]), bool))
+        for image, label in zip(batch["image"][mask], batch["label"][mask], strict=True):
+            level = np.rint((image.reshape(-1, 3).mean(0) + 1) * 128 - 0.5)
+            out.setdefault(tuple(int(v) for v in level), set()).add(int(label))
+    return out
+
+
+GOOD = {"train/cat/a.png": (200, 10, 10), "train/dog/b.png": (10, 200, 10),
+        "train/dog/c.png": (10, 10, 200), "test/dog/d.png": (90, 90, 90)}
+
+
+def test_unreadable_files_are_skipped_named_and_counted(tmp_path, caplog):
+    """A truncated JPEG and a text file named .jpg: each skipped with a warning naming it, the
+    count logged and kept in the metadata; the readable images are all there."""
+    root = tmp_path / "tree"
+    _flat_tree(root, GOOD)
+    _truncated_jpeg(root / "train" / "cat" / "cut.jpg")
+    (root / "train" / "dog" / "notes.jpg").write_text("not an image")
+    cfg = _folder_cfg(root, tmp_path / "tfds")
+    with caplog.at_level(logging.WARNING):
+        info = dataset_info(cfg)
+    assert (info.num_train, info.num_test, info.num_classes) == (3, 1, 2)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for bad, reason in (("train/cat/cut.jpg", "image file is truncated"),
+                        ("train/dog/notes.jpg", "not an image")):
+        assert any(str(root / bad) in w and reason in w for w in warnings), (bad, warnings)
+    assert any("skipped 2 of 5 files of split 'train'" in w for w in warnings), warnings
+    (prepared,) = _prepared_dirs(tmp_path / "tfds")
+    skipped = json.loads((prepared / "metadata.json").read_text())["skipped"]
+    assert [s.split(":")[0] for s in skipped["train"]] == ["train/cat/cut.jpg",
+                                                           "train/dog/notes.jpg"]
+    assert skipped["test"] == []
+
+
+def test_a_truncated_jpeg_never_reaches_training(tmp_path):
+    """The truncated file is not stored, so training and evaluation read past it, every epoch
+    (it used to crash training at the same step on every resume)."""
+    root = tmp_path / "tree"
+    _flat_tree(root, GOOD)
+    _truncated_jpeg(root / "train" / "cat" / "cut.jpg")
+    _truncated_jpeg(root / "test" / "dog" / "cut.jpg")
+    cfg = _folder_cfg(root, tmp_path / "tfds")
+    it = train_iterator(cfg, global_batch_size=2, seed=0)
+    seen = _colors_and_labels(next(it) for _ in range(9))  # 6 epochs of 3 images
+    assert seen == {GOOD["train/cat/a.png"]: {0}, GOOD["train/dog/b.png"]: {1},
+                    GOOD["train/dog/c.png"]: {1}}
+    assert _colors_and_labels(eval_iterator(cfg, batch_size=2)) == {GOOD["test/dog/d.png"]: {1}}
+
+
+def test_a_class_without_a_readable_image_is_refused(tmp_path):
+    """Every file of test/cat unreadable: one-line ValueError naming the folder; nothing is
+    prepared and the tree is untouched."""
+    root = tmp_path / "tree"
+    _flat_tree(root, GOOD)
+    _truncated_jpeg(root / "test" / "cat" / "cut.jpg")
+    (root / "test" / "cat" / "notes.jpg").write_text("not an image")
+    before = sorted((p, p.read_bytes()) for p in root.rglob("*") if p.is_file())
+    with pytest.raises(ValueError) as err:
+        dataset_info(_folder_cfg(root, tmp_path / "tfds"))
+    message = str(err.value)
+    assert "\n" not in message and err.value.__cause__ is None
+    assert f"none of the 2 image file(s) in {root / 'test' / 'cat'} can be read" in message
+    assert _prepared_dirs(tmp_path / "tfds") == []
+    assert not list((tmp_path / "tfds").glob("image_folder/*/*incomplete*"))
+    assert sorted((p, p.read_bytes()) for p in root.rglob("*") if p.is_file()) == before
+
+
+def test_a_changed_tree_is_prepared_again_and_the_old_copy_kept(tmp_path, caplog):
+    """Adding a class folder, replacing a file, removing one: each time the labels and the data
+    follow the tree as it is (they used to come from the tree and the old copy respectively)."""
+    root, data_dir = tmp_path / "tree", tmp_path / "tfds"
+    _flat_tree(root, GOOD)
+    cfg = _folder_cfg(root, data_dir)
+
+    def train_colors():
+        n = dataset_info(cfg).num_train
+        return _colors_and_labels([next(train_iterator(cfg, global_batch_size=n, seed=0))])
+
+    assert train_colors() == {GOOD["train/cat/a.png"]: {0}, GOOD["train/dog/b.png"]: {1},
+                              GOOD["train/dog/c.png"]: {1}}
+    (first,) = _prepared_dirs(data_dir)
+
+    # A new class folder sorting first: every label index shifts by one.
+    _flat_tree(root, {"train/ant/e.png": (50, 60, 70)})
+    with caplog.at_level(logging.WARNING):
+        assert dataset_info(cfg).num_classes == 3
+    assert train_colors() == {(50, 60, 70): {0}, GOOD["train/cat/a.png"]: {1},
+                              GOOD["train/dog/b.png"]: {2}, GOOD["train/dog/c.png"]: {2}}
+    assert any(f"changed since it was prepared into {first.parent}" in r.getMessage()
+               for r in caplog.records)
+
+    # A file replaced in place (same name), another removed.
+    _flat_tree(root, {"train/dog/b.png": (240, 240, 0)})
+    os.utime(root / "train/dog/b.png", ns=(1, 1))  # a distinct mtime, whatever the clock's tick
+    (root / "train" / "dog" / "c.png").unlink()
+    assert train_colors() == {(50, 60, 70): {0}, GOOD["train/cat/a.png"]: {1},
+                              (240, 240, 0): {2}}
+
+    prepared = _prepared_dirs(data_dir)
+    assert len(prepared) == 3 and first in prepared  # the old copies are kept, intact
+    assert len({p.parent.name for p in prepared}) == 3

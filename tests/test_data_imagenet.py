@@ -160,3 +160,80 @@ def test_missing_image_size_is_reported_before_preparing(tmp_path):
     with pytest.raises(ValueError, match=r"data\.image_size must be a positive int"):
         dataset_info(_cfg(data_dir=str(tmp_path / "tfds"), image_size=None))
     assert not (tmp_path / "tfds").exists()
+
+
+# ---------------------------------------------------------------- damaged tar files: one line
+def _end_of_member(tar_path, index):
+    """Byte offset just past member `index`'s data (padded to the 512-byte block)."""
+    with tarfile.open(tar_path) as tar:
+        member = tar.getmembers()[index]
+    return member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+def _snapshot(directory):
+    return sorted((p, p.read_bytes()) for p in directory.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("cut", ["inside_a_member", "at_a_member_boundary"])
+@pytest.mark.parametrize("which", ["ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"])
+def test_truncated_tar_is_named_before_preparing(manual_dir, tmp_path, monkeypatch, which, cut):
+    """A tar cut short (mid-data, or cleanly after a member: tarfile alone reads that as a
+    shorter archive) is one ValueError line naming it and where to get it; nothing prepared."""
+    _no_network(monkeypatch)
+    path = manual_dir / which
+    end = _end_of_member(path, 1)
+    path.write_bytes(path.read_bytes()[: end - 700 if cut == "inside_a_member" else end])
+    before = _snapshot(manual_dir)
+    cfg = _cfg(data_dir=str(tmp_path / "tfds"), manual_dir=str(manual_dir), image_size=64)
+    with pytest.raises(ValueError) as err:
+        dataset_info(cfg)
+    message = str(err.value)
+    assert message.startswith(f"imagenet2012: {path} is truncated or corrupt"), message
+    assert f"download {which} again from https://image-net.org/download-images into " \
+           f"{manual_dir}" in message
+    assert "\n" not in message and err.value.__cause__ is None
+    assert not list((tmp_path / "tfds").rglob("dataset_info.json"))
+    assert _snapshot(manual_dir) == before
+
+
+def test_validation_labels_follow_the_file_number(manual_dir, tmp_path, monkeypatch):
+    """A validation tar without image 2: image 3 keeps label 3 of tfds's list (it used to take
+    label 2: labels were matched by sorted position)."""
+    _no_network(monkeypatch)
+    with tarfile.open(manual_dir / "ILSVRC2012_img_val.tar", "w") as val:
+        for i in (1, 3):
+            _add(val, f"ILSVRC2012_val_{i:08d}.JPEG", _jpeg(VAL[i - 1], size=(180, 240)))
+    synsets = tfds.core.tfds_path("datasets/imagenet2012/labels.txt").read_text().split()
+    val_synsets = (
+        tfds.core.tfds_path("datasets/imagenet2012/validation_labels.txt").read_text().split()
+    )
+    assert val_synsets[1] != val_synsets[2]  # else the test could not tell
+    cfg = _cfg(data_dir=str(tmp_path / "tfds"), manual_dir=str(manual_dir), image_size=64)
+    (ev,) = list(eval_iterator(cfg, batch_size=2))
+    got = {VAL.index(_nearest(image, VAL)) + 1: int(label)
+           for image, label in zip(ev["image"], ev["label"], strict=True)}
+    assert got == {1: synsets.index(val_synsets[0]), 3: synsets.index(val_synsets[2])}
+
+
+def test_corrupt_synset_tar_is_named(tmp_path, monkeypatch):
+    """A whole training tar whose inner n01443537.tar is garbage: found while preparing, one
+    ValueError line naming both tars; nothing prepared."""
+    _no_network(monkeypatch)
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    with tarfile.open(manual / "ILSVRC2012_img_train.tar", "w") as train:
+        inner = io.BytesIO()
+        with tarfile.open(fileobj=inner, mode="w") as t:
+            _add(t, "n01440764_1.JPEG", _jpeg((250, 250, 250)))
+        _add(train, "n01440764.tar", inner.getvalue())
+        _add(train, "n01443537.tar", np.random.default_rng(0).bytes(3000))
+    with tarfile.open(manual / "ILSVRC2012_img_val.tar", "w") as val:
+        _add(val, "ILSVRC2012_val_00000001.JPEG", _jpeg(VAL[0]))
+    cfg = _cfg(data_dir=str(tmp_path / "tfds"), manual_dir=str(manual), image_size=64)
+    with pytest.raises(ValueError) as err:
+        dataset_info(cfg)
+    message = str(err.value)
+    assert message.startswith(f"imagenet2012: {manual / 'ILSVRC2012_img_train.tar'} is "
+                              "truncated or corrupt (at member n01443537.tar, ReadError"), message
+    assert "\n" not in message and err.value.__cause__ is None
+    assert not list((tmp_path / "tfds").rglob("dataset_info.json"))

@@ -315,9 +315,35 @@ def test_time_grid():
 def test_defaults_at_the_noise_end():
     """t_max = 1 where λ(1) is finite; the prior's variance is α² + σ² at t_max (EDM 1 + σ_max²)."""
     assert float(smp.default_t_max(sch.vdm_linear())) == 1.0
-    assert float(smp.default_t_max(sch.cosine())) == pytest.approx(1 - 1e-3)  # λ(1) NaN in f32
+    assert float(smp.default_t_max(sch.cosine())) == pytest.approx(1 - 1e-3)  # λ(1) = −∞
     z = smp.initial_noise(sch.edm(), (20000, 2), jax.random.PRNGKey(8))
     assert abs(float(jnp.std(z)) / math.sqrt(1 + 80.0**2) - 1) < 0.02  # SE of the std ≈ 0.005
+
+
+def test_float64_cosine_ddim_avoids_t_one_and_stays_finite():
+    """In float64 the cosine schedule's λ(1) is −∞ too, so sampling starts at t_max = 1 − 1e-3,
+    not at t = 1 where α_1 was 6e-17 and x̂ = (z − σ ε̂)/α multiplied any error in ε̂ by 1e16
+    (the std was 4e6 here). The denoiser is the exact one plus an error of 1e-7 std in ε̂
+    (float32 round-off): the samples keep the data's moments and match the float32 run from the
+    same initial noise."""
+    schedule = sch.cosine()
+    exact = optimal_model(schedule, "eps")
+    n, rngs = BATCH // 2, jax.random.split(jax.random.PRNGKey(11))
+    z_init, err = (np.asarray(jax.random.normal(r, (n, 2)), np.float64) for r in rngs)
+    outs = {}
+    for dtype in ("float32", "float64"):
+        with jax.enable_x64(dtype == "float64"):
+            t_max = smp.default_t_max(schedule, dtype)
+            assert t_max.dtype == dtype and float(t_max) == pytest.approx(1 - 1e-3)
+            # The error is an argument, not a constant XLA could fold away.
+            run = fast_jit(lambda z, e: smp.sample(
+                lambda z_t, t: exact(GAUSSIAN, z_t, t) + 1e-7 * e, schedule, (n, 2),
+                jax.random.PRNGKey(0), sampler="ddim", num_steps=500, z_init=z).samples)
+            out = run(jnp.asarray(z_init, dtype), jnp.asarray(err, dtype))
+            assert out.dtype == dtype
+            outs[dtype] = np.asarray(out, np.float64)
+    assert_moments(outs["float64"], MEAN, COV)  # finite, mean and covariance within 5 SE
+    np.testing.assert_allclose(outs["float64"], outs["float32"], rtol=1e-3, atol=1e-3)
 
 
 # ----------------------------------------------------------------------------------------------

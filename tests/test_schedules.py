@@ -84,6 +84,31 @@ def test_cosine_matches_nichol_dhariwal_formula():
     np.testing.assert_allclose(np.asarray(alpha) ** 2, alpha_bar, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cosine_endpoints_are_exact_in_every_dtype(dtype):
+    """λ(1) = −∞ and α_1 = 0 exactly, in float32 and float64 (cos of the rounded π/2 is 6e-17 in
+    float64: λ(1) was −74.7); elsewhere λ is Nichol & Dhariwal's formula to round-off."""
+    s = 0.008
+    with jax.enable_x64(dtype == "float64"):
+        schedule = sch.cosine(s)
+        # A scalar, a vector and a jitted call (XLA's scalar and vector cos differ at π/2).
+        for ends in (jnp.zeros((), dtype), jnp.ones((), dtype), jnp.array([0.0, 1.0], dtype)):
+            for fn in (schedule.log_snr, jax.jit(schedule.log_snr)):
+                lam = fn(ends)
+                assert lam.dtype == dtype
+                np.testing.assert_array_equal(lam, jnp.where(ends == 0, jnp.inf, -jnp.inf))
+            alpha, sigma = sch.alpha_sigma(schedule, ends)
+            np.testing.assert_array_equal(alpha, 1.0 - ends)  # α_0 = 1, α_1 = 0
+            np.testing.assert_array_equal(sigma, ends)
+        t = np.linspace(0.001, 0.999, 999)
+        got = np.asarray(schedule.log_snr(jnp.asarray(t, dtype)), np.float64)
+    # log(ᾱ/(1 − ᾱ)) with ᾱ = cos²(b)/cos²(a), in float64 with cancellation-free 1 − ᾱ.
+    a, b = np.pi / 2 * s / (1 + s), np.pi / 2 * (t + s) / (1 + s)
+    want = 2 * np.log(np.cos(b)) - np.log(np.sin(b - a) * np.sin(b + a))
+    tol = 1e-10 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
 def test_shift_is_sd3_time_shift_for_rectified_flow():
     shift = 3.0
     t = jnp.linspace(0.05, 0.95, 19)

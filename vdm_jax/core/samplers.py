@@ -29,10 +29,10 @@ Endpoints. The model is evaluated at t_0..t_{N−1} only (never at t_min), so t_
 where λ(0) = +∞ (DDPM's linear β, cosine, rectified flow): the step to s = 0 has σ_s = 0, c = 1 and
 returns x̂ (DDPM's convention). For finite λ(0) (VDM) the output is z_0 = α_0 x + σ_0 ε, not x̂.
 At t = 1 rectified flow has λ = −∞ (α = 0, and dα/dt through λ is 0·∞): the default t_max is
-1 where λ(1) is finite and 1 − 1e-3 otherwise (rectified flow; `cosine`, whose float32 λ(1) is
-NaN). A 'flow' model with 'euler' or 'heun' may be started at t_max = 1 exactly (û is the model
-output, no conversion). With rectified flow the reverse SDE's g² = 2t/(1 − t) diverges at t → 1:
-prefer the ODE samplers (or 'ddpm', 'ddim') for it.
+1 where λ(1) is finite and 1 − 1e-3 otherwise (rectified flow and `cosine`, whose λ(1) = −∞ in
+every dtype). A 'flow' model with 'euler' or 'heun' may be started at t_max = 1 exactly (û is the
+model output, no conversion). With rectified flow the reverse SDE's g² = 2t/(1 − t) diverges at
+t → 1: prefer the ODE samplers (or 'ddpm', 'ddim') for it.
 
 The initial noise is z_{t_max} ~ N(0, (α² + σ²) I) at t_max: N(0, I) for 'vp', ≈ σ_max² for 've'.
 Entry points: `sample` (returns `SampleOutput(samples, nfe)`), `make_sampler` (jitted

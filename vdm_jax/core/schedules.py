@@ -120,16 +120,20 @@ def cosine(s: float = 0.008) -> Schedule:
     """Cosine schedule (Nichol & Dhariwal 2021): ᾱ(t) = f(t)/f(0), f(t) = cos²(π/2 · (t+s)/(1+s)).
 
     λ = log ᾱ − log(1 − ᾱ), with 1 − ᾱ = (cos² a − cos² b)/cos² a = sin(b − a) sin(b + a)/cos² a
-    (a = π/2 · s/(1+s), b = π/2 · (t+s)/(1+s)) to avoid cancellation near t = 0.
-    Endpoints are λ(0) = +∞ and λ(1) = −∞; `cosine_log_snr` is the clipped form.
+    (a = π/2 · s/(1+s), b = π/2 · (t+s)/(1+s)) to avoid cancellation near t = 0, and
+    cos b = sin(π/2 − b) = sin(π/2 · (1−t)/(1+s)) to avoid it near t = 1.
+    Endpoints are exactly λ(0) = +∞ and λ(1) = −∞ (α_1 = 0) in every dtype; `cosine_log_snr` is
+    the clipped form.
     """
     a = math.pi / 2 * s / (1 + s)
 
     def log_snr(t: Array) -> Array:
         b = math.pi / 2 * (t + s) / (1 + s)
         b_minus_a = math.pi / 2 * t / (1 + s)  # exact, not b − a: λ(0) must be +∞
-        # cos(π/2) rounds to a tiny negative float32: clip so λ(1) = −∞, not NaN.
-        cos_b = jnp.maximum(jnp.cos(b), 0.0)
+        # Not cos(b): cos of the rounded π/2 is +6e-17 in float64 (λ(1) = −74.7, α_1 ≈ 6e-17,
+        # and x̂ = (z − σ ε̂)/α then amplifies any error in ε̂ by 1e16) and −4e-8 in float32.
+        # 1 − t is exact at t = 1, so cos b = 0 there; the clip keeps t > 1 at −∞, not NaN.
+        cos_b = jnp.maximum(jnp.sin(math.pi / 2 * (1 - t) / (1 + s)), 0.0)
         return 2 * jnp.log(cos_b) - jnp.log(jnp.sin(b_minus_a) * jnp.sin(b + a))
 
     return Schedule(log_snr, "vp")
