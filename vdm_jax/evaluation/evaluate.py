@@ -169,7 +169,9 @@ def _inception_batches(
         # A fixed block shape: a partial last block would compile the network a second time.
         if n < batch:
             block = np.concatenate([block, np.repeat(block[-1:], batch - n, axis=0)])
-        out = _inception_apply(graphdef, state, preprocess_uint8(block))
+        # The mode is an argument of preprocess_uint8 now; evaluation keeps pytorch-fid's until
+        # it is threaded through (and recorded in the results JSON).
+        out = _inception_apply(graphdef, state, preprocess_uint8(block, "pytorch_fid"))
         if pending is not None:
             yield {k: np.asarray(v)[: pending[1]] for k, v in pending[0].items()}
         pending = (out, n)
