@@ -1,4 +1,7 @@
-"""FID Inception-v3: output shapes, resize and pooling semantics of pytorch-fid, sFID features."""
+"""FID Inception-v3: output shapes, resize and pooling semantics of pytorch-fid, ADM's TF
+preprocessing (against TensorFlow's kernel), sFID features."""
+
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -101,14 +104,56 @@ def test_max_pool_pads_with_minus_infinity():
     np.testing.assert_allclose(np.asarray(inc._max_pool_3x3(x, 1, 1))[0, :, :, 0], want)
 
 
+ADM_FIXTURE = Path(__file__).parent / "fixtures" / "adm_resize" / "adm_resize.npz"
+
+
+@pytest.mark.parametrize("name", ["sq64", "r37x50", "strip5x256", "strip256x5"])
+def test_adm_preprocessing_matches_tensorflow(name):
+    """preprocess_uint8(·, 'adm') = TF's resize_bilinear(align_corners=False,
+    half_pixel_centers=False) to 299² of the 0–255 floats, then (· − 128)/128
+    (tests/make_adm_resize_fixture.py; stored rows and columns incl. the clamped edge)."""
+    ref = np.load(ADM_FIXTURE)
+    idx = ref["index"]
+    got = np.asarray(inc.preprocess_uint8(ref[f"images_{name}"], "adm"))[0]
+    assert got.shape == (299, 299, 3) and got.dtype == np.float32
+    np.testing.assert_allclose(got[idx], ref[f"rows_{name}"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got[:, idx], ref[f"cols_{name}"], rtol=0, atol=1e-5)
+
+
+def test_the_two_modes_differ_at_256():
+    """At 256 → 299 the legacy TF resize (no half-pixel offset) and pytorch-fid's half-pixel one
+    sample different positions: on uniform noise the network inputs differ by up to ≈ 0.26."""
+    img = np.random.default_rng(6).integers(0, 256, (1, 256, 256, 3), dtype=np.uint8)
+    adm = np.asarray(inc.preprocess_uint8(img, "adm"))
+    pt = np.asarray(inc.preprocess_uint8(img, "pytorch_fid"))
+    assert np.abs(adm - pt).max() > 0.1
+
+
 def test_preprocess_uint8():
-    imgs = np.array([0, 128, 255], np.uint8).reshape(1, 1, 3, 1)
-    x = inc.preprocess_uint8(imgs)
-    assert x.shape == (1, 1, 3, 3) and x.dtype == np.float32
-    np.testing.assert_allclose(x[0, 0, :, 0], [-1.0, 2 * 128 / 255 - 1, 1.0], atol=1e-6)
-    np.testing.assert_array_equal(x[..., 0], x[..., 2])
+    """Constant images: resizing keeps the constant, so the input is the mode's affine map of
+    k, 2k/255 − 1 (pytorch-fid) or (k − 128)/128 (ADM), exactly; grayscale → 3 channels."""
+    levels = np.array([0, 128, 255], np.uint8)
+    imgs = np.broadcast_to(levels[:, None, None, None], (3, 7, 5, 1))
+    k = levels.astype(np.float64)
+    for mode, want in [("pytorch_fid", 2 * k / 255 - 1), ("adm", (k - 128) / 128)]:
+        x = np.asarray(inc.preprocess_uint8(imgs, mode))
+        assert x.shape == (3, 299, 299, 3) and x.dtype == np.float32
+        np.testing.assert_allclose(x, np.broadcast_to(want[:, None, None, None], x.shape),
+                                   atol=1e-6)
+    assert set(inc.FID_MODES) == {"adm", "pytorch_fid"}
     with pytest.raises(ValueError, match="uint8"):
-        inc.preprocess_uint8(imgs.astype(np.float32))
+        inc.preprocess_uint8(imgs.astype(np.float32), "adm")
+    with pytest.raises(ValueError, match="mode"):
+        inc.preprocess_uint8(imgs, "clean_fid")
+
+
+def test_pytorch_fid_mode_is_the_resize_of_the_scaled_image():
+    """'pytorch_fid' = PyTorch's bilinear of 2k/255 − 1 (the parity above), at 299² already."""
+    img = np.random.default_rng(7).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
+    got = np.asarray(inc.preprocess_uint8(img, "pytorch_fid"))
+    scaled = img.astype(np.float32) * np.float32(2 / 255) - 1
+    for i in range(2):
+        np.testing.assert_allclose(got[i], _torch_bilinear(scaled[i], 299, 299), atol=1e-5)
 
 
 def test_wrong_channel_count_is_a_clear_error(model):

@@ -295,7 +295,7 @@ def test_final_step_to_infinite_log_snr_returns_x_hat():
 
 
 def test_time_grid():
-    for spacing in smp.SPACINGS:
+    for spacing in set(smp.SPACINGS) - {"ddpm_respaced"}:  # fixed grid: test_samplers_learned
         ts = np.asarray(smp.time_grid(10, spacing, t_min=0.01, t_max=0.9))
         assert ts.shape == (11,) and ts[0] == np.float32(0.9) and ts[-1] == np.float32(0.01)
         assert np.all(np.diff(ts) < 0), spacing

@@ -11,6 +11,9 @@ step goes from t = t_i to s = t_{i+1} < t:
     'ddpm'            z_s = a z_t + b x̂ + σ_step ξ   (ancestral; q(z_s | z_t, x̂) of `diffusion`)
                       σ²_step = σ̃²_{s|t} = c σ_s² ('posterior', DDPM's β̃)
                               or σ²_{t|s} = −σ_t² expm1(λ_t − λ_s) ('forward', DDPM's β)
+                              or log σ²_step = f log σ²_{t|s} + (1 − f) log σ̃²_{s|t},
+                                 f = (v + 1)/2 ('learned': IDDPM's learned range, DiT's learn_sigma;
+                                 the model also outputs v ∈ [−1, 1], see `ddpm`)
     'ddim'            z_s = α_s x̂ + σ_s √(1 − η² c) ε̂ + η √c σ_s ξ      (Song et al. 2021)
                       η = 0 deterministic; η = 1 is 'ddpm' with σ̃² on the same grid (same ξ)
     'euler'           z_s = z_t + (s − t) û(z_t, t)                        (probability-flow ODE)
@@ -24,6 +27,17 @@ step goes from t = t_i to s = t_{i+1} < t:
                       last step when `lower_order_final`, and any step with h = ∞)
 with a = α_{t|s} σ_s²/σ_t², b = α_s c, c = −expm1(λ_t − λ_s) and ξ ~ N(0, I) fresh each step.
 The final step adds no noise (Ho et al. 2020, Alg. 2): the stochastic samplers end on the mean.
+'ddpm' and 'ddim' take `clip_denoised` (x̂ clipped to [−1, 1], and for 'ddim' ε̂ re-derived from
+the clipped x̂, as guided-diffusion does); off by default (DiT samples without it).
+
+DiT's sampler. DiT (Peebles & Xie 2023) samples with `create_diffusion("250")`: the 1000-step
+linear-β DDPM respaced to 250 steps, learned variance, no clipping. That is
+    sample(model_fn, ddpm_linear(1000), shape, rng, sampler='ddpm', num_steps=250,
+           spacing='ddpm_respaced', num_train_steps=1000, variance='learned')
+with model_fn(z, t) = the network at DiT's integer timestep k = t·T − 1 (its index k is our level
+k + 1, t = (k + 1)/T; `time_grid`), returning both output halves, and, for guidance,
+`classifier_free_guidance(..., channels=3)` (DiT's `forward_with_cfg` guides 3 of the 4 latent
+channels). Images are NHWC: DiT's channel axis 1 is our last axis.
 
 Endpoints. The model is evaluated at t_0..t_{N−1} only (never at t_min), so t_min = 0 is fine
 where λ(0) = +∞ (DDPM's linear β, cosine, rectified flow): the step to s = 0 has σ_s = 0, c = 1 and
@@ -36,8 +50,9 @@ t → 1: prefer the ODE samplers (or 'ddpm', 'ddim') for it.
 
 The initial noise is z_{t_max} ~ N(0, (α² + σ²) I) at t_max: N(0, I) for 'vp', ≈ σ_max² for 've'.
 Entry points: `sample` (returns `SampleOutput(samples, nfe)`), `make_sampler` (jitted
-fn(params, rng)), `nfe`, `time_grid`, `ddim_invert`, `classifier_free_guidance`; the samplers
-themselves map (z_{t_max}, ts) to z_{t_min}.
+fn(params, rng)), `nfe`, `time_grid`, `ddpm_respaced_indices`, `ddpm_mean_log_variance`,
+`ddim_invert`, `classifier_free_guidance`; the samplers themselves map (z_{t_max}, ts) to
+z_{t_min}.
 Every loop is a `lax.scan` (one compiled step, not N copies); a `jax.sharding.Sharding` for the
 batch keeps z sharded through the loop, and nothing returns to the host between steps. The same
 rng gives the same samples.
@@ -52,6 +67,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vdm_jax.core.diffusion import expand_to, posterior_coefficients, q_transition
 from vdm_jax.core.parameterizations import PREDICTIONS, from_x_eps, to_x_eps
@@ -65,8 +81,8 @@ from vdm_jax.core.schedules import (
 Array = jax.Array
 ModelFn = Callable[[Array, Array], Array]
 SAMPLERS = ("ddpm", "ddim", "euler", "heun", "euler_maruyama", "dpm_solver_2m")
-SPACINGS = ("uniform", "quadratic", "shifted")
-VARIANCES = ("posterior", "forward")
+SPACINGS = ("uniform", "quadratic", "shifted", "ddpm_respaced")
+VARIANCES = ("posterior", "forward", "learned")
 T_MAX_IF_SINGULAR = 1.0 - 1e-3  # default t_max where λ(1) is not finite
 
 
@@ -92,6 +108,7 @@ def time_grid(
     t_min: float | Array = 0.0,
     t_max: float | Array = 1.0,
     shift: float = 3.0,
+    num_train_steps: int | None = None,
     dtype: Any = None,
 ) -> Array:
     """(num_steps + 1,) times decreasing from t_max to t_min: t_i = t_min + (t_max − t_min) r(u_i),
@@ -100,6 +117,11 @@ def time_grid(
         'quadratic'  u²                          (DDIM's; more steps near the data)
         'shifted'    shift u / (1 + (shift − 1) u)   (SD3's time shift; more steps at high noise
                                                       for shift > 1)
+    or 'ddpm_respaced': the N levels that guided-diffusion / DiT keep of a T = num_train_steps
+    DDPM (`ddpm_respaced_indices`, 0-based k_0 < … < k_{N−1} = T − 1), read as t = (k + 1)/T,
+    then 0: (k_{N−1} + 1)/T = 1, …, (k_0 + 1)/T, 0. DiT's index k is our level k + 1 (its
+    ᾱ_k = Π_{j≤k} (1 − β_j) is our α²((k + 1)/T)), so with `ddpm_linear(T)` this grid is the
+    respaced process exactly; t_min and t_max are not used.
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
@@ -108,6 +130,14 @@ def time_grid(
     if spacing == "shifted" and shift <= 0:
         raise ValueError(f"shift must be positive, got {shift}.")
     dtype = dtype or jnp.result_type(float)
+    if spacing == "ddpm_respaced":
+        if num_train_steps is None:
+            raise ValueError("spacing 'ddpm_respaced' needs num_train_steps (the T of the "
+                             "DDPM schedule, e.g. 1000 for DiT).")
+        kept = ddpm_respaced_indices(num_train_steps, num_steps)
+        # linspace: the same float values as `ddpm_linear`'s knots, so λ is read exactly there.
+        levels = np.linspace(0.0, 1.0, num_train_steps + 1)[kept[::-1] + 1]
+        return jnp.asarray(np.append(levels, 0.0), dtype)
     u = 1.0 - jnp.arange(num_steps + 1, dtype=dtype) / num_steps
     if spacing == "quadratic":
         r = u**2
@@ -118,6 +148,26 @@ def time_grid(
     t_min, t_max = jnp.asarray(t_min, dtype), jnp.asarray(t_max, dtype)
     ts = t_min + (t_max - t_min) * r
     return ts.at[0].set(t_max).at[-1].set(t_min)  # exact endpoints
+
+
+def ddpm_respaced_indices(num_train_steps: int, num_steps: int) -> np.ndarray:
+    """The 0-based DDPM steps k_0 < … < k_{N−1} kept by guided-diffusion's (and DiT's)
+    `space_timesteps(T, "N")`: k_i = round(i (T − 1)/(N − 1)), rounded half to even, so k_0 = 0
+    and k_{N−1} = T − 1 (k = [0] for N = 1). (N,) int64.
+
+    As there, i (T − 1)/(N − 1) is the float64 running sum of i strides, not the exact product:
+    where the product is a half-integer the sum's rounding error decides the step (for T = 1000,
+    283 of the N ≤ 1000 differ from exact rounding, N = 250 does not).
+    """
+    if not 1 <= num_steps <= num_train_steps:
+        raise ValueError(f"Cannot respace {num_train_steps} DDPM steps to {num_steps}: need "
+                         f"1 <= num_steps <= num_train_steps.")
+    if num_steps == 1:
+        return np.zeros((1,), np.int64)
+    stride = (num_train_steps - 1) / (num_steps - 1)
+    # add.accumulate is a left-to-right running sum, the reference's `cur_idx += stride`.
+    positions = np.add.accumulate(np.append(0.0, np.full(num_steps - 1, stride)))
+    return np.round(positions).astype(np.int64)  # np.round: half to even, as Python's round
 
 
 def default_t_max(schedule: Schedule, dtype: Any = None) -> Array:
@@ -193,42 +243,105 @@ def _noise(key: Array, z: Array, scale: Array, last: Array) -> Array:
 
 
 # ----------------------------------------------------------------------------------------------
+# One DDPM step.
+# ----------------------------------------------------------------------------------------------
+
+
+def ddpm_mean_log_variance(
+    schedule: Schedule, z: Array, x_hat: Array, t: Array, s: Array, *,
+    variance: str = "posterior", var_output: Array | None = None,
+    clip_step: tuple[Array, Array] | None = None,
+) -> tuple[Array, Array]:
+    """Mean and log-variance of one ancestral step t → s (s < t, scalars) given x̂:
+        μ = a z_t + b x̂,  a = α_{t|s} σ_s²/σ_t²,  b = α_s c,  c = −expm1(λ_t − λ_s)
+        log σ²_step = log β̃ ('posterior'),  log β ('forward'),
+                      f log β + (1 − f) log β̃'  ('learned', f = (var_output + 1)/2),
+    with β = σ²_{t|s} (DDPM's β_t on the current grid), β̃ = σ̃²_{s|t} = c σ_s² (its β̃_t). For
+    'learned', β̃' is the β̃ of the step clip_step = (t', s') (default: this step): IDDPM's
+    `posterior_log_variance_clipped` uses the second step's β̃ on the first step, where β̃ = 0.
+    z, x_hat, var_output: (B, ...). Returns μ (B, ...) and log σ² (B, ...) or a scalar.
+    """
+    if variance not in VARIANCES:
+        raise ValueError(f"Unknown DDPM variance {variance!r}; expected one of {VARIANCES}.")
+    coef_z, coef_x, var_tilde = posterior_coefficients(schedule, s, t)
+    mean = coef_z * z + coef_x * x_hat
+    if variance == "posterior":
+        return mean, jnp.log(var_tilde)
+    log_beta = jnp.log(q_transition(schedule, s, t)[1])
+    if variance == "forward":
+        return mean, log_beta
+    if var_output is None:
+        raise ValueError("variance='learned' needs var_output (the model's second half).")
+    if clip_step is not None:
+        var_tilde = posterior_coefficients(schedule, clip_step[1], clip_step[0])[2]
+    frac = (var_output + 1.0) / 2.0
+    return mean, frac * log_beta + (1.0 - frac) * jnp.log(var_tilde)
+
+
+def _split_learned(out: Array, z: Array) -> tuple[Array, Array]:
+    """A learned-variance output (B, ..., 2C) → (prediction, v), each (B, ..., C)."""
+    c = z.shape[-1]
+    expected = (*z.shape[:-1], 2 * c)
+    if out.shape != expected:
+        raise ValueError(f"variance='learned' needs the model's full output of shape {expected} "
+                         f"(prediction and variance halves on the last axis), got {out.shape}.")
+    return out[..., :c], out[..., c:]
+
+
+# ----------------------------------------------------------------------------------------------
 # Samplers. Each maps z_{t_0} (B, ...) along the grid ts (N + 1,) to z_{t_N}.
 # ----------------------------------------------------------------------------------------------
 
 
 def ddpm(
     model_fn: ModelFn, schedule: Schedule, z: Array, ts: Array, rng: Array | None = None, *,
-    prediction: str = "eps", variance: str = "posterior",
+    prediction: str = "eps", variance: str = "posterior", clip_denoised: bool = False,
     sharding: jax.sharding.Sharding | None = None,
 ) -> Array:
-    """Ancestral sampling z_s ~ N(a z_t + b x̂, σ²_step) on any decreasing grid (module docstring).
+    """Ancestral sampling z_s ~ N(a z_t + b x̂, σ²_step) on any decreasing grid
+    (`ddpm_mean_log_variance`). One NFE a step.
 
-    variance: 'posterior' σ̃²_{s|t} = c σ_s² (β̃), or 'forward' σ²_{t|s} (β). One NFE a step.
+    variance: 'posterior' σ̃²_{s|t} = c σ_s² (β̃), 'forward' σ²_{t|s} (β), or 'learned': then
+    model_fn returns the network's full output (B, ..., 2C), the prediction in the first C
+    channels of the last axis and v ∈ [−1, 1] in the last C, and log σ²_step interpolates log β
+    and log β̃ of the current step by (v + 1)/2 (IDDPM's 'learned_range'); on the final step
+    β̃ is that of the step before (IDDPM's clipping; the final step adds no noise anyway).
+    clip_denoised: clip x̂ to [−1, 1] before the step.
     """
     if variance not in VARIANCES:
         raise ValueError(f"Unknown DDPM variance {variance!r}; expected one of {VARIANCES}.")
     rng = _need_rng(rng, "ddpm")
+    learned = variance == "learned"
+    n = ts.shape[0] - 1
 
     def step(carry, t, s, key, i, last):
         (z,) = carry
-        x_hat, _ = _x_eps(model_fn, schedule, prediction, z, t)
-        coef_z, coef_x, var = posterior_coefficients(schedule, s, t)
-        if variance == "forward":
-            var = q_transition(schedule, s, t)[1]
-        return (coef_z * z + coef_x * x_hat + _noise(key, z, jnp.sqrt(var), last),)
+        out, var_output = _predict(model_fn, z, t), None
+        if learned:
+            out, var_output = _split_learned(out, z)
+        x_hat, _ = to_x_eps(schedule, out, prediction, z, jnp.full((z.shape[0],), t, z.dtype))
+        if clip_denoised:
+            x_hat = jnp.clip(x_hat, -1.0, 1.0)
+        clip_step = None
+        if learned and n >= 2:  # the final step takes β̃ of the step ts[n−2] → ts[n−1]
+            clip_step = (jnp.where(last, ts[n - 2], t), jnp.where(last, ts[n - 1], s))
+        mean, log_var = ddpm_mean_log_variance(schedule, z, x_hat, t, s, variance=variance,
+                                               var_output=var_output, clip_step=clip_step)
+        return (mean + _noise(key, z, jnp.exp(0.5 * log_var), last),)
 
     return _scan(step, (z,), ts, rng, sharding)[0]
 
 
 def ddim(
     model_fn: ModelFn, schedule: Schedule, z: Array, ts: Array, rng: Array | None = None, *,
-    prediction: str = "eps", eta: float = 0.0, sharding: jax.sharding.Sharding | None = None,
+    prediction: str = "eps", eta: float = 0.0, clip_denoised: bool = False,
+    sharding: jax.sharding.Sharding | None = None,
 ) -> Array:
     """DDIM: z_s = α_s x̂ + σ_s √(1 − η² c) ε̂ + η √c σ_s ξ, c = −expm1(λ_t − λ_s). One NFE a step.
 
     η = 0 is deterministic and runs either way: an increasing grid ts encodes (DDIM inversion,
     see `ddim_invert`). η = 1 equals `ddpm` with the posterior variance (same rng, same samples).
+    clip_denoised: clip x̂ to [−1, 1] and use ε̂ = (z_t − α_t x̂)/σ_t of the clipped x̂.
     """
     eta = float(eta)
     if not 0.0 <= eta <= 1.0:
@@ -239,6 +352,10 @@ def ddim(
     def step(carry, t, s, key, i, last):
         (z,) = carry
         x_hat, eps_hat = _x_eps(model_fn, schedule, prediction, z, t)
+        if clip_denoised:
+            x_hat = jnp.clip(x_hat, -1.0, 1.0)
+            alpha_t, sigma_t = alpha_sigma(schedule, t)
+            eps_hat = (z - alpha_t * x_hat) / sigma_t
         lam_s = schedule.log_snr(s)
         alpha_s, sigma_s = alpha_sigma_from_log_snr(lam_s, schedule.family)
         if not stochastic:
@@ -357,8 +474,8 @@ _SAMPLER_FNS: dict[str, Callable[..., Array]] = {
 
 # The options each sampler takes beyond the common ones (through `sample`'s **options).
 SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
-    "ddpm": ("variance",),
-    "ddim": ("eta",),
+    "ddpm": ("variance", "clip_denoised"),
+    "ddim": ("eta", "clip_denoised"),
     "euler": (),
     "heun": (),
     "euler_maruyama": (),
@@ -375,16 +492,17 @@ def sample(
     model_fn: ModelFn, schedule: Schedule, shape: tuple[int, ...], rng: Array, *,
     sampler: str, num_steps: int, prediction: str = "eps", spacing: str = "uniform",
     t_min: float | Array = 0.0, t_max: float | Array | None = None, shift: float = 3.0,
-    z_init: Array | None = None, sharding: jax.sharding.Sharding | None = None,
-    dtype: Any = None, **options: Any,
+    num_train_steps: int | None = None, z_init: Array | None = None,
+    sharding: jax.sharding.Sharding | None = None, dtype: Any = None, **options: Any,
 ) -> SampleOutput:
     """Samples of `shape` (B, ...) from `sampler` on `time_grid(num_steps, spacing, ...)`:
     SampleOutput(samples=z_{t_min}, nfe=nfe(sampler, num_steps)).
 
-    t_max: None for `default_t_max(schedule)`. z_init: start from this z_{t_max} instead of
-    `initial_noise` (e.g. a DDIM-inverted latent). sharding: the batch's sharding, kept
-    through the loop. options go to the sampler: eta ('ddim'), variance ('ddpm'),
-    lower_order_final ('dpm_solver_2m'). Jittable with everything but rng static, e.g.
+    t_max: None for `default_t_max(schedule)`. num_train_steps: T of spacing='ddpm_respaced'.
+    z_init: start from this z_{t_max} instead of `initial_noise` (e.g. a DDIM-inverted latent).
+    sharding: the batch's sharding, kept through the loop. options go to the sampler: eta
+    ('ddim'), variance ('ddpm'), clip_denoised ('ddpm', 'ddim'), lower_order_final
+    ('dpm_solver_2m'). Jittable with everything but rng static, e.g.
     jax.jit(functools.partial(sample, model_fn, schedule, shape, sampler='heun', num_steps=50)).
     """
     _check_sampler(sampler)
@@ -397,7 +515,8 @@ def sample(
     dtype = dtype or (z_init.dtype if z_init is not None else jnp.result_type(float))
     if t_max is None:
         t_max = default_t_max(schedule, dtype)
-    ts = time_grid(num_steps, spacing, t_min=t_min, t_max=t_max, shift=shift, dtype=dtype)
+    ts = time_grid(num_steps, spacing, t_min=t_min, t_max=t_max, shift=shift,
+                   num_train_steps=num_train_steps, dtype=dtype)
     rng_init, rng_steps = jax.random.split(rng)
     if z_init is None:
         z = initial_noise(schedule, tuple(shape), rng_init, ts[0], dtype)
@@ -478,7 +597,8 @@ def ddim_invert(
 
 def classifier_free_guidance(
     model_fn: Callable[[Array, Array, Array], Array], labels: Array, null_label: int,
-    scale: float | Array, interval: tuple[float, float] | None = None,
+    scale: float | Array, interval: tuple[float, float] | None = None, *,
+    channels: int | None = None,
 ) -> ModelFn:
     """Guided model (z, t) ↦ p̂(∅) + w (p̂(c) − p̂(∅)) from a conditional model_fn(z, t, y).
 
@@ -488,8 +608,13 @@ def classifier_free_guidance(
     w = scale for t ∈ [t_lo, t_hi] = interval (Kynkäänniemi et al. 2024) and w = 1 (plain
     conditional) outside; the 2B pass runs at every t, keeping one compiled step. w = 1 is the
     conditional model, w = 0 the unconditional one.
+    channels = k guides only the first k channels of the last axis; channels ≥ k (e.g. the 4th
+    latent channel and a learned-variance half) are the conditional output. DiT's
+    `forward_with_cfg` is channels=3 on its (B, H, W, 8) output. None guides every channel.
     """
     labels = jnp.asarray(labels)
+    if channels is not None and (not isinstance(channels, int) or channels < 1):
+        raise ValueError(f"channels must be a positive int (or None for all), got {channels!r}.")
 
     def guided(z: Array, t: Array) -> Array:
         b = z.shape[0]
@@ -500,6 +625,9 @@ def classifier_free_guidance(
         if interval is not None:
             t_lo, t_hi = interval
             w = jnp.where((t >= t_lo) & (t <= t_hi), w, jnp.ones_like(w))
-        return uncond + expand_to(w, cond) * (cond - uncond)
+        mixed = uncond + expand_to(w, cond) * (cond - uncond)
+        if channels is None:
+            return mixed
+        return jnp.concatenate([mixed[..., :channels], cond[..., channels:]], axis=-1)
 
     return guided

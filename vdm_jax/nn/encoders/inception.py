@@ -9,18 +9,48 @@ Every conv is conv(no bias) → BatchNorm(ε = 1e-3, running statistics) → ReL
 Module and parameter names mirror the PyTorch state dict (`Mixed_6d.branch1x1.conv`), so the
 converter (`convert_inception.py`) is a rename plus transposes. Layout is NHWC.
 
-Inputs: images NHWC float in [-1, 1] with 3 channels, any size; they are bilinearly resized to
-299×299 (half-pixel centres, no antialiasing: PyTorch's `F.interpolate(..., align_corners=False)`).
-pytorch-fid maps uint8 k to 2·k/255 − 1 (see `preprocess_uint8`); ADM's TF graph uses (k − 128)/128.
+Inputs. The network takes NHWC float images with 3 channels at 299×299; other sizes are resized
+inside the forward pass as pytorch-fid does. Two preprocessings of 8-bit images k (`FID_MODES`;
+`preprocess_uint8(images, mode)` / `fid_input(x, mode)` give the 299×299 network input):
+  'pytorch_fid'  2k/255 − 1, then PyTorch's bilinear resize (`F.interpolate(align_corners=False)`:
+                 half-pixel centres, no antialiasing; `resize_bilinear`): pytorch-fid's inputs,
+                 and this project's only preprocessing before the 'adm' mode.
+  'adm'          what ADM's evaluator (guided-diffusion `evaluations/evaluator.py`) computes, and
+                 so what the published DiT/SiT numbers and the `VIRTUAL_imagenet256_labeled.npz`
+                 reference statistics are: float k fed to the TF graph at `ExpandDims:0`, whose
+                 `ResizeBilinear` op (TF1 legacy: align_corners=False, half_pixel_centers=False;
+                 `resize_bilinear_tf1`) resizes to 299×299, then `Sub` 128 and `Mul` 1/128:
+                 (k − 128)/128. The two sample different positions: at 256 → 299 their
+                 network inputs differ by up to ≈ 0.1 on images, ≈ 0.26 on uniform noise.
 
 Outputs (dict):
   pool3            (B, 2048)      final average pool: FID features, precision/recall features.
   logits           (B, 1008)      fc(pool3) = pool3 · W + b: the network's classifier logits.
   logits_unbiased  (B, 1008)      pool3 · W without the bias: what the Inception Score uses in
                                   improved-GAN / ADM (`softmax/logits/MatMul`) and torch-fidelity.
-  mixed_6          (B, 17, 17, 768)  output of Mixed_6d (TF `mixed_6`). Its first 192 channels are
-                                  the branch1x1 conv (TF `mixed_6/conv`), so ADM's sFID features
-                                  `mixed_6/conv[..., :7]` are `spatial_features(mixed_6)` (B, 2023).
+  mixed_6          (B, 17, 17, 768)  output of Mixed_6d (TF `mixed_6/join`), after BN + ReLU.
+
+sFID features. ADM takes `mixed_6/conv:0`[..., :7] of the TF graph, flattened in (H, W, C) order:
+  * `mixed_6` is Mixed_6d. The graph's blocks are mixed, mixed_1, mixed_2 (35×35: Mixed_5b-d),
+    mixed_3 (Mixed_6a), mixed_4 … mixed_7 (17×17: Mixed_6b-e), mixed_8 (Mixed_7a), mixed_9,
+    mixed_10 (Mixed_7b-c); torch-fidelity's TF → PyTorch weight map (`convert_inception_weights.py`)
+    maps `mixed_6/conv/{conv2d_params,batchnorm}` to `Mixed_6d.branch1x1.{conv,bn}`. (`conv` is
+    the block's 1×1 branch; the other 768 → 192 1×1 conv, `mixed_6/tower_2/conv`, follows the
+    pool `mixed_6/tower_2/pool`: the pool branch.)
+  * `mixed_6/conv:0` is that branch AFTER BatchNorm and ReLU, not the bare convolution. Each conv
+    layer of the graph is the node sequence `<name>/conv2d_params`, `<name>/Conv2D`,
+    `<name>/batchnorm/{beta,gamma,moving_mean,moving_variance}`, `<name>/batchnorm`
+    (BatchNormWithGlobalNormalization), `<name>/CheckNumerics`, `<name>/control_dependency`,
+    `<name>` (the graph's op list, e.g. as printed in Tensorflex's docs; pools likewise end in the
+    op named `<name>`, the MaxPool/AvgPool itself). The op named `mixed_6/conv` is therefore the
+    layer's last op, after the batchnorm and its identity checks: the ReLU, the only op left for
+    the nonlinearity that pytorch-fid/torch-fidelity place after every BatchNorm and with which
+    they reproduce `pool_3` of this graph (torch-fidelity's test: ≤ 1e-5 relative).
+  * Hence the features are relu(bn(conv(·))) of Mixed_6d.branch1x1, channels 0–6. Mixed_6d's
+    output concatenates [branch1x1 (192), branch7x7, branch7x7dbl, branch_pool], so they are
+    `mixed_6[..., :7]`, flattened (H, W, C) like ADM's NHWC reshape: `spatial_features`
+    (B, 2023). (Taking Mixed_6e, i.e. TF `mixed_7`, or 768 channels, as some ports do, is not
+    ADM's sFID.)
 """
 
 from __future__ import annotations
@@ -34,16 +64,20 @@ from flax import nnx
 
 __all__ = [
     "FID_IMAGE_SIZE",
+    "FID_MODES",
     "InceptionV3",
     "abstract_inception",
+    "fid_input",
     "make_inception_fn",
     "preprocess_uint8",
     "random_inception",
     "resize_bilinear",
+    "resize_bilinear_tf1",
     "spatial_features",
 ]
 
 FID_IMAGE_SIZE = 299
+FID_MODES = ("adm", "pytorch_fid")  # preprocessing of 8-bit images: see the module docstring
 NUM_SFID_CHANNELS = 7  # ADM: spatial = mixed_6/conv[..., :7] → 17·17·7 = 2023 features.
 
 
@@ -205,6 +239,63 @@ def resize_bilinear(x: jax.Array, size: int) -> jax.Array:
     return jax.image.resize(x, (b, size, size, c), method="bilinear", antialias=False)
 
 
+def _tf1_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # TF's legacy scaler in float32: src = dst · (in/out), lower = floor(src),
+    # upper = min(ceil(src), in − 1), lerp = src − lower (resize_bilinear_op.cc).
+    src = np.arange(n_out, dtype=np.float32) * (np.float32(n_in) / np.float32(n_out))
+    lower = np.floor(src)
+    upper = np.minimum(np.ceil(src), n_in - 1)
+    return lower.astype(np.int32), upper.astype(np.int32), (src - lower).astype(np.float32)
+
+
+def resize_bilinear_tf1(x: jax.Array, size: int) -> jax.Array:
+    """TF1's `resize_bilinear(align_corners=False, half_pixel_centers=False)` of NHWC float x to
+    (size, size): the `ResizeBilinear` op of the FID graph (ADM's preprocessing).
+
+    Sample position src = dst · in/out (no half-pixel offset, corners not aligned), neighbours
+    floor(src) and min(ceil(src), in − 1), weights src − floor(src); rows are interpolated in x
+    first, then in y, in float32, in TF's order of operations.
+    """
+    x = x.astype(jnp.float32)
+    y0, y1, wy = _tf1_axis(x.shape[1], size)
+    x0, x1, wx = _tf1_axis(x.shape[2], size)
+    wx, wy = wx[None, None, :, None], wy[None, :, None, None]
+
+    def along_x(rows: jax.Array) -> jax.Array:  # (B, size, W, C) → (B, size, size, C)
+        left, right = rows[:, :, x0], rows[:, :, x1]
+        return left + (right - left) * wx
+
+    top, bottom = along_x(x[:, y0]), along_x(x[:, y1])                  # (B, size, size, C)
+    return top + (bottom - top) * wy
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in FID_MODES:
+        raise ValueError(f"Unknown FID preprocessing mode {mode!r}; expected one of {FID_MODES}.")
+
+
+def fid_input(x: jax.Array, mode: str) -> jax.Array:
+    """Network input (B, 299, 299, 3) float32 of images x (B, H, W, 3) whose values are 8-bit
+    levels k ∈ [0, 255] (any float or integer dtype):
+        'adm'          resize_bilinear_tf1(k), then (· − 128)/128   (the TF graph's order)
+        'pytorch_fid'  resize_bilinear(2k/255 − 1)
+    (Resizing commutes with the affine maps up to float rounding: bilinear weights sum to 1.)
+    Inputs already 299×299 are not resized.
+    """
+    _check_mode(mode)
+    x = x.astype(jnp.float32)
+    resize = x.shape[1:3] != (FID_IMAGE_SIZE, FID_IMAGE_SIZE)
+    if mode == "adm":
+        if resize:
+            x = resize_bilinear_tf1(x, FID_IMAGE_SIZE)
+        return (x - 128.0) * (1.0 / 128.0)
+    x = x * np.float32(2.0 / 255.0) - np.float32(1.0)
+    return resize_bilinear(x, FID_IMAGE_SIZE) if resize else x
+
+
+_fid_input_jit = jax.jit(fid_input, static_argnames="mode")
+
+
 class InceptionV3(nnx.Module):
     """The FID Inception-v3; see the module docstring for inputs and outputs."""
 
@@ -231,7 +322,7 @@ class InceptionV3(nnx.Module):
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(
                 f"InceptionV3 expects NHWC images with 3 channels in [-1, 1], got shape {x.shape}"
-                " (grayscale: repeat the channel, e.g. preprocess_uint8 does it)"
+                " (grayscale: repeat the channel, as preprocess_uint8 does)"
             )
         x = x.astype(jnp.float32)
         if x.shape[1:3] != (FID_IMAGE_SIZE, FID_IMAGE_SIZE):
@@ -269,15 +360,21 @@ def spatial_features(mixed_6: jax.Array | np.ndarray) -> jax.Array | np.ndarray:
     return mixed_6[..., :NUM_SFID_CHANNELS].reshape(mixed_6.shape[0], -1)
 
 
-def preprocess_uint8(images: np.ndarray) -> np.ndarray:
-    """uint8 NHWC (C = 1 or 3) → float32 NHWC, 3 channels, in [-1, 1] as pytorch-fid: 2k/255 − 1."""
+def preprocess_uint8(images: np.ndarray, mode: str) -> jax.Array:
+    """uint8 NHWC images (C = 1 or 3) → the network input (N, 299, 299, 3) float32 of FID
+    preprocessing `mode` ∈ `FID_MODES` ('adm' or 'pytorch_fid'; see `fid_input`), on device.
+
+    Grayscale is repeated to 3 channels. Jitted per input shape and mode.
+    """
+    _check_mode(mode)
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ValueError(
             f"expected uint8 images of shape (N, H, W, 1|3), got {images.dtype} {images.shape}"
         )
-    x = images.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
-    return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    return _fid_input_jit(images, mode=mode)
 
 
 def abstract_inception() -> InceptionV3:
