@@ -23,7 +23,12 @@ from absl import app, flags
 
 from vdm_jax.cli import exit_on_bad_input
 from vdm_jax.data import DATASETS
-from vdm_jax.evaluation.features import DEFAULT_BATCH_SIZE, load_eval_inception
+from vdm_jax.evaluation.features import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FID_MODE,
+    FID_MODES,
+    load_eval_inception,
+)
 from vdm_jax.evaluation.reference import build_reference, iter_reference_images
 from vdm_jax.io import write_json
 from vdm_jax.rundir import RunDir
@@ -46,6 +51,9 @@ _RANDOM = flags.DEFINE_bool(
     "random_inception", False, "Random Inception weights (tests only: statistics meaningless)."
 )
 _BATCH = flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Inception batch size.")
+_FID_MODE = flags.DEFINE_enum("fid_mode", DEFAULT_FID_MODE, list(FID_MODES),
+                              "FID preprocessing ('adm': as the ADM evaluator; recorded beside "
+                              "the batch, and evaluate.py uses the same).")
 
 
 def main(argv: list[str]) -> None:
@@ -60,15 +68,17 @@ def main(argv: list[str]) -> None:
             "image_folder": _FOLDER.value, "image_size": _IMAGE_SIZE.value, "random_flip": False,
         }
         chunks = iter_reference_images(data, _SPLIT.value, _MAX_IMAGES.value, seed=_SEED.value)
-        counts = []  # images actually read, for the settings file
+        counts = []  # shapes of the chunks read, for the settings file
         ref = build_reference(
-            (counts.append(len(c)) or c for c in chunks), model, _OUT.value,
-            batch_size=_BATCH.value, num_stored_images=_NUM_STORED.value,
+            (counts.append(c.shape) or c for c in chunks), model, _OUT.value,
+            batch_size=_BATCH.value, num_stored_images=_NUM_STORED.value, mode=_FID_MODE.value,
         )
     settings = {
-        "data": data, "split": _SPLIT.value, "num_images": sum(counts), "seed": _SEED.value,
+        "data": data, "split": _SPLIT.value, "num_images": sum(c[0] for c in counts),
+        "seed": _SEED.value,
         "num_stored_images": 0 if ref.images is None else len(ref.images),
-        "inception_weights": weights,
+        "inception_weights": weights, "fid_mode": _FID_MODE.value,
+        "image_shape": list(counts[0][1:]) if counts else None,
     }
     write_json(RunDir.settings_of(ref.path), settings)
     print(f"wrote {ref.path} (mu {ref.mu.shape}, mu_s {ref.mu_s.shape}, arr_0 "

@@ -29,7 +29,7 @@ from absl import app, flags
 
 from vdm_jax.cli import exit_on_bad_input, quiet_third_party_logs
 from vdm_jax.evaluation.evaluate import evaluate_samples_file
-from vdm_jax.evaluation.features import DEFAULT_BATCH_SIZE
+from vdm_jax.evaluation.features import DEFAULT_BATCH_SIZE, FID_MODES
 from vdm_jax.evaluation.likelihood import bpd_metrics
 from vdm_jax.evaluation.results import format_table, write_results_json
 
@@ -53,6 +53,10 @@ _SETTINGS = flags.DEFINE_string(
 )
 _OUT = flags.DEFINE_string("out", None, "Results JSON (default: <samples>.metrics.json).")
 _BATCH = flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Inception batch size.")
+_FID_MODE = flags.DEFINE_enum(
+    "fid_mode", None, list(FID_MODES), "FID preprocessing: 'adm' (the ADM evaluator's, which "
+    "made the published FIDs and reference batches) or 'pytorch_fid'; default: the mode recorded "
+    "beside the reference by build_reference.py, else 'adm'.")
 _BPD_WORKDIR = flags.DEFINE_string(
     "bpd_workdir", None, "Training run whose held-out bits/dim (−ELBO) to report."
 )
@@ -105,6 +109,7 @@ def main(argv: list[str]) -> None:
             settings_from=_SETTINGS.value,
             out=_OUT.value,
             batch_size=_BATCH.value,
+            fid_mode=_FID_MODE.value,
             extra=bpd,
         )
     print(format_table(metrics))

@@ -15,7 +15,12 @@ from typing import Any
 from vdm_jax.data import digits as digits_data
 from vdm_jax.data.adm_npz import load_reference, load_samples
 from vdm_jax.evaluation.digits import check_digit_samples, digits_metrics
-from vdm_jax.evaluation.features import DEFAULT_BATCH_SIZE, load_eval_inception
+from vdm_jax.evaluation.features import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FID_MODE,
+    FID_MODES,
+    load_eval_inception,
+)
 from vdm_jax.evaluation.inception_metrics import IS_SPLITS, PR_K, sample_metrics
 from vdm_jax.evaluation.results import read_json_object, read_sample_settings, write_results_json
 from vdm_jax.nn.encoders.inception import InceptionV3
@@ -37,6 +42,7 @@ def evaluate_samples_file(
     settings_from: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    fid_mode: str | None = None,
     extra: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], Path]:
     """Everything `launch/evaluate.py` does: returns (metrics, settings, results JSON path).
@@ -48,6 +54,12 @@ def evaluate_samples_file(
     (`read_sample_settings`) updated with the evaluation's; written with the metrics to `out`
     (default `RunDir.results_of(samples_path)`). `extra` = (metrics, settings) computed elsewhere
     (e.g. `bpd_metrics`) are merged into both.
+
+    FID preprocessing (`fid_mode`, recorded as settings["fid_preprocessing"]): the mode recorded
+    beside the reference by launch/build_reference.py, else 'adm' (ADM's reference batches carry
+    no record and were made by the ADM evaluator); an explicit mode that contradicts the
+    reference's record is refused, as are samples whose resolution or channels differ from the
+    reference images'.
     """
     if ref_path is None and not digits and extra is None:
         raise ValueError(
@@ -63,19 +75,25 @@ def evaluate_samples_file(
     unavailable: dict[str, str] = {}
     if ref_path is not None:
         reference = load_reference(ref_path)
+        ref_json = RunDir.settings_of(ref_path)  # written by launch/build_reference.py
+        ref_settings = read_json_object(ref_json, "reference settings") if ref_json.is_file() \
+            else {}
+        mode = _fid_mode(fid_mode, ref_settings.get("fid_mode"), reference.path)
+        ref_shape = _check_resolution(samples.images.shape[1:], reference, ref_settings)
         model, description = inception or load_eval_inception(
             inception_weights, random_inception_seed
         )
-        ref_settings = RunDir.settings_of(ref_path)  # written by launch/build_reference.py
         settings.update(
             reference=str(reference.path.resolve()),
+            reference_image_shape=ref_shape,
             inception_weights=description,
+            fid_preprocessing=mode,
             inception_score_splits=IS_SPLITS,
             precision_recall_k=PR_K,
         )
-        if ref_settings.is_file():
-            settings["reference_settings"] = read_json_object(ref_settings, "reference settings")
-        found = sample_metrics(samples, reference, model, batch_size=batch_size)
+        if ref_settings:
+            settings["reference_settings"] = ref_settings
+        found = sample_metrics(samples, reference, model, batch_size=batch_size, mode=mode)
         unavailable.update(found.pop("unavailable"))
         metrics.update(found)
     if digits:
@@ -94,3 +112,36 @@ def evaluate_samples_file(
     path = write_results_json(out if out is not None else RunDir.results_of(samples_path), metrics,
                               settings)
     return metrics, settings, path
+
+
+def _fid_mode(requested: str | None, recorded: str | None, reference: Path) -> str:
+    """The FID preprocessing to use with `reference` (see `evaluate_samples_file`)."""
+    for mode in (requested, recorded):
+        if mode is not None and mode not in FID_MODES:
+            raise ValueError(f"unknown FID preprocessing {mode!r}; expected one of {FID_MODES}")
+    if requested is not None and recorded is not None and requested != recorded:
+        raise ValueError(
+            f"reference batch {reference} was built with FID preprocessing {recorded!r}; "
+            f"statistics of {requested!r} features are not comparable with it. Drop --fid_mode "
+            "or rebuild the reference with the same mode")
+    return requested or recorded or DEFAULT_FID_MODE
+
+
+def _check_resolution(sample_shape: tuple[int, ...], reference: Any,
+                      ref_settings: Mapping[str, Any]) -> list[int] | None:
+    """The reference images' (H, W, C) (from its arr_0, else its recorded settings); ValueError
+    when the samples' differ: Inception features of other resolutions are not comparable."""
+    if reference.images is not None:
+        ref_shape = list(reference.images.shape[1:])
+    elif ref_settings.get("image_shape"):
+        ref_shape = [int(v) for v in ref_settings["image_shape"]]
+    else:
+        return None  # ADM batches without arr_0 record no resolution: nothing to compare
+    if list(sample_shape) != ref_shape:
+        h, w, c = sample_shape
+        rh, rw, rc = ref_shape
+        raise ValueError(
+            f"the samples are {h}×{w}×{c} images but reference batch {reference.path} holds "
+            f"{rh}×{rw}×{rc}: evaluate against a reference of the samples' resolution and "
+            "channels (launch/build_reference.py builds one)")
+    return ref_shape

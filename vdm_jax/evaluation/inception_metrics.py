@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from vdm_jax.data.adm_npz import ReferenceBatch, SampleBatch
-from vdm_jax.evaluation.features import DEFAULT_BATCH_SIZE, inception_outputs
+from vdm_jax.evaluation.features import DEFAULT_BATCH_SIZE, DEFAULT_FID_MODE, inception_outputs
 from vdm_jax.evaluation.frechet import feature_statistics, frechet_distance
 from vdm_jax.evaluation.metrics import inception_score, precision_recall
 from vdm_jax.nn.encoders.inception import InceptionV3
@@ -35,8 +35,11 @@ def sample_metrics(
     batch_size: int = DEFAULT_BATCH_SIZE,
     k: int = PR_K,
     num_splits: int = IS_SPLITS,
+    mode: str = DEFAULT_FID_MODE,
 ) -> dict[str, Any]:
-    """FID, sFID, IS (mean, std), precision and recall of samples against a reference batch.
+    """FID, sFID, IS (mean, std), precision and recall of samples against a reference batch, the
+    Inception fed with FID preprocessing `mode` (the reference's statistics must have been made
+    with the same one; `evaluate.evaluate_samples_file` checks it).
 
     `samples`: a SampleBatch or uint8 images (N, H, W, C). Returns floats under "fid", "sfid",
     "inception_score", "inception_score_std", "precision", "recall", plus "precision_recall_k",
@@ -45,7 +48,7 @@ def sample_metrics(
     "unavailable"[name].
     """
     images = samples.images if isinstance(samples, SampleBatch) else samples
-    feats = inception_outputs(images, inception, batch_size)
+    feats = inception_outputs(images, inception, batch_size, mode=mode)
     metrics: dict[str, Any] = {"num_samples": len(feats["pool3"])}
     unavailable: dict[str, str] = {}
 
@@ -62,7 +65,7 @@ def sample_metrics(
 
     metrics["precision_recall_k"] = k
     if reference.images is not None:
-        real = inception_outputs(reference.images, inception, batch_size)["pool3"]
+        real = inception_outputs(reference.images, inception, batch_size, mode=mode)["pool3"]
         metrics["precision"], metrics["recall"] = precision_recall(real, feats["pool3"], k)
         metrics["num_reference_images"] = len(real)
     else:

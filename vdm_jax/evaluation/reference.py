@@ -18,7 +18,7 @@ import numpy as np
 from vdm_jax.data import dataset_info, eval_iterator, train_iterator
 from vdm_jax.data.adm_npz import ReferenceBatch, save_reference, validate_images
 from vdm_jax.data.pixels import unit_to_uint8
-from vdm_jax.evaluation.features import DEFAULT_BATCH_SIZE, inception_batches
+from vdm_jax.evaluation.features import DEFAULT_BATCH_SIZE, DEFAULT_FID_MODE, inception_batches
 from vdm_jax.evaluation.frechet import StatsAccumulator
 from vdm_jax.nn.encoders.inception import InceptionV3
 
@@ -32,13 +32,15 @@ def build_reference(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     num_stored_images: int | None = None,
+    mode: str = DEFAULT_FID_MODE,
 ) -> ReferenceBatch:
     """Computes an ADM reference batch from uint8 NHWC images and writes it to `path`.
 
     `images`: one array (N, H, W, C) or an iterable of such chunks (streamed: statistics are
     accumulated in float64 with `StatsAccumulator`, so N may exceed memory). Stores mu, sigma
     (pool3) and mu_s, sigma_s (spatial) over all N images, and the first `num_stored_images`
-    (default: all) images as arr_0 for precision/recall. Returns the batch as `load_reference`
+    (default: all) images as arr_0 for precision/recall, through FID preprocessing `mode`
+    (record it beside the file: evaluation must use the same). Returns the batch as `load_reference`
     would read it.
     """
     if isinstance(images, np.ndarray):
@@ -53,7 +55,7 @@ def build_reference(
         chunk = validate_images(chunk, "reference images")
         if len(chunk) == 0:
             continue
-        for out in inception_batches(chunk, inception, batch):
+        for out in inception_batches(chunk, inception, batch, mode):
             acc.update(out["pool3"])
             acc_s.update(out["spatial"])
         keep = int(min(len(chunk), budget))
