@@ -36,23 +36,29 @@ S = np.array([0.3, 1.5, 0.8])
 # ----------------------------------------------------------------------------------------------
 
 
+def _const(a, dtype):
+    """A constant from a Python list: a numpy array would be cached by JAX as a device buffer of
+    the first precision it was used in, and the float64 tests would leak it into float32 ones."""
+    return jnp.array(np.asarray(a).tolist(), dtype)
+
+
 def _col(a, z):
     return jnp.asarray(a, z.dtype)[:, None]
 
 
 def sigma_t(t, s=S):
-    return jnp.sqrt((1 - t) ** 2 * jnp.asarray(s, t.dtype) ** 2 + t**2)
+    return jnp.sqrt((1 - t) ** 2 * _const(s, t.dtype) ** 2 + t**2)
 
 
 def v_exact(z, t):
     t = _col(t, z)
-    mu, s = jnp.asarray(MU, z.dtype), jnp.asarray(S, z.dtype)
+    mu, s = _const(MU, z.dtype), _const(S, z.dtype)
     return -mu + (t - (1 - t) * s**2) / sigma_t(t) ** 2 * (z - (1 - t) * mu)
 
 
 def u_exact(z, r, t, s=S):
     r, t = _col(r, z), _col(t, z)
-    mu = jnp.asarray(MU, z.dtype)
+    mu = _const(MU, z.dtype)
     return -mu + (1 - sigma_t(r, s) / sigma_t(t, s)) / (t - r) * (z - (1 - t) * mu)
 
 
@@ -61,8 +67,9 @@ def random_rtz(seed, n, dtype=jnp.float32, min_gap=0.02):
     k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
     t = jax.random.uniform(k1, (n,), dtype, 0.05, 1.0)
     r = jax.random.uniform(k2, (n,), dtype) * (t - min_gap)
-    z = (1 - t[:, None]) * MU + sigma_t(t[:, None]) * jax.random.normal(k3, (n, 3), dtype)
-    return z.astype(dtype), r, t
+    z = (1 - t[:, None]) * _const(MU, dtype) + sigma_t(t[:, None]) * jax.random.normal(
+        k3, (n, 3), dtype)
+    return z, r, t
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,7 +190,7 @@ def test_r_equal_t_is_flow_matching():
     @fast_jit
     def run():
         kx, ke, kt, kp = jax.random.split(jax.random.key(5), 4)
-        x = MU + S * jax.random.normal(kx, (b, d))
+        x = _const(MU, jnp.float32) + _const(S, jnp.float32) * jax.random.normal(kx, (b, d))
         eps = jax.random.normal(ke, (b, d))
         t = jax.nn.sigmoid(-0.4 + jax.random.normal(kt, (b,)))
         params = mlp_params(kp, d, 16, d, jnp.float32)

@@ -16,7 +16,8 @@ one forward-mode product: jax.jvp(u, (z, r, t), (v, 0, 1)), evaluated together w
 Training (Eqs. 9–10): regress u_θ(z_t, r, t) on the stop-gradient target
     u_tgt = v_t − (t − r)(v_t ∂_z u_θ + ∂_t u_θ),      Δ = u_θ − u_tgt,
 with the conditional v_t = ε − x in place of the marginal v (as flow matching does). At r = t the
-target is v_t and the loss is flow matching. Adaptive weighting (Sec. 4.3, after ECT):
+target is v_t and the loss is flow matching. (The official code clips t − r to [0, 1] here, a no-op
+for 0 ≤ r ≤ t ≤ 1, so it is left out.) Adaptive weighting (Sec. 4.3, after ECT):
     per-example loss  sg(w) ‖Δ‖²,   w = 1 / (‖Δ‖² + c)^p,   ‖Δ‖² summed over all dimensions,
 p = 1 (Table 1e and Table 4: the paper's choice), c = 1e-3 (the paper's example value in Sec. 4.3;
 its official ImageNet config uses 0.01). p = 0 is the plain squared error, p = ½ pseudo-Huber.
