@@ -47,7 +47,8 @@ def model_cost(
     jit = spec["family"] == "jit"
 
     # --- parameters -----------------------------------------------------------------------
-    params = _linear(FREQ_DIM, d) + _linear(d, d)  # timestep MLP
+    n_time = 2 if spec.get("second_time", False) else 1  # MeanFlow's second time: another MLP
+    params = n_time * (_linear(FREQ_DIM, d) + _linear(d, d))  # timestep MLP(s)
     params += (num_classes + 1) * d  # label table incl. the null class
     params += _linear(d, 2 * d) + _linear(d, out_dim)  # final adaLN + linear
     block = _linear(d, 3 * d) + _linear(d, d) + _linear(d, 6 * d)  # qkv, proj, adaLN
@@ -66,7 +67,7 @@ def model_cost(
     params += depth * block
 
     # --- forward MACs (one image) ------------------------------------------------------------
-    macs = FREQ_DIM * d + d * d  # timestep MLP
+    macs = n_time * (FREQ_DIM * d + d * d)  # timestep MLP(s)
     macs += 2 * d * d + n_tok * d * out_dim  # final adaLN + linear
     macs += depth * 6 * d * d  # block adaLN
     if jit:

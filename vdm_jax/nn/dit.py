@@ -2,7 +2,7 @@
 
     x (B,H,W,C) → patchify p×p → Linear → + fixed 2D sin-cos position → N × DiTBlock(·, c)
       → FinalLayer(·, c) → unpatchify → (B,H,W,C) or (B,H,W,2C) with learn_sigma,
-    c = TimestepEmbedder(t) + LabelEmbedder(y).
+    c = TimestepEmbedder(t) + LabelEmbedder(y) [+ TimestepEmbedder'(t − r) with second_time].
 
 A DiTBlock with c-dependent (shift, scale, gate) from Linear(SiLU(c)) → 6D:
     x ← x + gate_msa · Attn(LN(x)·(1 + scale_msa) + shift_msa)
@@ -14,6 +14,11 @@ Time: the network takes continuous t ∈ [0, 1] (t = 0 data, t = 1 noise) and em
 sinusoid frequencies cover the same range as DiT's integer steps 0..999. Labels: int32 in
 [0, num_classes], index num_classes being the null class used for classifier-free guidance; the
 model holds no rng, label dropout is the pure function `label_dropout`.
+
+Two times (MeanFlow, Geng et al. 2025): with second_time=True the model is u(z_t, r, t), r ≤ t,
+and also embeds the interval h = t − r, the paper's (t, t − r) choice (its Tables 1c and 4), by a
+second TimestepEmbedder whose output Linear is zero-initialized: at init a two-time model computes
+exactly the one-time model, whatever r. Called without r it takes r = t (h = 0).
 
 Precision: parameters float32; matmuls and the residual stream in `dtype` (bfloat16 on
 accelerators); LayerNorm/RMSNorm, the timestep frequencies, attention softmax (inside
@@ -107,7 +112,8 @@ class DiT(nnx.Module):
     """Diffusion transformer: model(x, t, y) → (B, H, W, C_out), C_out = 2C with learn_sigma.
 
     x: (B, H, W, C) float NHWC; t: (B,) float continuous time in [0, 1]; y: (B,) int32 labels,
-    index num_classes = null class. Use `vdm_jax.nn.build_model` to build a registry size.
+    index num_classes = null class; r: (B,) second time r ≤ t, only with second_time (model(x, t,
+    y, r=r)). Use `vdm_jax.nn.build_model` to build a registry size.
     """
 
     def __init__(
@@ -122,6 +128,7 @@ class DiT(nnx.Module):
         num_heads: int,
         mlp_ratio: float = 4.0,
         learn_sigma: bool = False,
+        second_time: bool = False,
         dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -146,16 +153,28 @@ class DiT(nnx.Module):
         self.final_layer = FinalLayer(
             d, p, self.out_channels, layer_norm(d, rngs), dtype=dtype, rngs=rngs
         )
+        # Built last so the other weights draw the same random numbers as a one-time model's.
+        self.h_embedder = (
+            TimestepEmbedder(d, dtype=dtype, rngs=rngs, zero_output=True) if second_time else None
+        )
 
     def pos_embed(self) -> np.ndarray:
         """Fixed 2D sin-cos position embedding (T, D); a constant, not a parameter."""
         return sincos_2d(self.hidden_size, self.grid)
 
-    def __call__(self, x: Array, t: Array, y: Array) -> Array:
+    def __call__(self, x: Array, t: Array, y: Array, r: Array | None = None) -> Array:
         check_inputs(x, t, y, self.image_size, self.in_channels)
+        if r is not None and self.h_embedder is None:
+            raise ValueError("This DiT takes one time; build it with spec 'second_time': True "
+                             "to pass a second time r.")
+        if r is not None and jnp.shape(r) != jnp.shape(t):
+            raise ValueError(f"r must have the shape of t {jnp.shape(t)}, got {jnp.shape(r)}.")
         x = patchify(x, self.patch_size).astype(self.dtype)  # (B, T, p·p·C)
         x = self.x_embedder(x) + self.pos_embed().astype(self.dtype)  # (B, T, D)
         c = self.t_embedder(t) + self.y_embedder(y)  # (B, D)
+        if self.h_embedder is not None:
+            h = jnp.zeros_like(t) if r is None else t - r  # (B,) interval h = t − r
+            c = c + self.h_embedder(h)  # (B, D)
         for block in self.blocks:
             x = block(x, c)  # (B, T, D)
         x = self.final_layer(x, c)  # (B, T, p·p·C_out) f32

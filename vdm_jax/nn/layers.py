@@ -146,11 +146,18 @@ def check_inputs(
 
 
 class TimestepEmbedder(nnx.Module):
-    """t (B,) → MLP(freq_embed(1000·t)) (B, D): Linear(256, D) → SiLU → Linear(D, D), N(0, 0.02)."""
+    """t (B,) → MLP(freq_embed(1000·t)) (B, D): Linear(256, D) → SiLU → Linear(D, D), N(0, 0.02).
 
-    def __init__(self, hidden_size: int, *, dtype: Dtype, rngs: nnx.Rngs):
+    zero_output: zero-initialize the output Linear, so the embedding starts at exactly 0 (an
+    added conditioning input, e.g. MeanFlow's second time, then leaves the model unchanged)."""
+
+    def __init__(
+        self, hidden_size: int, *, dtype: Dtype, rngs: nnx.Rngs, zero_output: bool = False
+    ):
         kw = dict(dtype=dtype, rngs=rngs, kernel_init=normal_002)
         self.fc1 = dense(FREQ_DIM, hidden_size, (None, "embed"), **kw)
+        if zero_output:
+            kw["kernel_init"] = zeros_init
         self.fc2 = dense(hidden_size, hidden_size, ("embed", None), **kw)
 
     def __call__(self, t: Array) -> Array:

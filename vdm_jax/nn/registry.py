@@ -3,7 +3,8 @@
 A spec is a plain dict. Common keys: family ('dit' | 'jit'), depth, hidden_size, num_heads,
 patch_size, mlp_ratio. JiT adds bottleneck_dim (width of the p×p patch projection),
 in_context_len (number of class tokens) and in_context_start (index of the first block that sees
-them). Registry sizes follow DiT (Peebles & Xie 2023, Table 1) and JiT (Li & He 2025,
+them). DiT takes second_time (bool, default False): MeanFlow's two-time model u(z, r, t).
+Registry sizes follow DiT (Peebles & Xie 2023, Table 1) and JiT (Li & He 2025,
 github.com/LTH14/JiT model_jit.py).
 """
 
@@ -40,6 +41,7 @@ for _size, (_depth, _hidden, _heads, _bneck, _start) in _JIT_SIZES.items():
 
 _COMMON_KEYS = ("family", "depth", "hidden_size", "num_heads", "patch_size", "mlp_ratio")
 _JIT_KEYS = ("bottleneck_dim", "in_context_len", "in_context_start")
+_DIT_KEYS = ("second_time",)
 
 
 def resolve_spec(name_or_spec: str | Mapping[str, Any]) -> dict[str, Any]:
@@ -68,7 +70,7 @@ def resolve_spec(name_or_spec: str | Mapping[str, Any]) -> dict[str, Any]:
     if missing:
         raise ValueError(f"Model spec is missing {missing}; got keys {sorted(spec)}.")
     spec.setdefault("mlp_ratio", 4.0)
-    allowed = _COMMON_KEYS + (_JIT_KEYS if family == "jit" else ())
+    allowed = _COMMON_KEYS + (_JIT_KEYS if family == "jit" else _DIT_KEYS)
     if family == "jit":
         spec.setdefault("bottleneck_dim", 128)
         spec.setdefault("in_context_len", 32)
@@ -95,6 +97,8 @@ def _validate(spec: dict[str, Any]) -> None:
         raise ValueError(f"hidden_size {d} must be a multiple of 4 (2D sin-cos embedding).")
     if spec["mlp_ratio"] <= 0:
         raise ValueError(f"mlp_ratio must be positive, got {spec['mlp_ratio']}.")
+    if not isinstance(spec.get("second_time", False), bool):
+        raise ValueError(f"second_time must be True or False, got {spec['second_time']!r}.")
     if spec["family"] == "jit":
         if (d // heads) % 4:
             # 2D RoPE rotates pairs, half of the head dimension per image axis.
