@@ -10,8 +10,10 @@ A DiTBlock with c-dependent (shift, scale, gate) from Linear(SiLU(c)) → 6D:
 AdaLN-Zero initializes the modulation Linear to zero, so every block starts as the identity and
 the output (whose final Linear is also zero) starts at exactly 0.
 
-Time: the network takes continuous t ∈ [0, 1] (t = 0 data, t = 1 noise) and embeds 1000·t, so the
-sinusoid frequencies cover the same range as DiT's integer steps 0..999. Labels: int32 in
+Time: the network takes continuous t ∈ [0, 1] (t = 0 data, t = 1 noise) and embeds
+time_scale·t + time_shift, by default 1000·t, so the sinusoid frequencies cover the same range as
+DiT's integer steps 0..999; imported checkpoints keep their own map (official DiT: 1000·t − 1, its
+0-based step index; SiT: 1 − t, see vdm_jax.importers.dit). Labels: int32 in
 [0, num_classes], index num_classes being the null class used for classifier-free guidance; the
 model holds no rng, label dropout is the pure function `label_dropout`.
 
@@ -34,6 +36,7 @@ from einops import rearrange
 from flax import nnx
 
 from vdm_jax.nn.layers import (
+    TIME_SCALE,
     AdaLNModulation,
     FinalLayer,
     LabelEmbedder,
@@ -107,7 +110,8 @@ class DiT(nnx.Module):
     """Diffusion transformer: model(x, t, y) → (B, H, W, C_out), C_out = 2C with learn_sigma.
 
     x: (B, H, W, C) float NHWC; t: (B,) float continuous time in [0, 1]; y: (B,) int32 labels,
-    index num_classes = null class. Use `vdm_jax.nn.build_model` to build a registry size.
+    index num_classes = null class. The timestep embedder sees time_scale·t + time_shift.
+    Use `vdm_jax.nn.build_model` to build a registry size.
     """
 
     def __init__(
@@ -122,6 +126,8 @@ class DiT(nnx.Module):
         num_heads: int,
         mlp_ratio: float = 4.0,
         learn_sigma: bool = False,
+        time_scale: float = TIME_SCALE,
+        time_shift: float = 0.0,
         dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -138,7 +144,9 @@ class DiT(nnx.Module):
         # Patch embedding = p×p stride-p conv, written as a Linear on flattened patches; xavier
         # on the flattened kernel as in DiT's initialize_weights.
         self.x_embedder = dense(p * p * in_channels, d, ("patch", "embed"), dtype=dtype, rngs=rngs)
-        self.t_embedder = TimestepEmbedder(d, dtype=dtype, rngs=rngs)
+        self.t_embedder = TimestepEmbedder(
+            d, time_scale=time_scale, time_shift=time_shift, dtype=dtype, rngs=rngs
+        )
         self.y_embedder = LabelEmbedder(num_classes, d, dtype=dtype, rngs=rngs)
         self.blocks = nnx.List(
             [DiTBlock(d, num_heads, mlp_ratio, dtype=dtype, rngs=rngs) for _ in range(depth)]
