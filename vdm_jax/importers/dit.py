@@ -20,22 +20,20 @@ and label embedders, AdaLN-Zero blocks, final layer). Their state-dict names ↔
                                             drift by rounding: tolerance POS_EMBED_ATOL), written
                                             on export.
 
-Conventions, converted once at the boundary (spec data and weights, nothing at run time):
+Conventions, converted once at the boundary (spec data and weights; nothing at run time):
 
-    format  official time input              spec (time_scale, time_shift)  first C outputs
-    'dit'   step index i − 1 ∈ {0..999} at   (1000, −1): embeds 1000·t − 1   ε (the last C, with
-            DDPM noise level i = 1000·t                                      learn_sigma: DiT's
-                                                                             variance interpolant)
-    'sit'   τ = 1 − t ∈ [0, 1], τ = 1 data   (−1, 1): embeds 1 − t           SiT's velocity
-                                                                             v = x − ε, negated
-                                                                             to our u = ε − x
-
-SiT: x_τ = τ·x + (1 − τ)·ε and v = dx_τ/dτ = x − ε, while vdm_jax's rectified flow has
-z_t = (1 − t)·x + t·ε and u = dz_t/dt = ε − x = −v. The importer negates the rows of the final
-Linear (weight and bias) that produce the C velocity channels, so the imported network outputs u
-exactly (negation is exact in floating point). SiT's forward discards the other C channels
-(`x, _ = x.chunk(2, dim=1)`), so a SiT import drops them (learn_sigma False; prediction 'flow')
-unless learn_sigma=True is asked for.
+  'dit'  The official network embeds its 0-based step index: DDPM noise level i ∈ {1..1000} is
+         our t = i/1000 and the official index is i − 1 = 1000·t − 1, so the spec gets
+         (time_scale, time_shift) = (1000, −1). Outputs unchanged: ε in channels 0..C−1 and,
+         with learn_sigma, DiT's variance interpolant in C..2C−1. Schedule: DDPM's linear β.
+  'sit'  SiT's time τ = 1 − t (τ = 1 is data) is embedded unscaled: (time_scale, time_shift) =
+         (−1, 1). SiT interpolates x_τ = τ·x + (1 − τ)·ε and predicts v = dx_τ/dτ = x − ε;
+         vdm_jax's rectified flow has z_t = (1 − t)·x + t·ε and u = dz_t/dt = ε − x = −v. The
+         rows of the final Linear (weight and bias) that produce the C velocity channels are
+         negated (`flip_velocity`), so the imported network outputs u exactly (negation is
+         exact in floating point). SiT's forward discards the other C channels
+         (`x, _ = x.chunk(2, dim=1)`), so a SiT import drops them (learn_sigma False,
+         prediction 'flow') unless learn_sigma=True is asked for.
 
 Label table: the official table has num_classes + 1 rows (the last is the null class of
 classifier-free guidance) when trained with label dropout (class_dropout_prob > 0, the default
@@ -44,18 +42,19 @@ without the null row gets a row of zeros appended and `null_class_trained` is Fa
 never saw that row, so guidance with it is meaningless (its output for label num_classes is the
 network with no label embedding at all).
 
-Files: released EMA weights are plain state dicts (DiT-XL-2-256x256.pt, SiT-XL-2-256x256.pt);
-train.py saves {"model", "ema", "opt", "args"} with args an argparse.Namespace, loaded here
-weights-only with exactly that class allowed (vdm_jax.importers.common.read_checkpoint). The EMA
-weights are imported unless weights='model'. Torch pickles need torch; `.safetensors` do not.
+Files: released EMA weights are plain state dicts (DiT-XL-2-256x256.pt; SiT's sample.py loads
+SiT-XL-2-256x256.pt the same way); train.py saves {"model", "ema", "opt", "args"} with args an
+argparse.Namespace, loaded here weights-only with exactly that class allowed
+(vdm_jax.importers.common.read_checkpoint). The EMA weights are imported unless
+weights='model'. Torch pickles need torch; `.safetensors` do not.
 
 Export (`export_dit`) writes the official layout back (NumPy arrays; `common.save_state_dict`
 writes them to `.safetensors`, or with torch to `.pt`), so a model trained here runs in the
 official PyTorch code. A model whose spec time map differs from the format's by a shift (or a
-sign) of the embedded argument is exported exactly: cos/sin of ω(±s + m) is a rotation of the
-(cos ωs, sin ωs) pair, folded into t_embedder.mlp.0 (e.g. a vdm_jax-trained DiT, which embeds
-1000·t, exported for the official code, which embeds 1000·t − 1). Different scales cannot be
-folded and are refused.
+sign) of the embedded argument is exported as the same function (up to float32 rounding of one
+kernel): cos/sin of ω(±s + m) is a rotation of the (cos ωs, sin ωs) pair, folded into
+t_embedder.mlp.0 (e.g. a vdm_jax-trained DiT, which embeds 1000·t, exported for the official
+code, which embeds 1000·t − 1). Different scales cannot be folded and are refused.
 """
 
 from __future__ import annotations
