@@ -14,6 +14,10 @@ is listed in one `WeightMismatchError` — and only then writes the arrays into 
 Formats: `.safetensors` are read with the safetensors package's NumPy API (no torch); `.bin`,
 `.pt`, `.pth` and `.ckpt` are torch pickles and need torch, an optional dependency
 (`pip install torch`; the CPU wheel suffices), imported only here and only for those files.
+Pickles are always loaded with `weights_only=True` (tensors and plain containers only, never
+code); a caller that expects one more plain class in a file (argparse.Namespace in a DiT
+train.py checkpoint) allows exactly that class through `safe_globals`. `save_state_dict`
+writes the other way (an exporter's state dict to `.safetensors`, or with torch to `.pt`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import pickle
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from vdm_jax.io import atomic_write
 
 __all__ = [
     "TORCH_SUFFIXES",
@@ -40,7 +47,9 @@ __all__ = [
     "flat_variables",
     "identity",
     "linear_kernel",
+    "read_checkpoint",
     "read_state_dict",
+    "save_state_dict",
     "strip_prefix",
 ]
 
@@ -123,7 +132,9 @@ def assign(
     given = {k: v for k, v in state_dict.items() if not ignore(k)}
     arrays: list[tuple[tuple[str, ...], Any]] = []
     missing, misshaped, used = [], [], set()
-    for path, flax_shape in flat_variables(module):
+    for key, var in nnx.to_flat_state(nnx.state(module)):
+        # source_of sees string paths; the update needs the original keys (ints in nnx.List).
+        path, flax_shape = tuple(str(k) for k in key), tuple(var.get_value().shape)
         t = source_of(path, flax_shape)
         used.add(t.name)
         if t.name not in given:
@@ -133,7 +144,7 @@ def assign(
         if tuple(value.shape) != tuple(t.shape):
             misshaped.append(f"{t.name}: got {tuple(value.shape)}, expected {tuple(t.shape)}")
             continue
-        arrays.append((path, jnp.asarray(t.to_flax(value), dtype=dtype)))
+        arrays.append((key, jnp.asarray(t.to_flax(value), dtype=dtype)))
     unexpected = sorted(k for k in given if k not in used)
     if missing or misshaped or unexpected:
         msg = f"weights from {source} do not match {what}:"
@@ -158,18 +169,38 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
         raise ValueError(f"{path} is not a readable .safetensors file: {e}") from None
 
 
-def _read_torch(path: Path) -> dict[str, Any]:
+def _import_torch(path: Path, doing: str = "reading") -> Any:
     try:
         import torch  # optional: only torch pickles need it
     except ImportError:
         raise MissingDependencyError(
-            f"reading {path} needs PyTorch, which is not installed: `pip install torch` (the CPU "
-            "wheel suffices), or use the .safetensors file of the same weights, which needs no "
-            "torch."
+            f"{doing} {path} needs PyTorch, which is not installed: `pip install torch` (the CPU "
+            "wheel suffices), or use a .safetensors file, which needs no torch."
         ) from None
+    return torch
+
+
+def _read_torch(path: Path, safe_globals: Iterable[type] = ()) -> Any:
+    torch = _import_torch(path)
+    allowed = list(safe_globals)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # weights_only=True: tensors and plain containers only, plus the `allowed` classes; a
+        # pickle naming anything else is refused, never executed.
+        if hasattr(torch.serialization, "safe_globals"):  # torch >= 2.5
+            with torch.serialization.safe_globals(allowed):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            torch.serialization.add_safe_globals(allowed)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt or foreign pickle
+        refused = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln]
+        if isinstance(e, pickle.UnpicklingError) and refused:
+            raise ValueError(
+                f"{path} holds Python objects that a weights-only load refuses "
+                f"({refused[0].split(' was not')[0]}); vdm_jax does not unpickle arbitrary "
+                "objects (they can run code). Save the tensors alone (torch.save(model."
+                "state_dict(), ...) or a .safetensors file) and import that."
+            ) from None
         raise ValueError(f"{path} is not a readable PyTorch checkpoint: {e}") from None
 
     def to_numpy(tree: Any) -> Any:
@@ -183,6 +214,25 @@ def _read_torch(path: Path) -> dict[str, Any]:
     return to_numpy(obj)
 
 
+def read_checkpoint(path: str | os.PathLike, *, safe_globals: Iterable[type] = ()) -> Any:
+    """Everything a weights file holds, tensors as NumPy arrays: a flat state dict for
+    `.safetensors`; for a torch pickle whatever was saved (e.g. DiT train.py's {"model": ...,
+    "ema": ..., "opt": ..., "args": Namespace}), loaded weights-only with the classes in
+    `safe_globals` allowed as well. Raises FileNotFoundError for a missing file, ValueError for
+    an unreadable one, MissingDependencyError for a torch pickle without torch."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no such weights file: {path}")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    if path.suffix in TORCH_SUFFIXES:
+        return _read_torch(path, safe_globals)
+    raise ValueError(
+        f"unknown weights format {path.name!r}: expected .safetensors or a torch pickle "
+        f"({', '.join(TORCH_SUFFIXES)})"
+    )
+
+
 def read_state_dict(path: str | os.PathLike, *, nested: Iterable[str] = ()) -> dict[str, Any]:
     """The tensors of a weights file as NumPy arrays, by suffix: `.safetensors` without torch,
     `.bin` / `.pt` / `.pth` / `.ckpt` with torch (MissingDependencyError without it).
@@ -192,17 +242,7 @@ def read_state_dict(path: str | os.PathLike, *, nested: Iterable[str] = ()) -> d
     Raises FileNotFoundError for a missing file and ValueError for an unreadable one.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"no such weights file: {path}")
-    if path.suffix == ".safetensors":
-        obj: Any = _read_safetensors(path)
-    elif path.suffix in TORCH_SUFFIXES:
-        obj = _read_torch(path)
-    else:
-        raise ValueError(
-            f"unknown weights format {path.name!r}: expected .safetensors or a torch pickle "
-            f"({', '.join(TORCH_SUFFIXES)})"
-        )
+    obj = read_checkpoint(path)
     for key in nested:
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -210,6 +250,29 @@ def read_state_dict(path: str | os.PathLike, *, nested: Iterable[str] = ()) -> d
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} holds a {type(obj).__name__}, expected a state dict")
     return {k: v for k, v in obj.items() if isinstance(v, np.ndarray)}
+
+
+def save_state_dict(path: str | os.PathLike, state_dict: Mapping[str, np.ndarray]) -> Path:
+    """Writes a flat {name: array} state dict atomically (vdm_jax.io.atomic_write), by suffix:
+    `.safetensors` with the safetensors package (no torch), `.pt` / `.pth` / `.bin` / `.ckpt`
+    as a torch pickle of CPU tensors (needs torch). Returns the path."""
+    path = Path(path).expanduser()
+    arrays = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import save
+
+        data = save(arrays)
+        return atomic_write(path, lambda f: f.write(data))
+    if path.suffix in TORCH_SUFFIXES:
+        torch = _import_torch(path, "writing")
+        # from_numpy shares memory; a read-only array (e.g. from a jax.Array) is copied.
+        tensors = {k: torch.from_numpy(v if v.flags.writeable else v.copy())
+                   for k, v in arrays.items()}
+        return atomic_write(path, lambda f: torch.save(tensors, f))
+    raise ValueError(
+        f"unknown weights format {path.name!r}: write .safetensors or a torch pickle "
+        f"({', '.join(TORCH_SUFFIXES)})"
+    )
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -10,8 +10,10 @@ A DiTBlock with c-dependent (shift, scale, gate) from Linear(SiLU(c)) → 6D:
 AdaLN-Zero initializes the modulation Linear to zero, so every block starts as the identity and
 the output (whose final Linear is also zero) starts at exactly 0.
 
-Time: the network takes continuous t ∈ [0, 1] (t = 0 data, t = 1 noise) and embeds 1000·t, so the
-sinusoid frequencies cover the same range as DiT's integer steps 0..999. Labels: int32 in
+Time: the network takes continuous t ∈ [0, 1] (t = 0 data, t = 1 noise) and embeds
+time_scale·t + time_shift, by default 1000·t, so the sinusoid frequencies cover the same range as
+DiT's integer steps 0..999; imported checkpoints keep their own map (official DiT: 1000·t − 1, its
+0-based step index; SiT: 1 − t, see vdm_jax.importers.dit). Labels: int32 in
 [0, num_classes], index num_classes being the null class used for classifier-free guidance; the
 model holds no rng, label dropout is the pure function `label_dropout`.
 
@@ -39,6 +41,7 @@ from einops import rearrange
 from flax import nnx
 
 from vdm_jax.nn.layers import (
+    TIME_SCALE,
     AdaLNModulation,
     FinalLayer,
     LabelEmbedder,
@@ -113,7 +116,8 @@ class DiT(nnx.Module):
 
     x: (B, H, W, C) float NHWC; t: (B,) float continuous time in [0, 1]; y: (B,) int32 labels,
     index num_classes = null class; r: (B,) second time r ≤ t, only with second_time (model(x, t,
-    y, r=r)). Use `vdm_jax.nn.build_model` to build a registry size.
+    y, r=r)). The timestep embedder sees time_scale·t + time_shift (the second one
+    time_scale·(t − r)). Use `vdm_jax.nn.registry.build_model` to build a registry size.
     """
 
     def __init__(
@@ -129,6 +133,8 @@ class DiT(nnx.Module):
         mlp_ratio: float = 4.0,
         learn_sigma: bool = False,
         second_time: bool = False,
+        time_scale: float = TIME_SCALE,
+        time_shift: float = 0.0,
         dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -145,7 +151,9 @@ class DiT(nnx.Module):
         # Patch embedding = p×p stride-p conv, written as a Linear on flattened patches; xavier
         # on the flattened kernel as in DiT's initialize_weights.
         self.x_embedder = dense(p * p * in_channels, d, ("patch", "embed"), dtype=dtype, rngs=rngs)
-        self.t_embedder = TimestepEmbedder(d, dtype=dtype, rngs=rngs)
+        self.t_embedder = TimestepEmbedder(
+            d, time_scale=time_scale, time_shift=time_shift, dtype=dtype, rngs=rngs
+        )
         self.y_embedder = LabelEmbedder(num_classes, d, dtype=dtype, rngs=rngs)
         self.blocks = nnx.List(
             [DiTBlock(d, num_heads, mlp_ratio, dtype=dtype, rngs=rngs) for _ in range(depth)]
@@ -155,7 +163,8 @@ class DiT(nnx.Module):
         )
         # Built last so the other weights draw the same random numbers as a one-time model's.
         self.h_embedder = (
-            TimestepEmbedder(d, dtype=dtype, rngs=rngs, zero_output=True) if second_time else None
+            TimestepEmbedder(d, time_scale=time_scale, dtype=dtype, rngs=rngs, zero_output=True)
+            if second_time else None
         )
 
     def pos_embed(self) -> np.ndarray:

@@ -6,7 +6,9 @@ logical axis names ('embed', 'mlp', 'heads', 'patch', 'vocab', 'cond') for FSDP
 (see vdm_jax.parallel.mesh). Shapes: B batch, T tokens, D width, N heads, Dh head width.
 
 Time: networks take continuous t ∈ [0, 1] (t = 0 data, t = 1 noise; docs/CONVENTIONS.md) and
-embed 1000·t, so the sinusoid frequencies cover the range of DiT's integer steps 0..999.
+embed time_scale·t + time_shift, by default 1000·t, so the sinusoid frequencies cover the range
+of DiT's integer steps 0..999. Imported checkpoints set the affine map to their own convention
+(vdm_jax.importers.dit: official DiT embeds 1000·t − 1, SiT embeds 1 − t).
 Labels: int32 in [0, num_classes], index num_classes being the null class of classifier-free
 guidance; models hold no rng, label dropout is the pure function `label_dropout`.
 """
@@ -82,12 +84,16 @@ def label_dropout(rng: Array, labels: Array, p: float | Array, num_classes: int)
     return jnp.where(drop, num_classes, labels).astype(jnp.asarray(labels).dtype)
 
 
-def timestep_embedding(t: Array, dim: int = FREQ_DIM, max_period: float = 10_000.0) -> Array:
-    """[cos(1000·t·ω_k), sin(1000·t·ω_k)], ω_k = max_period^(−k/(dim/2)), k < dim/2 (GLIDE/DiT).
-    t: (B,) float → (B, dim) float32."""
+def timestep_embedding(
+    t: Array, dim: int = FREQ_DIM, max_period: float = 10_000.0, *,
+    scale: float = TIME_SCALE, shift: float = 0.0,
+) -> Array:
+    """[cos(s·ω_k), sin(s·ω_k)] at s = scale·t + shift, ω_k = max_period^(−k/(dim/2)), k < dim/2
+    (GLIDE/DiT). t: (B,) float → (B, dim) float32."""
     half = dim // 2
     freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)  # (half,)
-    args = TIME_SCALE * jnp.asarray(t, jnp.float32)[:, None] * freqs[None]  # (B, half)
+    s = scale * jnp.asarray(t, jnp.float32) + shift  # (B,) the argument the weights were trained on
+    args = s[:, None] * freqs[None]  # (B, half)
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)  # (B, dim)
 
 
@@ -146,14 +152,17 @@ def check_inputs(
 
 
 class TimestepEmbedder(nnx.Module):
-    """t (B,) → MLP(freq_embed(1000·t)) (B, D): Linear(256, D) → SiLU → Linear(D, D), N(0, 0.02).
+    """t (B,) → MLP(freq_embed(time_scale·t + time_shift)) (B, D): Linear(256, D) → SiLU →
+    Linear(D, D), N(0, 0.02). The affine map of t is static (model spec keys), default 1000·t.
 
     zero_output: zero-initialize the output Linear, so the embedding starts at exactly 0 (an
     added conditioning input, e.g. MeanFlow's second time, then leaves the model unchanged)."""
 
     def __init__(
-        self, hidden_size: int, *, dtype: Dtype, rngs: nnx.Rngs, zero_output: bool = False
+        self, hidden_size: int, *, time_scale: float = TIME_SCALE, time_shift: float = 0.0,
+        dtype: Dtype, rngs: nnx.Rngs, zero_output: bool = False,
     ):
+        self.time_scale, self.time_shift = float(time_scale), float(time_shift)
         kw = dict(dtype=dtype, rngs=rngs, kernel_init=normal_002)
         self.fc1 = dense(FREQ_DIM, hidden_size, (None, "embed"), **kw)
         if zero_output:
@@ -161,7 +170,7 @@ class TimestepEmbedder(nnx.Module):
         self.fc2 = dense(hidden_size, hidden_size, ("embed", None), **kw)
 
     def __call__(self, t: Array) -> Array:
-        h = timestep_embedding(t)  # (B, 256) float32
+        h = timestep_embedding(t, scale=self.time_scale, shift=self.time_shift)  # (B, 256) f32
         h = nnx.silu(self.fc1(h))  # (B, D)
         return self.fc2(h)  # (B, D)
 

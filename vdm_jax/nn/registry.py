@@ -1,15 +1,19 @@
 """Model size registry and validation of custom specs.
 
 A spec is a plain dict. Common keys: family ('dit' | 'jit'), depth, hidden_size, num_heads,
-patch_size, mlp_ratio. JiT adds bottleneck_dim (width of the p×p patch projection),
+patch_size, mlp_ratio. DiT adds time_scale and time_shift (optional, default 1000 and 0): the
+timestep embedder sees time_scale·t + time_shift, which is how imported checkpoints keep their
+own time convention (vdm_jax.importers.dit); and second_time (bool, default False): MeanFlow's
+two-time model u(z, r, t). JiT adds bottleneck_dim (width of the p×p patch projection),
 in_context_len (number of class tokens) and in_context_start (index of the first block that sees
-them). DiT takes second_time (bool, default False): MeanFlow's two-time model u(z, r, t).
-Registry sizes follow DiT (Peebles & Xie 2023, Table 1) and JiT (Li & He 2025,
+them). Registry sizes follow DiT (Peebles & Xie 2023, Table 1) and JiT (Li & He 2025,
 github.com/LTH14/JiT model_jit.py).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,7 +45,7 @@ for _size, (_depth, _hidden, _heads, _bneck, _start) in _JIT_SIZES.items():
 
 _COMMON_KEYS = ("family", "depth", "hidden_size", "num_heads", "patch_size", "mlp_ratio")
 _JIT_KEYS = ("bottleneck_dim", "in_context_len", "in_context_start")
-_DIT_KEYS = ("second_time",)
+_DIT_KEYS = ("time_scale", "time_shift", "second_time")
 
 
 def resolve_spec(name_or_spec: str | Mapping[str, Any]) -> dict[str, Any]:
@@ -99,6 +103,13 @@ def _validate(spec: dict[str, Any]) -> None:
         raise ValueError(f"mlp_ratio must be positive, got {spec['mlp_ratio']}.")
     if not isinstance(spec.get("second_time", False), bool):
         raise ValueError(f"second_time must be True or False, got {spec['second_time']!r}.")
+    for key in ("time_scale", "time_shift"):
+        value = spec.get(key, 0.0)
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not (real and math.isfinite(value)):
+            raise ValueError(f"Spec {key!r} must be a finite number, got {value!r}.")
+    if spec.get("time_scale", 1.0) == 0:
+        raise ValueError("Spec 'time_scale' must be nonzero (0 would hide t from the network).")
     if spec["family"] == "jit":
         if (d // heads) % 4:
             # 2D RoPE rotates pairs, half of the head dimension per image axis.
