@@ -128,10 +128,10 @@ def where_to_get(size: str | None = None, registers: int | None = None) -> str:
 
 def describe(cfg: DinoV2Config) -> str:
     """E.g. 'ViT-B/14 (D=768, 12 blocks) without registers'."""
-    letter = {384: "S", 768: "B", 1024: "L", 1536: "g"}.get(cfg.hidden_size, "?")
+    letter = {384: "-S", 768: "-B", 1024: "-L", 1536: "-g"}.get(cfg.hidden_size, " (custom)")
     regs = f"with {cfg.num_registers} registers" if cfg.num_registers else "without registers"
     return (
-        f"ViT-{letter}/{cfg.patch_size} (D={cfg.hidden_size}, {cfg.num_layers} blocks) {regs}"
+        f"ViT{letter}/{cfg.patch_size} (D={cfg.hidden_size}, {cfg.num_layers} blocks) {regs}"
     )
 
 

@@ -408,8 +408,7 @@ class DinoV2(nnx.Module):
             p * p * cfg.in_channels, d, ("patch", "embed"), dtype=dtype, rngs=rngs,
             kernel_init=trunc_normal_002,
         )
-        key = rngs.params()
-        self.cls_token = nnx.Param(1e-6 * jax.random.normal(key, (1, 1, d)))
+        self.cls_token = nnx.Param(1e-6 * jax.random.normal(rngs.params(), (1, 1, d)))
         self.pos_embed = nnx.Param(trunc_normal_002(rngs.params(), (1, 1 + m * m, d)))
         if cfg.num_registers:
             self.register_tokens = nnx.Param(jnp.zeros((1, cfg.num_registers, d)))
