@@ -7,7 +7,8 @@ A *state dict* here is a flat {name: np.ndarray} in the source's own names and l
     source_of(path, flax_shape) -> Tensor(name, source_shape, to_flax)
 
 giving, for each NNX variable (its path as a tuple of strings and its shape), the source tensor's
-name, the shape it must have there, and the function taking the source array to the Flax layout.
+name, the shape it must have there, and the function taking the source array to the Flax layout
+(several variables may read slices of one tensor, e.g. a fused qkv projection).
 `assign` then checks the whole state dict first — every missing, misshaped and unexpected tensor
 is listed in one `WeightMismatchError` — and only then writes the arrays into the module.
 
@@ -130,19 +131,22 @@ def assign(
     misshaped and unexpected tensor before anything is written.
     """
     given = {k: v for k, v in state_dict.items() if not ignore(k)}
-    arrays: list[tuple[tuple[str, ...], Any]] = []
+    arrays: list[tuple[tuple[Any, ...], Any]] = []
     missing, misshaped, used = [], [], set()
     for key, var in nnx.to_flat_state(nnx.state(module)):
         # source_of sees string paths; the update needs the original keys (ints in nnx.List).
         path, flax_shape = tuple(str(k) for k in key), tuple(var.get_value().shape)
         t = source_of(path, flax_shape)
+        first_use = t.name not in used  # a tensor feeding several variables is listed once
         used.add(t.name)
         if t.name not in given:
-            missing.append(f"{t.name} {tuple(t.shape)}")
+            if first_use:
+                missing.append(f"{t.name} {tuple(t.shape)}")
             continue
         value = np.asarray(given[t.name])
         if tuple(value.shape) != tuple(t.shape):
-            misshaped.append(f"{t.name}: got {tuple(value.shape)}, expected {tuple(t.shape)}")
+            if first_use:
+                misshaped.append(f"{t.name}: got {tuple(value.shape)}, expected {tuple(t.shape)}")
             continue
         arrays.append((key, jnp.asarray(t.to_flax(value), dtype=dtype)))
     unexpected = sorted(k for k in given if k not in used)
