@@ -121,9 +121,11 @@ def assign(
     misshaped and unexpected tensor before anything is written.
     """
     given = {k: v for k, v in state_dict.items() if not ignore(k)}
-    arrays: list[tuple[tuple[str, ...], Any]] = []
+    arrays: list[tuple[tuple[Any, ...], Any]] = []
     missing, misshaped, used = [], [], set()
-    for path, flax_shape in flat_variables(module):
+    for key, var in nnx.to_flat_state(nnx.state(module)):
+        # source_of sees string paths; nnx.update needs the original keys (ints index nnx.List)
+        path, flax_shape = tuple(str(k) for k in key), tuple(var.get_value().shape)
         t = source_of(path, flax_shape)
         used.add(t.name)
         if t.name not in given:
@@ -133,7 +135,7 @@ def assign(
         if tuple(value.shape) != tuple(t.shape):
             misshaped.append(f"{t.name}: got {tuple(value.shape)}, expected {tuple(t.shape)}")
             continue
-        arrays.append((path, jnp.asarray(t.to_flax(value), dtype=dtype)))
+        arrays.append((key, jnp.asarray(t.to_flax(value), dtype=dtype)))
     unexpected = sorted(k for k in given if k not in used)
     if missing or misshaped or unexpected:
         msg = f"weights from {source} do not match {what}:"
