@@ -367,3 +367,23 @@ def test_describe_weights_is_stable():
     assert json.loads(json.dumps(d)) == d
     ldm = describe_weights(LDM, config=DIFFUSERS)
     assert ldm["layout"] == "ldm" and ldm["config"] == d["config"]
+
+
+# ------------------------------------------------------------------------------- benchmark
+
+
+def test_autoencoder_benchmark_runs(tmp_path):
+    from benchmarks import autoencoder as bench
+
+    out = tmp_path / "autoencoder.json"
+    tiny = '{"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4}'
+    result = bench.main(["--config", tiny, "--size", "16", "--batch", "8", "--dtypes", "float32",
+                         "--runs", "2", "--torch_python", "none", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["host"]["cpu_count"] >= 1 and result["jax_version"] == jax.__version__
+    (row,) = result["results"]
+    assert row["torch"] is None and row["encode_ratio"] is None
+    jax_row = row["jax"]
+    assert (jax_row["devices"], jax_row["batch"], jax_row["dtype"]) == (8, 8, "float32")
+    for what in ("encode", "decode"):
+        assert len(jax_row[what]["times_s"]) == 2 and jax_row[what]["median_s"] > 0

@@ -154,10 +154,7 @@ class AutoencoderConfig:
         if unsupported:
             raise ValueError("unsupported AutoencoderKL config: " + "; ".join(unsupported))
         fields = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: config[k] for k in fields if config.get(k) is not None}
-        if config.get("shift_factor") is None:
-            kwargs.pop("shift_factor", None)
-        return cls(**kwargs)
+        return cls(**{k: config[k] for k in fields if config.get(k) is not None})
 
 
 # ------------------------------------------------------------------------------------ layers
