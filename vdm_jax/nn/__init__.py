@@ -7,6 +7,7 @@
     registry             named sizes ("DiT-XL/2", "JiT-B/16"), spec validation, `build_model`
     cost                 exact parameter counts and forward MACs / FLOPs
     encoders/            frozen feature networks (the FID Inception-v3)
+    autoencoders/        frozen image autoencoders (the Stable Diffusion VAE, AutoencoderKL)
 
 Build a denoiser with `vdm_jax.nn.registry.build_model`; every parameter carries logical axis
 names for FSDP (`registry.logical_axes`, mapped to mesh axes in vdm_jax.parallel.mesh).
