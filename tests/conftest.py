@@ -1,6 +1,93 @@
-"""Shared test setup: 8 virtual CPU devices for sharding tests (set before JAX initializes)."""
+"""Shared test setup: 8 virtual CPU devices for sharding tests (set before JAX initializes), and a
+session-wide latent dataset made from real photos by a tiny random SD-VAE-shaped autoencoder."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import fcntl
+
+import pytest
+from PIL import Image
+
+PHOTO_CROPS = 6  # crops per photo and split: 2 classes × 6 train + 2 × 2 eval images
+PIXELS = 32  # ImageFolder crop size of the latent tests; the tiny VAE halves it (f = 2)
+
+
+def write_photo_folder(root: Path, per_class: int = PHOTO_CROPS, eval_per_class: int = 2) -> Path:
+    """An ImageFolder cut from the two photos that ship with scikit-learn (china, flower): class =
+    photo, images = 96×128 crops at fixed offsets (train/ and val/), JPEG."""
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images()
+    for photo, path in zip(photos.images, photos.filenames, strict=True):
+        name = Path(path).stem
+        offsets = [(30 * i % 320, 40 * i % 500) for i in range(per_class + eval_per_class)]
+        for i, (top, left) in enumerate(offsets):
+            split = "train" if i < per_class else "val"
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(photo[top:top + 96, left:left + 128]).save(folder / f"{i:02d}.jpg")
+    return root
+
+
+def make_tiny_vae(folder: Path, seed: int = 0) -> Path:
+    """A random 2-level AutoencoderKL (f = 2, 4 latent channels) saved as a diffusers folder."""
+    from vdm_jax.importers.sd_vae import save_autoencoder
+    from vdm_jax.nn.autoencoders.sd_vae import AutoencoderConfig, random_autoencoder
+
+    cfg = AutoencoderConfig(block_out_channels=(32, 32), layers_per_block=1, norm_num_groups=32)
+    return save_autoencoder(random_autoencoder(cfg, seed=seed), folder)
+
+
+@pytest.fixture(scope="session")
+def latent_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """{"images": ImageFolder root, "vae": tiny VAE folder, "latents": its latent dataset (chunks
+    of 4), "data_dir": tfds cache}, made once per session and worker (a file lock keeps xdist
+    workers from building it twice)."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "latent_setup"
+    root.mkdir(exist_ok=True)
+    paths = {"images": root / "photos", "vae": root / "vae", "latents": root / "latents",
+             "data_dir": root / "tfds"}
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "done").exists():
+            from vdm_jax import config as config_lib
+            from vdm_jax.pipelines.encode_latents import encode_latents
+
+            write_photo_folder(paths["images"])
+            make_tiny_vae(paths["vae"])
+            config = photo_config(paths)
+            encode_latents(config, paths["latents"], chunk_size=4, batch_size=8, progress=False)
+            config_lib.validate(photo_config(paths, latents=True))
+            (root / "done").touch()
+    return paths
+
+
+def photo_config(paths: dict[str, Path], latents: bool = False):
+    """A tiny class-conditional DiT config on the photo ImageFolder (pixels, or its latents)."""
+    from vdm_jax import config as config_lib
+
+    c = config_lib.default_config()
+    c.data.name = "image_folder"
+    c.data.image_folder = str(paths["images"])
+    c.data.data_dir = str(paths["data_dir"])
+    c.data.image_size = PIXELS
+    c.autoencoder.weights = str(paths["vae"])
+    if latents:
+        c.data.kind = "latents"
+        c.data.latent_dir = str(paths["latents"])
+        c.data.random_flip = True
+    c.model.spec = dict(family="dit", depth=1, hidden_size=32, num_heads=2, patch_size=2)
+    c.optim.ema_decays = (0.9,)
+    c.train.num_steps = 2
+    c.train.global_batch_size = 8
+    c.train.checkpoint_every = 2
+    c.train.log_every = 1
+    c.sample.num_images = 8
+    c.sample.num_steps = 2
+    c.eval.at_end = False
+    return c

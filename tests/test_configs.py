@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import PIXELS
 
 from vdm_jax import config as config_lib
 from vdm_jax import model as dm
@@ -59,7 +60,7 @@ def test_every_config_is_covered():
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_config_trains_two_steps(name, tmp_path):
+def test_config_trains_two_steps(name, tmp_path, request):
     c = load_config(name)
     spec = c.model.spec.to_dict()
     family = TINY["jit"] if "jit" in (spec.get("name", "") + spec.get("family", "")).lower() \
@@ -79,7 +80,13 @@ def test_config_trains_two_steps(name, tmp_path):
     c.mesh.data, c.mesh.fsdp = (-1, 1) if c.mesh.data != 1 else (1, -1)
     if c.diffusion.learned_schedule:
         c.diffusion.learned_schedule_features = 16
-    if c.data.name == "imagenet2012":
+    if c.data.kind == "latents":  # the session's photo latents stand in for ImageNet's
+        paths = request.getfixturevalue("latent_setup")
+        c.data.name, c.data.image_folder = "image_folder", str(paths["images"])
+        c.data.data_dir, c.data.image_size = str(paths["data_dir"]), PIXELS
+        c.data.latent_dir, c.autoencoder.weights = str(paths["latents"]), str(paths["vae"])
+        out = pipeline.run(c, tmp_path / "run")
+    elif c.data.name == "imagenet2012":
         c.data.image_size = 32
         with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_FILES,
                                     data_dir=METADATA_DIR):

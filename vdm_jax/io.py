@@ -17,7 +17,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,6 +27,7 @@ __all__ = [
     "TMP_SUFFIX",
     "atomic_write",
     "json_default",
+    "publish",
     "read_json",
     "remove_stale_temporaries",
     "write_bytes",
@@ -47,23 +48,37 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Publish the bytes `write(f)` puts into a binary file object at `path`, atomically (module
-    docstring). Creates the parent directory. Returns the path."""
+@contextlib.contextmanager
+def publish(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in `path`'s directory for a writer that needs a file name (e.g. an
+    ArrayRecordWriter); when the block ends normally the file is fsynced and renamed over
+    `path`, else removed. The atomicity of `atomic_write`, for path-based writers."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Publish the bytes `write(f)` puts into a binary file object at `path`, atomically (module
+    docstring). Creates the parent directory. Returns the path."""
+    path = Path(path).expanduser()
+    with publish(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+        f.flush()
     return path
 
 

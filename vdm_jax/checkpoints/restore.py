@@ -73,7 +73,7 @@ def load_for_inference(
             data = DataSpec.from_dict(record)
         else:  # written before checkpoints recorded it: ask the dataset
             info = dataset_info(config.data)
-            data = DataSpec(info.image_shape, info.num_classes, info.num_levels)
+            data = DataSpec.from_info(info)
         mesh = mesh or mesh_lib.make_mesh(-1, 1)
         holder: dict[str, DiffusionModel] = {}
 

@@ -8,7 +8,12 @@ and locks it; `validate` then checks every value before anything is written. Sec
 
     seed            int: initialization, data order and diffusion noise
     data            dataset (vdm_jax.data): name, data_dir, manual_dir, image_folder, image_size,
-                    random_flip, worker_count
+                    random_flip, worker_count; kind ('images' | 'latents': what the model
+                    trains on), latent_dir (the latent dataset launch/encode_latents.py made
+                    from those images), latent_posterior ('sample' | 'mean'), latent_scaling
+                    ('autoencoder' | 'per_channel')
+    autoencoder     weights: the autoencoder (SD-VAE) folder or file that made data.latent_dir;
+                    it decodes the samples of a latent model
     model           spec (a dict: {'name': 'DiT-XL/2'} for a registry size, optionally with
                     overrides, or a full spec {'family': 'dit', 'depth': …}), prediction
                     ('eps' | 'x' | 'v' | 'flow'), learn_sigma, dtype (compute)

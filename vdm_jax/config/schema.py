@@ -11,7 +11,7 @@ from typing import Any
 from ml_collections import ConfigDict, config_dict
 
 from vdm_jax.core import objectives, schedules
-from vdm_jax.data import DATASETS
+from vdm_jax.data import DATASETS, latents
 from vdm_jax.model import DTYPES as MODEL_DTYPES
 from vdm_jax.model import objective_kwargs, schedule_kwargs
 from vdm_jax.nn.registry import resolve_spec
@@ -38,7 +38,12 @@ def default_config() -> ConfigDict:
         image_size=config_dict.placeholder(int),
         random_flip=False,
         worker_count=0,
+        kind="images",
+        latent_dir=config_dict.placeholder(str),
+        latent_posterior="sample",
+        latent_scaling="autoencoder",
     ))
+    c.autoencoder = ConfigDict(dict(weights=config_dict.placeholder(str)))
     c.model = ConfigDict(dict(
         spec=dict(family="dit", depth=2, hidden_size=64, num_heads=4, patch_size=2),
         prediction="eps",
@@ -122,6 +127,25 @@ def validate(config: Mapping[str, Any]) -> None:
     _require(d["image_size"] is None or _int(d["image_size"], 1),
              f"data.image_size={d['image_size']!r} must be a positive int (or unset)")
     _require(_int(d["worker_count"], 0), f"data.worker_count={d['worker_count']!r} must be >= 0")
+    _require(d["latent_posterior"] in latents.POSTERIORS,
+             f"data.latent_posterior={d['latent_posterior']!r}; expected one of "
+             f"{latents.POSTERIORS}")
+    _require(d["latent_scaling"] in latents.SCALINGS,
+             f"data.latent_scaling={d['latent_scaling']!r}; expected one of {latents.SCALINGS}")
+    _require(d["kind"] in ("images", "latents"),
+             f"data.kind={d['kind']!r}; expected 'images' or 'latents'")
+    _require(d["kind"] == "images" or d["latent_dir"],
+             "this config trains on latents (data.kind='latents') but data.latent_dir is not set: "
+             "encode the images first with launch/encode_latents.py --config=<this config> "
+             "--out=DIR --config.autoencoder.weights=PATH, then pass "
+             "--config.data.latent_dir=DIR")
+    _require(d["kind"] == "latents" or not d["latent_dir"],
+             "data.latent_dir is set but data.kind='images': set --config.data.kind=latents to "
+             "train on the latents")
+    _require(not d["latent_dir"] or config["autoencoder"]["weights"],
+             "data.latent_dir is set but autoencoder.weights is not: the autoencoder that made "
+             "the latents decodes the samples; give --config.autoencoder.weights=PATH (the "
+             "folder or file launch/encode_latents.py used)")
     # model
     spec = m["spec"].to_dict() if hasattr(m["spec"], "to_dict") else m["spec"]
     try:

@@ -43,6 +43,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from PIL import Image
 
 from vdm_jax.data import cifar10, digits, image_folder, imagenet
+from vdm_jax.data import latents as latents_lib
 from vdm_jax.data.pixels import levels_to_unit
 from vdm_jax.data.tfds_utils import DatasetNotFoundError, data_source
 
@@ -63,6 +64,12 @@ class DatasetInfo:
     num_levels: int
     num_train: int
     num_test: int
+    # Latent datasets (data.latent_dir): the decoded images' shape, the normalization
+    # x = (z − shift) · scale per channel, and the autoencoder that made them.
+    pixel_shape: tuple[int, int, int] | None = None
+    latent_shift: tuple[float, ...] | None = None
+    latent_scale: tuple[float, ...] | None = None
+    autoencoder: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +83,8 @@ class _Dataset:
     image_size: int
     in_memory: bool  # small datasets: decode every record once, keep the arrays in memory
     read_threads: int  # grain reader threads: worth it only when decoding releases the GIL
+    latents: latents_lib.LatentDataset | None = None  # data.latent_dir given
+    latent_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (shift, scale)
 
 
 class InMemorySource:
@@ -115,8 +124,30 @@ _MODULES = {
 }
 
 
+def _open_latents(config: Mapping[str, Any]) -> _Dataset:
+    """The latent dataset of `config.latent_dir` (vdm_jax.data.latents)."""
+    ds = latents_lib.open_latents(config["latent_dir"])
+    posterior = _get(config, "latent_posterior", "sample")
+    if posterior not in latents_lib.POSTERIORS:
+        raise ValueError(f"data.latent_posterior={posterior!r}; expected one of "
+                         f"{latents_lib.POSTERIORS}")
+    shift, scale = ds.normalization(_get(config, "latent_scaling", "autoencoder"))
+    h, w, c = ds.latent_shape
+    if h != w:
+        raise ValueError(f"latent dataset {ds.root} holds non-square latents {h}×{w}")
+    return _Dataset(
+        builder=None, train_split="train", eval_split="eval" if ds.num_examples("eval") else None,
+        num_classes=ds.num_classes, num_levels=256, channels=c, image_size=h, in_memory=False,
+        read_threads=int(_get(config, "read_threads", 8)), latents=ds,
+        latent_norm=(tuple(shift), tuple(scale)),
+    )
+
+
 def _open(config: Mapping[str, Any]) -> _Dataset:
-    """Prepares (if needed) and opens the dataset named by `config.name`."""
+    """Prepares (if needed) and opens the dataset named by `config.name`, or the latent dataset
+    of `config.latent_dir` when it is set."""
+    if _get(config, "latent_dir"):
+        return _open_latents(config)
     name = _get(config, "name", "digits")
     if name not in _MODULES:
         raise ValueError(f"Unknown dataset data.name={name!r}; expected one of {DATASETS}.")
@@ -152,6 +183,13 @@ def _open(config: Mapping[str, Any]) -> _Dataset:
 def dataset_info(data_config: Mapping[str, Any]) -> DatasetInfo:
     """Shapes, classes, levels and split sizes of `data_config.name` (prepares it if needed)."""
     ds = _open(data_config)
+    if ds.latents is not None:
+        return DatasetInfo(
+            image_shape=ds.latents.latent_shape, num_classes=ds.num_classes, num_levels=256,
+            num_train=ds.latents.num_examples("train"), num_test=ds.latents.num_examples("eval"),
+            pixel_shape=ds.latents.pixel_shape, latent_shift=ds.latent_norm[0],
+            latent_scale=ds.latent_norm[1], autoencoder=ds.latents.metadata["autoencoder"],
+        )
     splits = ds.builder.info.splits
     return DatasetInfo(
         image_shape=(ds.image_size, ds.image_size, ds.channels),
@@ -160,6 +198,30 @@ def dataset_info(data_config: Mapping[str, Any]) -> DatasetInfo:
         num_train=splits[ds.train_split].num_examples,
         num_test=splits[ds.eval_split].num_examples if ds.eval_split else 0,
     )
+
+
+def _split_source(ds: _Dataset, split: str) -> Any:
+    """Random-access source of a split: tfds array_record (decoded examples), the in-memory
+    digits, or a latent dataset's records."""
+    if ds.latents is not None:
+        return ds.latents.source(split)
+    source = data_source(ds.builder, split)
+    return InMemorySource(source) if ds.in_memory else source
+
+
+def _train_transform(ds: _Dataset, data_config: Mapping[str, Any]) -> grain.RandomMapTransform:
+    flip = bool(_get(data_config, "random_flip"))
+    if ds.latents is not None:
+        return latents_lib.LatentTrainPreprocess(
+            ds.latents.record_shape, *ds.latent_norm, flip,
+            _get(data_config, "latent_posterior", "sample"))
+    return TrainPreprocess(ds.image_size, ds.num_levels, flip)
+
+
+def _eval_transform(ds: _Dataset) -> grain.MapTransform:
+    if ds.latents is not None:
+        return latents_lib.LatentEvalPreprocess(ds.latents.record_shape, *ds.latent_norm)
+    return EvalPreprocess(ds.image_size, ds.num_levels)
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -326,9 +388,7 @@ def train_iterator(
     if not (isinstance(seed, int | np.integer) and 0 <= int(seed) < 2**32):
         raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}.")
     ds = _open(data_config)
-    source = data_source(ds.builder, ds.train_split)
-    if ds.in_memory:
-        source = InMemorySource(source)
+    source = _split_source(ds, ds.train_split)
     if len(source) < count:
         raise ValueError(f"{len(source)} training examples cannot be sharded over {count} hosts.")
     worker_count = int(_get(data_config, "worker_count", 0))
@@ -342,10 +402,8 @@ def train_iterator(
     loader = grain.DataLoader(
         data_source=source,
         sampler=sampler,
-        operations=[
-            TrainPreprocess(ds.image_size, ds.num_levels, bool(_get(data_config, "random_flip"))),
-            grain.Batch(local_batch, drop_remainder=True),
-        ],
+        operations=[_train_transform(ds, data_config),
+                    grain.Batch(local_batch, drop_remainder=True)],
         worker_count=worker_count,
         shard_options=shard,
         # A small read-ahead: huge buffers only add thread churn on few-core hosts.
@@ -380,16 +438,17 @@ def eval_iterator(
         raise ValueError(f"split must be 'eval' or 'train', got {split!r}.")
     ds = _open(data_config)
     if split == "eval" and ds.eval_split is None:
+        where = (str(ds.latents.root) if ds.latents is not None
+                 else f"{ds.builder.name} in {ds.builder.data_dir!r}")
         raise DatasetNotFoundError(
-            f"{ds.builder.name}: no evaluation split ({'/'.join(image_folder.EVAL_SPLITS)}) in "
-            f"{ds.builder.data_dir!r}."
+            f"{where}: no evaluation split ({'/'.join(image_folder.EVAL_SPLITS)})."
         )
-    source = data_source(ds.builder, ds.eval_split if split == "eval" else ds.train_split)
+    source = _split_source(ds, ds.eval_split if split == "eval" else ds.train_split)
     start, stop = _shard_range(len(source), index, count)
     num_batches = math.ceil(math.ceil(len(source) / count) / local_batch)
     batches = (
         grain.MapDataset.source(source)[start:stop]
-        .map(EvalPreprocess(ds.image_size, ds.num_levels))
+        .map(_eval_transform(ds))
         .batch(local_batch, drop_remainder=False)
         .to_iter_dataset(grain.ReadOptions(num_threads=ds.read_threads, prefetch_buffer_size=256))
     )
@@ -417,3 +476,31 @@ def _padded(
             out["image"][:n] = batch["image"]
             out["label"][:n] = batch["label"]
         yield out if mesh_sharding is None else _to_global(out, mesh_sharding, global_batch_size)
+
+
+def split_size(data_config: Mapping[str, Any], split: str) -> int:
+    """Examples in split 'train' or 'eval' (0 when the dataset has no evaluation split)."""
+    ds = _open(data_config)
+    name = ds.train_split if split == "train" else ds.eval_split
+    if name is None:
+        return 0
+    return len(_split_source(ds, name))
+
+
+def read_examples(data_config: Mapping[str, Any], split: str, start: int, stop: int
+                  ) -> dict[str, np.ndarray]:
+    """Examples [start, stop) of split 'train' or 'eval' in order, preprocessed as for evaluation
+    (ADM center crop, no flip): {"image": (n, S, S, C) float32 in [−1, 1], "label": (n,)}.
+    For encoding a dataset offline (vdm_jax.pipelines.encode_latents)."""
+    ds = _open(data_config)
+    name = ds.train_split if split == "train" else ds.eval_split
+    if name is None:
+        raise DatasetNotFoundError(f"data.name={ds.builder.name!r} has no {split!r} split.")
+    source = _split_source(ds, name)
+    batches = (
+        grain.MapDataset.source(source)[start:stop]
+        .map(_eval_transform(ds))
+        .batch(max(1, stop - start), drop_remainder=False)
+        .to_iter_dataset(grain.ReadOptions(num_threads=ds.read_threads, prefetch_buffer_size=64))
+    )
+    return next(iter(batches))

@@ -46,6 +46,7 @@ from tqdm import tqdm
 from vdm_jax.checkpoints.restore import Restored
 from vdm_jax.data.adm_npz import save_samples
 from vdm_jax.data.pixels import unit_to_uint8
+from vdm_jax.generation.decode import make_decoder, output_shape
 from vdm_jax.generation.generate import class_balanced_labels, make_generate_fn
 from vdm_jax.generation.grids import grid_upscale, save_grid
 from vdm_jax.io import read_json, write_json, write_npz
@@ -105,7 +106,8 @@ def sample_settings(
         "class_balanced": bool(model.num_classes),
         "num_classes": int(model.num_classes),
         "dataset": restored.config.data.name,
-        "image_shape": list(model.image_shape),
+        "image_shape": list(output_shape(restored.data)),
+        "latent_shape": list(model.image_shape) if restored.data.is_latent else None,
         "num_levels": int(model.num_levels),
         "num_devices": jax.device_count(),
         "num_processes": jax.process_count(),
@@ -188,6 +190,7 @@ def generate_samples(
                          "on more than one host")
     sharding = mesh_lib.batch_sharding(mesh) if batch_size % mesh.size == 0 else None
     fn = make_generate_fn(model, batch_size, spec, sharding=sharding)
+    decode = make_decoder(restored.data, _autoencoder_weights(restored.config))
     num_chunks = math.ceil(num_samples / batch_size)
     all_labels = class_balanced_labels(num_chunks * batch_size, model.num_classes)
     key = jax.random.key(spec.seed)
@@ -224,6 +227,10 @@ def generate_samples(
     def fetch(images: jax.Array) -> np.ndarray:
         return unit_to_uint8(np.asarray(mesh_lib.to_host(images)), model.num_levels)
 
+    def draw(labels: np.ndarray, key: jax.Array) -> jax.Array:
+        images = fn(restored.params, labels, key)
+        return images if decode is None else decode(images)
+
     bar = tqdm(total=num_chunks * batch_size, initial=(num_chunks - len(todo)) * batch_size,
                disable=not (is_main and progress), desc="sample", unit="img", dynamic_ncols=True)
     pending: tuple[int, jax.Array] | None = None  # fetch chunk i after dispatching chunk i + 1
@@ -231,7 +238,7 @@ def generate_samples(
         for i in [*todo, None]:
             if i is not None:
                 labels = all_labels[i * batch_size:(i + 1) * batch_size]
-                images = fn(restored.params, labels, jax.random.fold_in(key, i))
+                images = draw(labels, jax.random.fold_in(key, i))
             if pending is not None:
                 j, dev_images = pending
                 host = fetch(dev_images)
@@ -251,9 +258,15 @@ def generate_samples(
         save_samples(npz, images, labels if model.num_classes else None)
         cols = model.num_classes if model.num_classes and model.num_classes <= 16 else None
         save_grid(images[:GRID_IMAGES], result.grid, cols,
-                  upscale=grid_upscale(model.image_shape[0]))
+                  upscale=grid_upscale(output_shape(restored.data)[0]))
         write_json(result.settings_json, settings)  # last: marks the batch as finished
         shutil.rmtree(directory)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("vdm_jax.generate_samples")
     return result
+
+
+def _autoencoder_weights(config: Any) -> str | None:
+    """autoencoder.weights of a run's config (absent in configs of pixel runs)."""
+    section = config.get("autoencoder") if hasattr(config, "get") else None
+    return section.get("weights") if section else None

@@ -46,6 +46,12 @@ def make_generate_fn(
                          "(model.learn_sigma); use 'posterior' or 'forward'")
     # The network's raw output (prediction + variance half) or the prediction alone.
     forward = model.network if learned else model.predict
+    grid = {}
+    if spec.sampler_options.get("spacing") == "ddpm_respaced":
+        if not model.ddpm_steps:
+            raise ValueError("spacing 'ddpm_respaced' keeps steps of a discrete-time model's "
+                             "grid: this model has no diffusion.timesteps")
+        grid["num_train_steps"] = model.ddpm_steps  # T: DiT's grid of 1000 levels
 
     def apply(params: Any, labels: Array, rng: Array) -> Array:
         if guided:
@@ -60,7 +66,7 @@ def make_generate_fn(
         out = samplers.sample(
             model_fn, model.schedule(params), shape, rng, sampler=spec.sampler,
             num_steps=spec.num_steps, prediction=model.prediction, sharding=sharding,
-            **spec.sampler_options,
+            **grid, **spec.sampler_options,
         )
         return out.samples
 

@@ -51,6 +51,7 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from vdm_jax.importers.common import (
     Tensor,
@@ -62,6 +63,7 @@ from vdm_jax.importers.common import (
     read_state_dict,
     strip_prefix,
 )
+from vdm_jax.io import publish, write_json
 from vdm_jax.nn.autoencoders.sd_vae import AutoencoderConfig, AutoencoderKL, abstract_autoencoder
 
 __all__ = [
@@ -70,6 +72,7 @@ __all__ = [
     "describe_weights",
     "load_autoencoder",
     "locate_weights",
+    "save_autoencoder",
 ]
 
 CONFIG_NAME = "config.json"
@@ -329,3 +332,29 @@ def describe_weights(path: str | os.PathLike, *, config: ConfigLike = None) -> d
         "layout": layout,
         "config": cfg.to_dict(),
     }
+
+
+def save_autoencoder(model: AutoencoderKL, folder: str | os.PathLike) -> Path:
+    """Write `model` as a diffusers folder (config.json + diffusion_pytorch_model.safetensors,
+    PyTorch layouts), which `load_autoencoder` and diffusers' AutoencoderKL.from_pretrained
+    read. For models trained or made here (e.g. tiny random ones in tests); no torch needed."""
+    from safetensors.numpy import save_file
+
+    folder = Path(folder).expanduser()
+    state = {}
+    for key, var in nnx.to_flat_state(nnx.state(model)):
+        path = tuple(str(k) for k in key)
+        value = np.asarray(var.get_value(), np.float32)
+        if path[-1] == "kernel" and value.ndim == 4:  # (kh, kw, I, O) → (O, I, kh, kw)
+            value = value.transpose(3, 2, 0, 1)
+        elif path[-1] == "kernel":  # (I, O) → Linear (O, I)
+            value = value.T
+        state[diffusers_name(path)] = np.ascontiguousarray(value)
+    config = {"_class_name": "AutoencoderKL", **model.config.to_dict(),
+              "down_block_types": ["DownEncoderBlock2D"] * len(model.config.block_out_channels),
+              "up_block_types": ["UpDecoderBlock2D"] * len(model.config.block_out_channels),
+              "act_fn": "silu"}
+    write_json(folder / CONFIG_NAME, config)
+    with publish(folder / DIFFUSERS_WEIGHT_NAMES[0]) as tmp:
+        save_file(state, str(tmp))
+    return folder

@@ -33,9 +33,11 @@ from vdm_jax.data.adm_npz import save_samples
 from vdm_jax.data.pixels import unit_to_uint8
 from vdm_jax.evaluation import likelihood
 from vdm_jax.evaluation.digits import digits_metrics
+from vdm_jax.generation.decode import make_decoder, output_shape
 from vdm_jax.generation.generate import class_balanced_labels, make_generate_fn
 from vdm_jax.generation.grids import grid_upscale, image_grid, save_grid
 from vdm_jax.io import write_json
+from vdm_jax.model import DataSpec
 from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.rundir import RunDir
 from vdm_jax.training import loop
@@ -82,8 +84,9 @@ class SampleGridHook:
     samples from the chosen EMA with fixed noise, saved as `samples/step_<k>.png` and shown in
     TensorBoard (the same upscaled image)."""
 
-    def __init__(self, config: ConfigDict, model: Any, mesh: Any):
+    def __init__(self, config: ConfigDict, model: Any, mesh: Any, data: DataSpec):
         self.every = int(config.sample.every)
+        self.decode = make_decoder(data, config.autoencoder.weights)
         self.spec = config_lib.sampling_spec(config)
         self.ema = config_lib.ema_choice(config, self.spec.ema)
         n = int(config.sample.num_images)
@@ -92,16 +95,17 @@ class SampleGridHook:
         self.labels = jnp.asarray(class_balanced_labels(n, model.num_classes))
         self.key = jax.random.key(int(config.seed) + GRID_SEED_OFFSET)
         self.cols = model.num_classes if model.num_classes and model.num_classes <= 16 else None
-        self.upscale = grid_upscale(model.image_shape[0])
+        self.upscale = grid_upscale(output_shape(data)[0])
         self.last: Path | None = None
 
     def __call__(self, ctx: StepContext) -> None:
         if not ctx.final and not (self.every and ctx.step % self.every == 0):
             return
         params = ctx.state["params"] if self.ema is None else ctx.state["ema"][self.ema]
-        images = unit_to_uint8(np.asarray(mesh_lib.to_host(self.fn(params, self.labels,
-                                                                    self.key))),
-                               ctx.model.num_levels)
+        images = self.fn(params, self.labels, self.key)
+        if self.decode is not None:
+            images = self.decode(images)
+        images = unit_to_uint8(np.asarray(mesh_lib.to_host(images)), ctx.model.num_levels)
         if jax.process_index() != 0:
             return
         self.last = save_grid(images, ctx.rundir.sample_grid(ctx.step), self.cols, self.upscale)
@@ -116,7 +120,7 @@ def run(config: ConfigDict, workdir: str | Path, devices: list | None = None
 
     def grid_hook(ctx: StepContext) -> None:
         if not grids:  # built on first use: the model and mesh come from the trainer
-            grids.append(SampleGridHook(ctx.config, ctx.model, ctx.mesh))
+            grids.append(SampleGridHook(ctx.config, ctx.model, ctx.mesh, ctx.data))
         grids[0](ctx)
 
     summary = loop.train(config, workdir, devices, hooks=[grid_hook])
@@ -148,12 +152,15 @@ def evaluate_at_end(summary: Mapping[str, Any], config: ConfigDict) -> dict[str,
         batch -= batch % mesh.size if batch >= mesh.size else 0
         sharding = mesh_lib.batch_sharding(mesh) if batch % mesh.size == 0 else None
         fn = make_generate_fn(model, batch, spec, sharding=sharding)
+        decode = make_decoder(summary["data"], config.autoencoder.weights)
         labels = class_balanced_labels(math.ceil(n / batch) * batch, model.num_classes)
         chunks = []
         for i in range(0, len(labels), batch):
             key = jax.random.fold_in(jax.random.key(config.seed + EVAL_SEED_OFFSET), i)
-            chunks.append(unit_to_uint8(np.asarray(mesh_lib.to_host(
-                fn(params, labels[i:i + batch], key))), model.num_levels))
+            images = fn(params, labels[i:i + batch], key)
+            if decode is not None:
+                images = decode(images)
+            chunks.append(unit_to_uint8(np.asarray(mesh_lib.to_host(images)), model.num_levels))
         images, labels = np.concatenate(chunks)[:n], labels[:n]
         if jax.process_index() == 0:
             results["samples_npz"] = str(save_samples(

@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from vdm_jax import config as config_lib
 from vdm_jax.checkpoints.manager import Checkpointer, check_compatible
-from vdm_jax.data import dataset_info, train_iterator
+from vdm_jax.data import dataset_info, latents, train_iterator
 from vdm_jax.io import read_json, remove_stale_temporaries, write_json
 from vdm_jax.model import DataSpec, DiffusionModel, build
 from vdm_jax.parallel import mesh as mesh_lib
@@ -81,6 +81,7 @@ class StepContext:
     final: bool
     state: Any
     model: DiffusionModel
+    data: DataSpec
     mesh: Mesh
     config: ConfigDict
     rundir: RunDir
@@ -174,7 +175,13 @@ def prepare(config: ConfigDict, workdir: str | Path, devices: list | None = None
         raise ValueError(f"eval.at_end needs an evaluation split, and data.name="
                          f"{config.data.name!r} has none here; add one (an ImageFolder's 'val' or "
                          "'test' folder) or set --config.eval.at_end=false")
-    data = DataSpec(info.image_shape, info.num_classes, info.num_levels)
+    if info.autoencoder is not None:  # latents: the config's autoencoder must have made them
+        latents.check_matches({"autoencoder": info.autoencoder,
+                               "crop": {"image_size": info.pixel_shape[0]}},
+                              weights=config.autoencoder.weights,
+                              image_size=config.data.image_size,
+                              where=f"latent dataset {config.data.latent_dir}")
+    data = DataSpec.from_info(info)
     tx, lr_schedule = state_lib.make_optimizer(config.optim, config.train.num_steps)
     decays = tuple(config.optim.ema_decays)
     model, state, shardings = state_lib.create_state(
@@ -352,8 +359,8 @@ def _train(config: ConfigDict, env: dict[str, Any], interrupts: _Interrupts,
                     save(step)
                 final = step == num_steps
                 if hooks and not final:
-                    context = StepContext(step, False, state, model, mesh, config, rundir,
-                                          writer, say)
+                    context = StepContext(step, False, state, model, env["data"], mesh, config,
+                                          rundir, writer, say)
                     for hook in hooks:
                         hook(context)
             if interrupts.requested and step < num_steps:  # preemption: save where we are
@@ -368,7 +375,8 @@ def _train(config: ConfigDict, env: dict[str, Any], interrupts: _Interrupts,
         finally:
             bar.close()
         if not summary["preempted"]:
-            context = StepContext(step, True, state, model, mesh, config, rundir, writer, say)
+            context = StepContext(step, True, state, model, env["data"], mesh, config, rundir,
+                                  writer, say)
             for hook in hooks:
                 hook(context)
         ok = True
