@@ -209,7 +209,8 @@ def prepare(config: ConfigDict, workdir: str | Path, devices: list | None = None
         raise
     if restored is not None:
         state, data_state = restored
-        data_iter.set_state(data_state)
+        if data_state is not None:  # None: an imported checkpoint, no data position yet
+            data_iter.set_state(data_state)
     return dict(mesh=mesh, info=info, data=data, tx=tx, lr_schedule=lr_schedule, model=model,
                 state=state, shardings=shardings, data_iter=data_iter, checkpointer=checkpointer,
                 restored=restored is not None, rundir=rundir)

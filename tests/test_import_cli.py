@@ -1,0 +1,101 @@
+"""launch/import_checkpoint.py: an official DiT checkpoint (the tiny fixture of
+tests/make_dit_fixture.py) becomes a run directory that launch/sample.py samples with DiT's own
+settings (respaced DDPM, learned variance, guidance of the first 3 channels), decoded by the
+autoencoder; exporting it gives back the official file bit for bit; bad input is one line."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from conftest import make_tiny_vae
+from safetensors.numpy import load_file
+
+from vdm_jax.checkpoints.restore import load_for_inference
+from vdm_jax.data.adm_npz import load_samples
+from vdm_jax.importers.dit import import_dit
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "fixtures" / "dit" / "official_weights.safetensors"
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1",
+       "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=ENV,
+                          cwd=ROOT, timeout=600)
+
+
+def _import(workdir: Path, vae: Path, *extra: str) -> subprocess.CompletedProcess:
+    return _run(str(ROOT / "launch" / "import_checkpoint.py"), "--format=dit",
+                f"--checkpoint={FIXTURE}", f"--workdir={workdir}",
+                f"--config.autoencoder.weights={vae}", "--num_heads=4", *extra)
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("import")
+    vae = make_tiny_vae(root / "vae")
+    proc = _import(root / "run", vae)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"run": root / "run", "vae": vae, "root": root}
+
+
+def test_imported_run_holds_the_file_and_samples_as_dit(imported):
+    restored = load_for_inference(imported["run"])
+    expected = import_dit(FIXTURE, format="dit", num_heads=4).params
+    for a, b in zip(jax.tree.leaves(jax.device_get(restored.params["denoiser"])),
+                    jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(a, b)
+    spec = restored.config.model.spec
+    assert (spec.time_scale, spec.time_shift) == (1000.0, -1.0) and restored.model.learn_sigma
+    assert restored.data.pixel_shape == (16, 16, 3)  # 8×8 latents of an f = 2 autoencoder
+    out = imported["root"] / "s.npz"
+    proc = _run(str(ROOT / "launch" / "sample.py"), f"--workdir={imported['run']}",
+                "--num_samples=4", "--batch_size=4", "--steps=4", f"--out={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    batch = load_samples(out)
+    assert batch.images.shape == (4, 16, 16, 3) and batch.images.dtype == np.uint8
+    settings = (imported["root"] / "s.json").read_text()
+    for fragment in ('"variance": "learned"', '"spacing": "ddpm_respaced"',
+                     '"guidance_channels": 3', '"guidance_scale": 1.5'):
+        assert fragment in settings, fragment
+
+
+def test_export_gives_back_the_official_file(imported, tmp_path):
+    out = tmp_path / "exported.safetensors"
+    proc = _run(str(ROOT / "launch" / "import_checkpoint.py"), "--format=dit",
+                f"--workdir={imported['run']}", f"--export={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    original, exported = load_file(str(FIXTURE)), load_file(str(out))
+    assert sorted(original) == sorted(exported)
+    for key in original:
+        np.testing.assert_array_equal(exported[key], original[key], err_msg=key)
+
+
+@pytest.mark.parametrize("case", ["missing_checkpoint", "workdir_has_a_run", "no_autoencoder"])
+def test_bad_input_exits_2(case, imported, tmp_path):
+    workdir = tmp_path / "run"
+    if case == "missing_checkpoint":
+        proc = _run(str(ROOT / "launch" / "import_checkpoint.py"), "--format=dit",
+                    f"--checkpoint={tmp_path / 'absent.pt'}", f"--workdir={workdir}",
+                    "--num_heads=4", f"--config.autoencoder.weights={imported['vae']}")
+        expected = r"absent\.pt"
+    elif case == "workdir_has_a_run":
+        workdir = imported["run"]
+        proc = _import(workdir, imported["vae"])
+        expected = r"already holds a run"
+    else:
+        proc = _run(str(ROOT / "launch" / "import_checkpoint.py"), "--format=dit",
+                    f"--checkpoint={FIXTURE}", f"--workdir={workdir}", "--num_heads=4")
+        expected = r"autoencoder\.weights"
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and re.search(expected, errors[0]), proc.stderr[-2000:]
+    if case != "workdir_has_a_run":
+        assert not workdir.exists()
