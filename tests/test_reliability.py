@@ -325,7 +325,7 @@ def test_sigterm_saves_the_current_step_and_exits_0(tmp_path, reference, cli_env
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err[-3000:]
-    saved = int(re.search(r"Preempted: saved step (\d+)", out).group(1))
+    saved = int(re.search(r"Preempted \(SIGTERM\): saved step (\d+)", out).group(1))
     assert target <= saved < STEPS
     assert _finalized_steps(workdir) == [saved]
     assert _logged_steps(workdir)[-1] == saved

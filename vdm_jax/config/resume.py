@@ -23,14 +23,16 @@ SAFE_ON_RESUME = (
 
 
 def flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{dotted key: leaf value} of a (nested) config dict, dict-valued fields included, so a
+    difference is named down to the key (model.spec.hidden_size)."""
     out: dict[str, Any] = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and key != "model.spec" and not key.endswith(("_kwargs",
-                                                                                  "options")):
+        v = v.to_dict() if hasattr(v, "to_dict") else v
+        if isinstance(v, Mapping):  # an empty dict contributes no key
             out.update(flat(v, key + "."))
         else:
-            out[key] = v.to_dict() if hasattr(v, "to_dict") else v
+            out[key] = v
     return out
 
 
@@ -43,7 +45,7 @@ def _plain(value: Any) -> Any:
 
 
 def config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
-    """Dotted keys whose values differ between two configs (dict fields compared whole)."""
+    """Dotted keys whose values differ between two configs."""
     fa, fb = flat(a), flat(b)
     return sorted(k for k in set(fa) | set(fb) if _plain(fa.get(k)) != _plain(fb.get(k)))
 
