@@ -10,8 +10,10 @@ dtype one `encode` (images (B, S, S, 3) → posterior moments) and one `decode` 
 (B, S/8, S/8, 4) → images). PyTorch: diffusers' AutoencoderKL with the same config and its own
 random init, under torch.inference_mode(), on the CPU with torch's default thread count, in a
 subprocess of --torch_python (default: this interpreter when it has torch and diffusers, else
-$VDM_JAX_TORCH_PYTHON; "none" skips it). JAX and PyTorch alternate per dtype, so each table
-row's pair is measured minutes apart at most.
+$VDM_JAX_TORCH_PYTHON; "none" skips it), given --torch_timeout seconds per dtype (PyTorch's
+bfloat16 convolutions are very slow on CPUs without native bfloat16 instructions). JAX and
+PyTorch alternate per dtype, so each table row's pair is measured close together in time; the
+load average before each pair is recorded (the figures mean little on a busy machine).
 
 Timing: `--warmup` untimed calls (the first one compiles), then `--runs` calls, each waited
 for (block_until_ready / a synchronous torch call); the median is reported as images/s =
@@ -164,12 +166,18 @@ def bench_torch(python: str, dtype_name: str, args: argparse.Namespace) -> dict[
            "--batch", str(args.batch), "--size", str(args.size), "--warmup", str(args.warmup),
            "--runs", str(args.runs), "--config", json.dumps(args.config)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False,
+                              timeout=args.torch_timeout)
+    except subprocess.TimeoutExpired:
+        return {"framework": "torch", "dtype": dtype_name,
+                "error": [f"did not finish within --torch_timeout {args.torch_timeout} s"]}
     for line in proc.stdout.splitlines():
         if line.startswith(TORCH_TAG):
             return json.loads(line[len(TORCH_TAG):])
     return {"framework": "torch", "dtype": dtype_name,
-            "error": (proc.stderr or proc.stdout).strip().splitlines()[-5:]}
+            "error": [f"exit status {proc.returncode}",
+                      *(proc.stderr or proc.stdout).strip().splitlines()[-5:]]}
 
 
 # ----------------------------------------------------------------------------------- main
@@ -202,6 +210,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--devices", type=int, default=0, help="JAX devices to use (0: all)")
     p.add_argument("--torch_python", default="auto",
                    help="python with torch+diffusers for the PyTorch side; auto | none | path")
+    p.add_argument("--torch_timeout", type=float, default=900,
+                   help="seconds allowed to each PyTorch worker (one dtype; default 900)")
     p.add_argument("--config", type=json.loads, default=SD_VAE,
                    help="AutoencoderConfig fields as JSON (default: the SD-VAE)")
     p.add_argument("--out", default=None, help="JSON results file")
@@ -231,11 +241,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("|" + "---|" * len(COLUMNS), flush=True)
     rows = []
     for dtype_name in args.dtypes:
+        load = os.getloadavg() if hasattr(os, "getloadavg") else None  # shared machines
         j = bench_jax(dtype_name, args)
         t = bench_torch(python, dtype_name, args) if python else None
         if t and "error" in t:
             print(f"PyTorch {dtype_name} failed: {' / '.join(t['error'])}", file=sys.stderr)
-        rows.append({"jax": j, "torch": t,
+        rows.append({"jax": j, "torch": t, "load_avg_1_5_15_before": load,
                      "encode_ratio": (ips(j, "encode") / ips(t, "encode")) if ips(t, "encode")
                      else None,
                      "decode_ratio": (ips(j, "decode") / ips(t, "decode")) if ips(t, "decode")

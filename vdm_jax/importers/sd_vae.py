@@ -4,7 +4,7 @@
 
   * a diffusers folder: `config.json` + `diffusion_pytorch_model.safetensors` (or `.bin`, or the
     `.fp16` variants), e.g. stabilityai/sd-vae-ft-ema or sd-vae-ft-mse as downloaded, or a full
-    pipeline folder with a `vae/` subfolder. Both attention namings load: diffusers ≥ 0.14's
+    pipeline folder with a `vae/` subfolder. Both attention namings load: current diffusers'
     `to_q / to_k / to_v / to_out.0` and the older `query / key / value / proj_attn`.
   * a single-file LDM/CompVis checkpoint, `.safetensors` or `.ckpt` (`.pt`, `.pth` too; a
     Lightning `state_dict` inside is descended into): keys `encoder.down.0.block.0.norm1.weight`,
@@ -70,6 +70,8 @@ __all__ = [
     "DIFFUSERS_WEIGHT_NAMES",
     "GET_WEIGHTS",
     "describe_weights",
+    "diffusers_name",
+    "ldm_name",
     "load_autoencoder",
     "locate_weights",
     "save_autoencoder",
