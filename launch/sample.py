@@ -98,7 +98,10 @@ def main(argv: list[str]) -> None:
         from vdm_jax.sampling_spec import COMMON_OPTIONS, SamplingSpec
 
         changes = spec_changes()
-        if "sampler" in changes:  # fail before the restore on an unknown sampler or option
+        # Fail before the restore on a bad value: the fields that do not depend on the sampler,
+        # and the sampler with its options when one is given.
+        SamplingSpec(**{k: v for k, v in changes.items() if k not in ("sampler", "options")})
+        if "sampler" in changes:
             SamplingSpec(sampler=changes["sampler"],
                          options=tuple(changes.get("options", {}).items()))
         distributed.initialize({})
