@@ -122,6 +122,8 @@ def test_evaluation_gives_every_metric_and_merges_settings(reference, images, in
     for key, value in sampling.items():
         assert saved["settings"][key] == value
     assert saved["settings"]["reference"] == str(reference.path.resolve())
+    assert saved["settings"]["fid_preprocessing"] == "adm"  # the default, recorded
+    assert saved["settings"]["reference_image_shape"] == list(images[1].shape[1:])
     assert saved["settings"]["precision_recall_k"] == 3
     assert saved["metrics"]["fid"] == pytest.approx(metrics["fid"])
     table = results_lib.format_table(metrics)
@@ -210,7 +212,8 @@ def test_cli_digits_mode_writes_table_and_merged_json(digits, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["ref_without_mu", "float_samples", "flat_samples",
-                                  "no_weights"])
+                                  "no_weights", "other_resolution", "other_fid_mode",
+                                  "junk_samples", "truncated_reference"])
 def test_cli_bad_input_exits_2_with_a_short_message(case, tmp_path):
     """launch/evaluate.py with a reference without mu/sigma, samples of the wrong dtype or shape,
     or absent Inception weights: exit 2, one `error:` line naming the file and the fix, no
@@ -229,9 +232,23 @@ def test_cli_bad_input_exits_2_with_a_short_message(case, tmp_path):
     elif case == "flat_samples":
         np.savez(samples, arr_0=np.zeros((N, 192), np.uint8))
         expected = r"must be NHWC.*got shape \(12, 192\)"
-    else:
+    elif case == "no_weights":
         args.append(f"--inception_weights={tmp_path / 'absent.npz'}")
         expected = r"absent\.npz, which does not exist.*pt_inception-2015-12-05"
+    elif case == "other_resolution":  # CIFAR-like samples against a digits-like reference
+        np.savez(samples, arr_0=np.zeros((N, 32, 32, 3), np.uint8))
+        np.savez(ref, mu=np.zeros(4), sigma=np.eye(4), arr_0=np.zeros((N, 8, 8, 1), np.uint8))
+        expected = r"samples are 32×32×3 images but reference batch .*ref\.npz holds 8×8×1"
+    elif case == "other_fid_mode":
+        RunDir.settings_of(ref).write_text(json.dumps({"fid_mode": "pytorch_fid"}))
+        args.append("--fid_mode=adm")
+        expected = r"built with FID preprocessing 'pytorch_fid'"
+    elif case == "junk_samples":
+        samples.write_bytes(b"not an npz at all" * 10)
+        expected = r"samples\.npz is not a readable \.npz file"
+    else:
+        ref.write_bytes(ref.read_bytes()[:100])
+        expected = r"ref\.npz is not a readable \.npz file"
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     proc = _run_cli(*args)
     assert proc.returncode == 2, proc.stderr
