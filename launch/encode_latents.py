@@ -18,7 +18,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from vdm_jax import config as config_lib
-from vdm_jax.cli import exit_on_bad_input, quiet_third_party_logs
+from vdm_jax.cli import ConfigArgs, exit_on_bad_input, quiet_third_party_logs
 
 USAGE = ("python launch/encode_latents.py --config=configs/<name>.py --out=DIR "
          "--config.autoencoder.weights=PATH [--config.<key>=VALUE]")
@@ -26,29 +26,20 @@ _OUT = flags.DEFINE_string("out", None, "Directory of the latent dataset.")
 _CHUNK = flags.DEFINE_integer("chunk_size", 1024, "Examples per chunk file (the unit of resume).")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Images per encoder call (split over devices).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Encoder compute dtype.")
-_CONFIG: dict = {}
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    with exit_on_bad_input():
-        _CONFIG["path"], _CONFIG["overrides"], rest = config_lib.parse_override_args(argv[1:])
-        try:
-            return flags.FLAGS([argv[0], *rest])
-        except flags.Error as e:
-            raise ValueError(f"{e}. Usage: {USAGE}") from None
+CONFIG = ConfigArgs(USAGE)  # --config and --config.<key>=<value>, split off before absl
 
 
 def main(argv: list[str]) -> None:
     quiet_third_party_logs()
     with exit_on_bad_input():
-        if len(argv) > 1 or not _OUT.value or not _CONFIG["path"]:
+        if len(argv) > 1 or not _OUT.value or not CONFIG.path:
             raise ValueError(f"--config and --out are required. Usage: {USAGE}")
         import jax.numpy as jnp
 
         from vdm_jax.parallel import distributed
         from vdm_jax.pipelines.encode_latents import encode_latents
 
-        config = config_lib.load(_CONFIG["path"], _CONFIG["overrides"])
+        config = config_lib.load(CONFIG.path, CONFIG.overrides)
         distributed.initialize(config.distributed)
         with config.unlocked():  # encode the images; the latents go to --out
             config.data.kind, config.data.latent_dir = "images", None
@@ -58,4 +49,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=CONFIG.parse)

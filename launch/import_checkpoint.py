@@ -25,7 +25,7 @@ from pathlib import Path
 from absl import app, flags
 
 from vdm_jax import config as config_lib
-from vdm_jax.cli import exit_on_bad_input, quiet_third_party_logs
+from vdm_jax.cli import ConfigArgs, exit_on_bad_input, quiet_third_party_logs
 
 ROOT = Path(__file__).resolve().parents[1]
 USAGE = ("python launch/import_checkpoint.py --format=dit|sit --checkpoint=FILE --workdir=DIR "
@@ -38,16 +38,7 @@ _HEADS = flags.DEFINE_integer("num_heads", None, "Attention heads, for a network
                               "registry size (the weights do not store it).")
 _EXPORT = flags.DEFINE_string("export", None, "Export the run to this official-layout file.")
 _EMA = flags.DEFINE_string("ema", "", "Export: '' = the run's first EMA, 'none', or a decay.")
-_CONFIG: dict = {}
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    with exit_on_bad_input():
-        _CONFIG["path"], _CONFIG["overrides"], rest = config_lib.parse_override_args(argv[1:])
-        try:
-            return flags.FLAGS([argv[0], *rest])
-        except flags.Error as e:
-            raise ValueError(f"{e}. Usage: {USAGE}") from None
+CONFIG = ConfigArgs(USAGE)  # --config and --config.<key>=<value>, split off before absl
 
 
 def main(argv: list[str]) -> None:
@@ -64,8 +55,8 @@ def main(argv: list[str]) -> None:
             return
         if not _CHECKPOINT.value:
             raise ValueError(f"--checkpoint=FILE is required to import. Usage: {USAGE}")
-        recipe = _CONFIG["path"] or str(ROOT / "configs" / f"imagenet_{_FORMAT.value}.py")
-        config = config_lib.load(recipe, _CONFIG["overrides"])
+        recipe = CONFIG.path or str(ROOT / "configs" / f"imagenet_{_FORMAT.value}.py")
+        config = config_lib.load(recipe, CONFIG.overrides)
         rundir = pipeline.import_run(_CHECKPOINT.value, config, _WORKDIR.value,
                                      format=_FORMAT.value, weights=_WEIGHTS.value,
                                      num_heads=_HEADS.value)
@@ -74,4 +65,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=CONFIG.parse)

@@ -22,21 +22,11 @@ import sys
 from absl import app, flags
 
 from vdm_jax import config as config_lib
-from vdm_jax.cli import exit_on_bad_input, fail, quiet_third_party_logs
+from vdm_jax.cli import ConfigArgs, exit_on_bad_input, fail, quiet_third_party_logs
 
 USAGE = "python launch/train.py --config=configs/<name>.py --workdir=DIR [--config.<key>=VALUE]"
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, samples.")
-_CONFIG: dict = {}  # the --config path and --config.<key>=<value> overrides, split off by absl
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """--config and its overrides are ours (checked against the schema); absl parses the rest."""
-    with exit_on_bad_input():
-        _CONFIG["path"], _CONFIG["overrides"], rest = config_lib.parse_override_args(argv[1:])
-        try:
-            return flags.FLAGS([argv[0], *rest])
-        except flags.Error as e:
-            raise ValueError(f"{e}. Usage: {USAGE}") from None
+CONFIG = ConfigArgs(USAGE)  # --config and --config.<key>=<value>, split off before absl
 
 
 def main(argv: list[str]) -> None:
@@ -47,7 +37,7 @@ def main(argv: list[str]) -> None:
                              f"Usage: {USAGE}")
         if not _WORKDIR.value:
             raise ValueError(f"--workdir=DIR is required. Usage: {USAGE}")
-        path, overrides = _CONFIG["path"], _CONFIG["overrides"]
+        path, overrides = CONFIG.path, CONFIG.overrides
         from vdm_jax.parallel import distributed
         from vdm_jax.pipelines import train as pipeline
         from vdm_jax.training.loop import DiskFullError, NonFiniteLossError
@@ -73,4 +63,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=CONFIG.parse)

@@ -10,14 +10,15 @@ VDM_JAX_TRACEBACK=1 to get the traceback of bad-input errors too.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
-__all__ = ["BAD_INPUT_ERRORS", "BAD_INPUT_EXIT_CODE", "exit_on_bad_input", "fail",
-           "quiet_third_party_logs"]
+__all__ = ["BAD_INPUT_ERRORS", "BAD_INPUT_EXIT_CODE", "ConfigArgs", "exit_on_bad_input", "fail",
+           "parse_override_args", "quiet_third_party_logs"]
 
 BAD_INPUT_EXIT_CODE = 2
 # DatasetNotFoundError (missing data) is a FileNotFoundError, so it is covered too.
@@ -50,3 +51,47 @@ def quiet_third_party_logs() -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
     for name in ("tensorflow_datasets", "orbax", "absl", "jax._src.xla_bridge"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def parse_override_args(argv: Sequence[str]
+                        ) -> tuple[str | None, list[tuple[str, str]], list[str]]:
+    """Split a command line into (--config path, [(key, value) of --config.<key>=<value>], the
+    remaining arguments). A `--config.<key>` without '=' is True (a bool flag)."""
+    path, overrides, rest = None, [], []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if name in ("--config", "-config"):
+            path = value if eq else None
+            if not eq:
+                raise ValueError("--config needs a value: --config=configs/<name>.py")
+        elif name.startswith(("--config.", "-config.")):
+            overrides.append((name.split(".", 1)[1], value if eq else "true"))
+        else:
+            rest.append(arg)
+    return path, overrides, rest
+
+
+@dataclasses.dataclass
+class ConfigArgs:
+    """The `--config=PATH` and `--config.<key>=<value>` arguments of a launch script, split off
+    the command line before absl parses the rest (absl would refuse the dotted flags).
+
+        CONFIG = ConfigArgs(USAGE)
+        app.run(main, flags_parser=CONFIG.parse)     # then CONFIG.path, CONFIG.overrides
+    """
+
+    usage: str
+    path: str | None = None
+    overrides: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def parse(self, argv: list[str]) -> list[str]:
+        from absl import flags
+
+        with exit_on_bad_input():
+            self.path, self.overrides, rest = parse_override_args(argv[1:])
+            try:
+                return flags.FLAGS([argv[0], *rest])
+            except flags.Error as e:
+                raise ValueError(f"{e}. Usage: {self.usage}") from None
+
+

@@ -38,7 +38,8 @@ logging, checkpointing and sampling, the number of steps, evaluation, the mesh, 
 data, and the optimizer's hyperparameters and EMAs) and refused otherwise, naming them.
 """
 
-from vdm_jax.config.overrides import apply_overrides, load, parse_override_args
+from vdm_jax.cli import parse_override_args
+from vdm_jax.config.overrides import apply_overrides, load
 from vdm_jax.config.resume import (
     SAFE_ON_RESUME,
     config_diff,

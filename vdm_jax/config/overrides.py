@@ -37,23 +37,6 @@ def load(path: str | Path, overrides: Sequence[tuple[str, str]] = ()) -> ConfigD
     return config
 
 
-def parse_override_args(argv: Sequence[str]) -> tuple[str | None, list[tuple[str, str]], list[str]]:
-    """Split a command line into (--config path, [(key, value) of --config.<key>=<value>], the
-    remaining arguments). A `--config.<key>` without '=' is True (a bool flag)."""
-    path, overrides, rest = None, [], []
-    for arg in argv:
-        name, eq, value = arg.partition("=")
-        if name in ("--config", "-config"):
-            path = value if eq else None
-            if not eq:
-                raise ValueError("--config needs a value: --config=configs/<name>.py")
-        elif name.startswith(("--config.", "-config.")):
-            overrides.append((name.split(".", 1)[1], value if eq else "true"))
-        else:
-            rest.append(arg)
-    return path, overrides, rest
-
-
 def _literal(text: str) -> Any:
     try:
         return ast.literal_eval(text)

@@ -20,10 +20,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vdm_jax.importers.common import (
+    Tensor,
+    assign,
+    conv_kernel,
+    identity,
+    linear_kernel,
+)
 from vdm_jax.io import write_npz
 from vdm_jax.nn.encoders.inception import InceptionV3, abstract_inception
 
@@ -46,49 +52,29 @@ PTH_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + PTH_FILENAME
 )
 _BN_LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
-_MAX_LISTED = 12
 
 
-def _pt_name_and_shape(path: tuple[str, ...], flax_shape: tuple[int, ...]):
-    """NNX path + Flax shape → (PyTorch name, PyTorch shape, PyTorch→Flax array transform)."""
+def _source_of_pt(path: tuple[str, ...], flax_shape: tuple[int, ...]) -> Tensor:
+    """NNX path + Flax shape → the pytorch-fid tensor (name, PyTorch shape, → Flax map)."""
     *prefix, leaf = path
     module = ".".join(prefix)
     if leaf == "kernel" and len(flax_shape) == 4:  # conv (kh, kw, I, O) ← (O, I, kh, kw)
         kh, kw, ci, co = flax_shape
-        return f"{module}.weight", (co, ci, kh, kw), lambda a: a.transpose(2, 3, 1, 0)
+        return Tensor(f"{module}.weight", (co, ci, kh, kw), conv_kernel)
     if leaf == "kernel":  # fc (I, O) ← (O, I)
-        return f"{module}.weight", flax_shape[::-1], lambda a: a.T
+        return Tensor(f"{module}.weight", flax_shape[::-1], linear_kernel)
     if prefix[-1] == "bn":
-        return f"{module}.{_BN_LEAVES[leaf]}", flax_shape, lambda a: a
-    return f"{module}.{leaf}", flax_shape, lambda a: a  # fc.bias
+        return Tensor(f"{module}.{_BN_LEAVES[leaf]}", flax_shape, identity)
+    return Tensor(f"{module}.{leaf}", flax_shape, identity)  # fc.bias
 
 
-def _expected_flat(model: InceptionV3) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
-    return [
-        (tuple(str(k) for k in path), tuple(var.get_value().shape))
-        for path, var in nnx.to_flat_state(nnx.state(model))
-    ]
+def _source_of_npz(path: tuple[str, ...], flax_shape: tuple[int, ...]) -> Tensor:
+    """A converted `.npz` keys each array by its '/'-joined NNX path, in the Flax layout."""
+    return Tensor("/".join(path), flax_shape, identity)
 
 
-def _mismatch_error(source: str, missing: list, misshaped: list, unexpected: list) -> ValueError:
-    def block(title: str, items: list) -> str:
-        more = f"\n    ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
-        return f"\n  {title} ({len(items)}):\n    " + "\n    ".join(items[:_MAX_LISTED]) + more
-
-    msg = f"Inception weights from {source} do not match the FID Inception-v3 (pytorch-fid names):"
-    if missing:
-        msg += block("missing tensors", missing)
-    if misshaped:
-        msg += block("misshaped tensors", misshaped)
-    if unexpected:
-        msg += block("unexpected tensors", unexpected)
-    return ValueError(msg + f"\nExpected the state dict of {PTH_FILENAME} ({PTH_URL}).")
-
-
-def _assign(model: InceptionV3, arrays: dict[tuple[str, ...], np.ndarray]) -> InceptionV3:
-    flat = [(path, jnp.asarray(a, dtype=jnp.float32)) for path, a in arrays.items()]
-    nnx.update(model, nnx.from_flat_state(flat))
-    return model
+_WHAT = (f"the FID Inception-v3 (pytorch-fid names; expected the state dict of {PTH_FILENAME}, "
+         f"{PTH_URL})")
 
 
 def load_pt_state_dict(
@@ -97,27 +83,13 @@ def load_pt_state_dict(
     """Copies a pytorch-fid FIDInceptionV3 state dict (name → array) into `model` (in place).
 
     `model=None` loads into a fresh abstract model (no random init). Values may be NumPy arrays
-    or anything `np.asarray` accepts. Raises ValueError naming every missing, misshaped and
-    unexpected tensor; nothing is modified in that case.
+    or anything `np.asarray` accepts. Raises WeightMismatchError (a ValueError) naming every
+    missing, misshaped and unexpected tensor; nothing is modified in that case. BatchNorm's
+    `num_batches_tracked` counters carry no weights and are ignored.
     """
     model = abstract_inception() if model is None else model
-    given = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
-    arrays, missing, misshaped, seen = {}, [], [], set()
-    for path, flax_shape in _expected_flat(model):
-        name, pt_shape, to_flax = _pt_name_and_shape(path, flax_shape)
-        seen.add(name)
-        if name not in given:
-            missing.append(f"{name} {pt_shape}")
-            continue
-        value = np.asarray(given[name])
-        if value.shape != pt_shape:
-            misshaped.append(f"{name}: got {value.shape}, expected {pt_shape}")
-            continue
-        arrays[path] = to_flax(value)
-    unexpected = sorted(k for k in given if k not in seen)
-    if missing or misshaped or unexpected:
-        raise _mismatch_error(source, missing, misshaped, unexpected)
-    return _assign(model, arrays)
+    return assign(model, state_dict, _source_of_pt, source=source, what=_WHAT,
+                  ignore=lambda name: name.endswith("num_batches_tracked"))
 
 
 def read_pt_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -151,27 +123,14 @@ def save_inception_npz(model: InceptionV3, path: str | os.PathLike) -> Path:
 
 
 def load_inception_npz(path: str | os.PathLike) -> InceptionV3:
-    """Loads a model saved by `save_inception_npz`; ValueError naming any mismatched array."""
+    """Loads a model saved by `save_inception_npz`; WeightMismatchError naming any mismatched
+    array."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    model = abstract_inception()
     with np.load(path) as npz:
         given = {k: npz[k] for k in npz.files}
-    arrays, missing, misshaped, seen = {}, [], [], set()
-    for p, shape in _expected_flat(model):
-        key = "/".join(p)
-        seen.add(key)
-        if key not in given:
-            missing.append(f"{key} {shape}")
-        elif given[key].shape != shape:
-            misshaped.append(f"{key}: got {given[key].shape}, expected {shape}")
-        else:
-            arrays[p] = given[key]
-    unexpected = sorted(k for k in given if k not in seen)
-    if missing or misshaped or unexpected:
-        raise _mismatch_error(str(path), missing, misshaped, unexpected)
-    return _assign(model, arrays)
+    return assign(abstract_inception(), given, _source_of_npz, source=str(path), what=_WHAT)
 
 
 def load_inception(path: str | os.PathLike) -> InceptionV3:
