@@ -51,7 +51,8 @@ def exit_on_bad_input() -> Iterator[None]:
 
 
 # Texts of the OS errors a trainer reports itself as one line (vdm_jax.training.loop's
-# DiskFullError); third-party reports of the same failure only repeat it, with pages of traceback.
+# DiskFullError, which knows them by errno too); third-party reports of the same failure only
+# repeat it, with pages of traceback.
 STORAGE_FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "File too large")
 
 
@@ -78,6 +79,7 @@ def _drop_closed_loop_reports(default: Callable[[Any], None]) -> Callable[[Any],
                 and str(unraisable.exc_value) == "Event loop is closed"):
             default(unraisable)
 
+    hook.drops_closed_loop_reports = True  # type: ignore[attr-defined]
     return hook
 
 
@@ -95,4 +97,5 @@ def quiet_third_party_logs() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropRepeatedStorageErrors) for f in logger.filters):
             logger.addFilter(_DropRepeatedStorageErrors())
-    sys.unraisablehook = _drop_closed_loop_reports(sys.unraisablehook)
+    if not getattr(sys.unraisablehook, "drops_closed_loop_reports", False):
+        sys.unraisablehook = _drop_closed_loop_reports(sys.unraisablehook)

@@ -105,9 +105,9 @@ def check_compatible(saved: Mapping[str, Any], config: Mapping[str, Any], what: 
     if fixed:
         old, new = config_lib.flat(saved), config_lib.flat(now)
         raise CheckpointMismatchError(
-            f"{what}:\n  " + "\n  ".join(f"{k}: checkpoint {old.get(k)!r}, now {new.get(k)!r}"
-                                        for k in fixed)
-            + "\nRefusing to mix runs: these keys are fixed for a run. Rerun with the run's "
+            f"{what}: " + "; ".join(f"{k}: checkpoint {old.get(k)!r}, now {new.get(k)!r}"
+                                    for k in fixed)
+            + ". Refusing to mix runs: these keys are fixed for a run. Rerun with the run's "
             "config to resume it, or use a new --workdir to start another run.")
 
 

@@ -54,7 +54,8 @@ def resolve_config(workdir: str | Path, config_path: str | None,
     """(config, notes for the user) of a run in `workdir`; see the module docstring."""
     rundir = RunDir(workdir)
     rundir.check_writable()
-    rundir.check_unlocked()  # a run in progress: say so, before reading its checkpoints
+    if jax.process_index() == 0:  # a run in progress: say so, before reading its checkpoints
+        rundir.check_unlocked()  # (process 0 takes the lock: others could see their own)
     stored = loop.stored_config(rundir) if rundir.has_run() else None
     if stored is None:
         if not config_path:

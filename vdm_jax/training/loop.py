@@ -187,7 +187,8 @@ def prepare(config: ConfigDict, workdir: str | Path, devices: list | None = None
     config_lib.validate(config)
     rundir = RunDir(workdir)
     rundir.check_writable()
-    rundir.check_unlocked()  # a second trainer stops here, before reading the run
+    if jax.process_index() == 0:  # the lock's holder-to-be: a second trainer stops here,
+        rundir.check_unlocked()  # before reading the run (other processes could see ours)
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
     config_lib.check_batch(config, mesh.size, mesh.shape["data"])
     info = dataset_info(config.data)
