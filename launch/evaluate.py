@@ -23,6 +23,7 @@ RUN/eval/bpd_step<step>_<ema>.json, beside the checkpoints). Prints a table. Bad
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from absl import app, flags
@@ -71,6 +72,11 @@ _BPD_BATCH = flags.DEFINE_integer(
 )
 
 
+def _path(value: str | None) -> str | None:
+    """A path flag with `~` expanded (the shell leaves `--flag=~/x` alone)."""
+    return os.path.expanduser(value) if value else value
+
+
 def main(argv: list[str]) -> None:
     quiet_third_party_logs()
     with exit_on_bad_input():
@@ -78,8 +84,9 @@ def main(argv: list[str]) -> None:
             raise ValueError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
         if not _SAMPLES.value and not _BPD_WORKDIR.value:
             raise ValueError("give --samples=PATH.npz and/or --bpd_workdir=RUN")
+        samples, ref, out = _path(_SAMPLES.value), _path(_REF.value), _path(_OUT.value)
         # Cheap checks first: bits/dim may take minutes before the samples are read.
-        for what, path in (("sample batch", _SAMPLES.value), ("reference batch", _REF.value)):
+        for what, path in (("sample batch", samples), ("reference batch", ref)):
             if path and not Path(path).is_file():
                 raise FileNotFoundError(f"{what} {path} does not exist")
         bpd = None
@@ -89,25 +96,25 @@ def main(argv: list[str]) -> None:
             restored = load_for_inference(_BPD_WORKDIR.value, ema=_EMA.value, step=_BPD_STEP.value)
             bpd = bpd_metrics(restored, passes=_BPD_PASSES.value, batch_size=_BPD_BATCH.value)
             bpd[1]["bpd"]["workdir"] = str(restored.rundir.root)
-        if not _SAMPLES.value:
+        if not samples:
             metrics = {**bpd[0], "unavailable": {}}
             path = write_results_json(
-                _OUT.value or restored.rundir.bpd_results(restored.step, restored.ema),
+                out or restored.rundir.bpd_results(restored.step, restored.ema),
                 metrics, bpd[1],
             )
             print(format_table(metrics))
             print(f"wrote {path}")
             return
         metrics, _, path = evaluate_samples_file(
-            _SAMPLES.value,
-            ref_path=_REF.value,
-            inception_weights=_WEIGHTS.value,
+            samples,
+            ref_path=ref,
+            inception_weights=_path(_WEIGHTS.value),
             random_inception_seed=0 if _RANDOM.value else None,
             digits=_DIGITS.value,
-            cache_dir=_WORKDIR.value,
-            data_dir=_DATA_DIR.value,
-            settings_from=_SETTINGS.value,
-            out=_OUT.value,
+            cache_dir=_path(_WORKDIR.value),
+            data_dir=_path(_DATA_DIR.value),
+            settings_from=_path(_SETTINGS.value),
+            out=out,
             batch_size=_BATCH.value,
             fid_mode=_FID_MODE.value,
             extra=bpd,

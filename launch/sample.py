@@ -11,12 +11,12 @@ dataset is opened). Restores the newest checkpoint of --workdir (or --step) with
 conditional models, sharded over all devices (and hosts: jax.distributed is initialized from the
 environment on Cloud TPU / SLURM). The sampling settings start from the run's config.sample (one
 `SamplingSpec`); each flag given replaces its field. Writes --out (default
-WORKDIR/samples/<name>.npz, the name carrying every setting, the checkpoint step and N: `arr_0`
-uint8 NHWC, `arr_1` labels), the settings beside it (<out>.json, read by launch/evaluate.py) and
-a grid of the first 100 samples (<out>.png). Chunks of --batch_size are saved as they finish:
-rerunning a killed job resumes at the first missing chunk and gives the same samples as an
-uninterrupted run. A finished file of other settings is never overwritten. Bad input:
-`error: ...`, exit status 2, nothing written.
+WORKDIR/samples/<name>.npz, the name carrying every setting, the checkpoint step, N and the batch
+size: `arr_0` uint8 NHWC, `arr_1` labels), the settings beside it (<out>.json, read by
+launch/evaluate.py) and a grid of the first 100 samples (<out>.png). Chunks of --batch_size are
+saved as they finish: rerunning a killed job resumes at the first missing chunk and gives the
+same samples as an uninterrupted run. A finished file of other settings is never overwritten.
+Bad input: `error: ...`, exit status 2, nothing written.
 """
 
 from __future__ import annotations

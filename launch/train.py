@@ -8,11 +8,13 @@ run may change them (vdm_jax.config.SAFE_ON_RESUME); --config may then be omitte
 jax.distributed is initialized from --config.distributed.* when given, or from the environment
 on Cloud TPU / SLURM (see launch/tpu/README.md).
 
-Exit status: 0 when training finished or was stopped by SIGTERM or Ctrl-C (the current step is
-saved; a second Ctrl-C aborts at once, status 130); 2 with one line `error: ...` for bad input
-(an unknown key or a wrong value, a config the devices or the data cannot serve, a workdir in
-use or holding another run), before anything is written; 1 with `error: ...` when the loss
-becomes NaN or Inf or the disk fills up (the last complete checkpoint stays the newest).
+Exit status: 0 when training finished or was stopped by SIGTERM or a Ctrl-C once training runs
+(the current step is saved: `Preempted (SIGTERM): saved step k in DIR.`); 130 with one line
+`error: aborted ...` for a second Ctrl-C, or one while preparing or compiling (at once, without
+waiting for a save in flight); 2 with one line `error: ...` for bad input (an unknown key or a
+wrong value, a config the devices or the data cannot serve, a workdir in use or holding another
+run), before anything is written; 1 with `error: ...` when the loss becomes NaN or Inf or the
+disk fills up (the last complete checkpoint stays the newest).
 """
 
 from __future__ import annotations
@@ -21,8 +23,7 @@ import sys
 
 from absl import app, flags
 
-from vdm_jax import config as config_lib
-from vdm_jax.cli import ConfigArgs, exit_on_bad_input, fail, quiet_third_party_logs
+from vdm_jax.cli import ConfigArgs, exit_on_bad_input, fail, fail_now, quiet_third_party_logs
 
 USAGE = "python launch/train.py --config=configs/<name>.py --workdir=DIR [--config.<key>=VALUE]"
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, samples.")
@@ -30,6 +31,16 @@ CONFIG = ConfigArgs(USAGE)  # --config and --config.<key>=<value>, split off bef
 
 
 def main(argv: list[str]) -> None:
+    try:
+        _main(argv)
+    except KeyboardInterrupt:
+        # At once: no waiting for a checkpoint in flight (orbax's temporary directory is
+        # ignored, and removed at the next start).
+        fail_now("aborted by Ctrl-C; rerun the same command to resume from the newest complete "
+                 "checkpoint", status=130)
+
+
+def _main(argv: list[str]) -> None:
     quiet_third_party_logs()
     with exit_on_bad_input():
         if len(argv) > 1:
@@ -42,17 +53,16 @@ def main(argv: list[str]) -> None:
         from vdm_jax.pipelines import train as pipeline
         from vdm_jax.training.loop import DiskFullError, NonFiniteLossError
 
-        distributed.initialize(config_lib.load(path, overrides).distributed if path else {})
+        distributed.initialize(pipeline.distributed_settings(_WORKDIR.value, path, overrides))
         config, notes = pipeline.resolve_config(_WORKDIR.value, path, overrides)
         for note in notes:
             print(note, file=sys.stderr, flush=True)
         try:
             summary = pipeline.run(config, _WORKDIR.value)
-        except (NonFiniteLossError, DiskFullError) as e:
+        except NonFiniteLossError as e:
             fail(str(e), status=1)
-        except KeyboardInterrupt:
-            fail("aborted by a second Ctrl-C; the run resumes from its newest checkpoint",
-                 status=130)
+        except DiskFullError as e:  # orbax's threads of the failed save would only repeat it
+            fail_now(str(e), status=1)
     if summary["preempted"]:
         print(f"Preempted ({summary['signal']}): saved step {summary['step']} in "
               f"{_WORKDIR.value}.", flush=True)

@@ -14,11 +14,11 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from typing import NoReturn
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NoReturn
 
 __all__ = ["BAD_INPUT_ERRORS", "BAD_INPUT_EXIT_CODE", "ConfigArgs", "exit_on_bad_input", "fail",
-           "parse_override_args", "quiet_third_party_logs"]
+           "fail_now", "parse_override_args", "quiet_third_party_logs"]
 
 BAD_INPUT_EXIT_CODE = 2
 # DatasetNotFoundError (missing data) is a FileNotFoundError, so it is covered too.
@@ -29,6 +29,15 @@ def fail(message: str, status: int = BAD_INPUT_EXIT_CODE) -> NoReturn:
     """Print `error: <message>` (one paragraph) on stderr and exit with `status`."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(status)
+
+
+def fail_now(message: str, status: int) -> NoReturn:
+    """`fail`, without waiting for other threads or running exit handlers: for a run that cannot
+    go on while background writers (orbax's) still hold threads that would only report the same
+    failure again, or for an abort the user asked to be immediate (a second Ctrl-C)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(status)
 
 
 @contextlib.contextmanager
@@ -42,15 +51,55 @@ def exit_on_bad_input() -> Iterator[None]:
         fail(" ".join(str(e).split()) or type(e).__name__)
 
 
+# Texts of the OS errors a trainer reports itself as one line (vdm_jax.training.loop's
+# DiskFullError, which knows them by errno too); third-party reports of the same failure only
+# repeat it, with pages of traceback.
+STORAGE_FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "File too large")
+
+
+class _DropRepeatedStorageErrors(logging.Filter):
+    """Drops orbax's and asyncio's own reports (log records with tracebacks) of a write refused
+    for lack of room: the trainer reports that failure once, naming the disk and the step."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "vdm_jax" in record.pathname:
+            return True
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" {record.exc_info[1]!r}"
+        return not any(t in text for t in STORAGE_FULL_TEXTS)
+
+
+def _drop_closed_loop_reports(default: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A sys.unraisablehook without the `RuntimeError: Event loop is closed` reports of
+    TensorStore futures that complete after orbax closed the event loop that awaited them (after
+    a failed read or write, which is reported on its own); everything else goes to `default`."""
+
+    def hook(unraisable: Any) -> None:
+        if not (isinstance(unraisable.exc_value, RuntimeError)
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            default(unraisable)
+
+    hook.drops_closed_loop_reports = True  # type: ignore[attr-defined]
+    return hook
+
+
 def quiet_third_party_logs() -> None:
-    """Silence what misleads a user: tfds's "Downloading and preparing dataset" (nothing is
-    downloaded: vdm_jax prepares local files) and "Using custom data configuration", orbax's
-    per-file INFO lines, absl's INFO chatter. Warnings and errors still show."""
+    """Silence what misleads a user: orbax's per-file INFO lines, absl's INFO chatter, and the
+    repeated reports of a failure the scripts report as one line (`_DropRepeatedStorageErrors`,
+    `_drop_closed_loop_reports`). tfds's "Downloading and preparing dataset" is silenced where
+    vdm_jax prepares data (vdm_jax.data.tfds_utils). Warnings and errors still show."""
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)
     for name in ("tensorflow_datasets", "orbax", "absl", "jax._src.xla_bridge"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("absl", "asyncio", "orbax"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropRepeatedStorageErrors) for f in logger.filters):
+            logger.addFilter(_DropRepeatedStorageErrors())
+    if not getattr(sys.unraisablehook, "drops_closed_loop_reports", False):
+        sys.unraisablehook = _drop_closed_loop_reports(sys.unraisablehook)
 
 
 def parse_override_args(argv: Sequence[str]
@@ -93,5 +142,3 @@ class ConfigArgs:
                 return flags.FLAGS([argv[0], *rest])
             except flags.Error as e:
                 raise ValueError(f"{e}. Usage: {self.usage}") from None
-
-

@@ -147,6 +147,30 @@ class RunDir:
         self.check_writable()
         self.root.mkdir(parents=True, exist_ok=True)
 
+    def _locked_error(self, fd: int) -> RunDirLockedError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        return RunDirLockedError(
+            f"workdir {self.root} is in use by another process (pid {holder}): wait for it to "
+            "finish or stop it, or use another --workdir")
+
+    def check_unlocked(self) -> None:
+        """RunDirLockedError naming the holder's pid when a live process holds the lock. Reads
+        only (creates nothing): a trainer calls it before its start-up work, then `lock`."""
+        try:
+            fd = os.open(self.lock_file, os.O_RDONLY)
+        except OSError:  # no lock file (or no run directory): nobody holds it
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                    raise
+                raise self._locked_error(fd) from None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold an exclusive lock on the run directory (creating it) for the block.
@@ -163,10 +187,7 @@ class RunDir:
             except OSError as e:
                 if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
                     raise
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-                raise RunDirLockedError(
-                    f"workdir {self.root} is in use by another process (pid {holder}): wait for "
-                    "it to finish or stop it, or use another --workdir") from None
+                raise self._locked_error(fd) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             try:

@@ -25,8 +25,14 @@ is reported by name before orbax reads anything (a failed orbax read is caught t
 pages of TensorStore errors).
 
 A run may resume with another config only where `vdm_jax.config.SAFE_ON_RESUME` allows; other
-differences are refused (CheckpointMismatchError naming them). EMAs added to optim.ema_decays
-start from the restored parameters; EMAs dropped from it are not restored.
+differences are refused (CheckpointMismatchError naming them), and so is data of another shape or
+class count than the checkpoint's `data_spec` (an image folder that gained a class): the
+checkpoint is never read as if it were damaged. EMAs added to optim.ema_decays start from the
+restored parameters; EMAs dropped from it are not restored.
+
+A failed write of an asynchronous save surfaces at the next `save` or `wait` as
+CheckpointWriteError naming the step of that save (the cause chained); the checkpoint it was
+writing stays a temporary directory, ignored and removed at the next start.
 
 Reading never writes: a `Checkpointer` only creates, cleans or deletes anything once `save` is
 first called, so sampling or evaluating from a workdir, or refusing a workdir of another
@@ -35,6 +41,7 @@ configuration, leaves it as it was.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
@@ -66,6 +73,16 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint or workdir written by another configuration."""
 
 
+class CheckpointWriteError(OSError):
+    """Writing checkpoint `step` failed (in the background, for an asynchronous save); the
+    underlying error is its __cause__. `path`: the checkpoints directory."""
+
+    def __init__(self, step: int, path: Path, cause: BaseException):
+        super().__init__(f"writing the checkpoint of step {step} in {path} failed: "
+                         f"{type(cause).__name__}: {cause}")
+        self.step, self.path = step, path
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "to_dict"):
         value = value.to_dict()
@@ -88,10 +105,31 @@ def check_compatible(saved: Mapping[str, Any], config: Mapping[str, Any], what: 
     if fixed:
         old, new = config_lib.flat(saved), config_lib.flat(now)
         raise CheckpointMismatchError(
-            f"{what}:\n  " + "\n  ".join(f"{k}: checkpoint {old.get(k)!r}, now {new.get(k)!r}"
-                                        for k in fixed)
-            + "\nRefusing to mix runs: these keys are fixed for a run. Rerun with the run's "
+            f"{what}: " + "; ".join(f"{k}: checkpoint {old.get(k)!r}, now {new.get(k)!r}"
+                                    for k in fixed)
+            + ". Refusing to mix runs: these keys are fixed for a run. Rerun with the run's "
             "config to resume it, or use a new --workdir to start another run.")
+
+
+def check_same_data(saved: Mapping[str, Any] | None, now: Mapping[str, Any],
+                    config: Mapping[str, Any], where: str) -> None:
+    """CheckpointMismatchError naming what differs when the data a run was trained on (its
+    stored DataSpec record `saved`; None for checkpoints without one) and the data `config`
+    reads now (`now`) differ in image shape, class count or levels."""
+    if saved is None:
+        return
+    saved, now = _jsonable(saved), _jsonable(now)
+    differ = [k for k in ("image_shape", "num_classes", "num_levels") if saved.get(k) != now.get(k)]
+    if differ:
+        data = config["data"]
+        source = (f"data.image_folder={data['image_folder']!r}"
+                  if data.get("image_folder") else f"data.name={data['name']!r}")
+        raise CheckpointMismatchError(
+            f"{where} was trained on other data than {source} gives now: "
+            + "; ".join(f"{k} {saved.get(k)} in the run, {now.get(k)} now" for k in differ)
+            + ". The dataset changed since the run started (e.g. an image folder gained or lost "
+            "a class): restore it as it was to resume this run, or use a new --workdir to start "
+            "another run.")
 
 
 class Checkpointer:
@@ -111,6 +149,7 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         self._keep, self._keep_period, self._async = keep, keep_period, async_save
         self.unreadable: list[int] = []  # steps the last restore_latest skipped
+        self.in_flight: int | None = None  # the step of the asynchronous save not yet finished
         self._writing = False
         self.manager = self._manager(writing=False)
 
@@ -178,17 +217,41 @@ class Checkpointer:
             config=ocp.args.JsonSave(_jsonable(config)),
             data_spec=ocp.args.JsonSave(_jsonable(data_spec)),
         )
-        started = self.manager.save(step, args=args, force=force)
-        # manager.save returned once the previous save was finalized: record what it wrote.
+        self._finish_in_flight()  # a failure of the previous save is reported as that save's
+        self.in_flight = step
+        try:
+            started = self.manager.save(step, args=args, force=force)
+        except Exception as e:
+            raise CheckpointWriteError(step, self.directory, e) from e
+        if not self._async:
+            self.in_flight = None
+        # The previous save is finalized: record what it wrote.
         self._write_manifests(below=step)
         return started
 
+    def _finish_in_flight(self) -> None:
+        step, self.in_flight = self.in_flight, None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            if step is None:
+                raise
+            raise CheckpointWriteError(step, self.directory, e) from e
+
     def wait(self) -> None:
-        """Block until every asynchronous save has been finalized; remove retired checkpoints."""
-        self.manager.wait_until_finished()
+        """Block until every asynchronous save has been finalized; remove retired checkpoints.
+        CheckpointWriteError (naming the step) when a save failed."""
+        self._finish_in_flight()
         if self._writing and jax.process_index() == 0:
             self._empty_trash()
         self._write_manifests()
+
+    def finalized_steps(self) -> list[int]:
+        """Steps of the finalized checkpoints on disk, newest first (a listing, no orbax)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted((int(p.name) for p in self.directory.iterdir() if p.name.isdigit()),
+                      reverse=True)
 
     def _write_manifests(self, below: int | None = None) -> None:
         """A manifest in each finalized checkpoint (steps < `below`) that lacks one."""
@@ -204,7 +267,9 @@ class Checkpointer:
                          if p.is_file() and MANIFEST not in p.name}
                 write_json(step_dir / MANIFEST, {"files": files}, indent=0)
             except OSError as e:  # e.g. retired meanwhile: the manifest is only a diagnostic
-                logging.warning("no manifest for checkpoint %s: %s", step_dir, e)
+                full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # reported by a save
+                logging.log(logging.INFO if full else logging.WARNING,
+                            "no manifest for checkpoint %s: %s", step_dir, e)
 
     def verify(self, step: int) -> None:
         """Raise DamagedCheckpointError naming a file of checkpoint `step` that is missing or has
@@ -243,15 +308,17 @@ class Checkpointer:
         args = ocp.args.Composite(data_spec=ocp.args.JsonRestore())
         return self.manager.restore(step, args=args)["data_spec"]
 
-    def restore_latest(self, target: State, config: Mapping[str, Any]) -> tuple[State, str] | None:
+    def restore_latest(self, target: State, config: Mapping[str, Any],
+                       data_spec: Mapping[str, Any] | None = None) -> tuple[State, str] | None:
         """The newest readable checkpoint as (state, data_iterator_state) onto the shardings of
         `target` (a state of the structure `config` gives, concrete or abstract), or None if
         there is none.
 
         Checkpoints that fail to read are skipped with a warning and listed in
-        `self.unreadable`; a config that may not resume this run is an error
-        (CheckpointMismatchError), never a reason to skip. EMAs of `target` that the checkpoint
-        lacks start from its parameters; EMAs it has that `target` lacks are dropped.
+        `self.unreadable`; a config that may not resume this run, or data of another shape or
+        class count than the checkpoint's `data_spec` (an image folder that gained a class), is
+        an error (CheckpointMismatchError), never a reason to skip. EMAs of `target` that the
+        checkpoint lacks start from its parameters; EMAs it has that `target` lacks are dropped.
         """
         abstract = _abstract(target)
         skipped = []
@@ -266,6 +333,15 @@ class Checkpointer:
                 continue
             check_compatible(saved, config, f"{self.directory.parent} holds a run of another "
                                             f"configuration (checkpoint step {step})")
+            if data_spec is not None:
+                try:
+                    saved_spec = self.saved_data_spec(step)
+                except Exception as e:  # unreadable item: treat as a damaged checkpoint
+                    skipped.append((step, e))
+                    self._warn_skip(step, e)
+                    continue
+                check_same_data(saved_spec, data_spec, config,
+                                f"{self.directory.parent} (checkpoint step {step})")
             saved_emas = [config_lib.ema_name(d) for d in saved["optim"]["ema_decays"]]
             try:
                 restored = self.manager.restore(

@@ -218,11 +218,21 @@ def validate(config: Mapping[str, Any]) -> None:
     # sample
     _require(_int(s["every"], 0), f"sample.every={s['every']!r} must be >= 0 (0: only at the end)")
     _require(_int(s["num_images"], 1), f"sample.num_images={s['num_images']!r} must be >= 1")
+    values = s.to_dict() if hasattr(s, "to_dict") else dict(s)
+    for key in ("sampler", "num_steps", "guidance_scale", "guidance_interval",
+                "guidance_channels", "ema"):  # one field at a time, to name the key
+        try:
+            SamplingSpec.from_mapping({key: values[key]})
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"sample.{key}={values[key]!r}: {err}") from None
     try:
         spec_ = sampling_spec(config)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"sample.options={values['options']!r}: {err}") from None
+    try:
+        ema_choice(config, spec_.ema)
     except ValueError as err:
-        raise ValueError(f"sample: {err}") from None
-    ema_choice(config, spec_.ema)
+        raise ValueError(f"sample.ema={spec_.ema!r}: {err}") from None
     if spec_.sampler_options.get("variance") == "learned":
         _require(m["learn_sigma"], "sample.options variance='learned' needs model.learn_sigma")
     # eval

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
+import logging
 import os
+import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -55,6 +59,35 @@ def _file_lock(directory: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+class _DropMisleading(logging.Filter):
+    """tfds log lines that mislead here: a "custom data configuration" is how every image folder
+    is named, and the "Variant folder ... has no dataset_info.json" warnings concern the folder
+    being prepared."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (record.levelno < logging.ERROR and "tensorflow_datasets" in record.pathname
+                    and ("Using custom data configuration" in message
+                         or "has no dataset_info.json" in message))
+
+
+@contextlib.contextmanager
+def _quiet_tfds() -> Iterator[None]:
+    """Without tfds's misleading console output: the "Downloading and preparing dataset" and
+    "downloaded and prepared" lines it prints (nothing is downloaded: the inputs are local) and
+    the log lines of `_DropMisleading`. Its progress bars, warnings and errors still show."""
+    drop = _DropMisleading()
+    loggers = [logging.getLogger(name) for name in ("absl", "tensorflow_datasets")]
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)
+
+
 def load_prepared(
     make_builder: Callable[[], Any],
     *,
@@ -62,27 +95,34 @@ def load_prepared(
     manual_dir: str | None = None,
     check_inputs: Callable[[], None] | None = None,
 ) -> Any:
-    """Returns a prepared builder, preparing it offline first if needed.
+    """Returns a prepared builder, preparing it offline first if needed (saying so on stderr,
+    instead of tfds's "Downloading and preparing" line).
 
     `make_builder()` constructs the builder (cheap: it only reads metadata); `check_inputs()`
     raises DatasetNotFoundError when the raw inputs needed for preparation are absent. The
     builder is re-created after preparation so that its info holds the written split sizes.
     """
-    builder = make_builder()
-    if builder.is_prepared():
-        return builder
-    with _file_lock(data_dir):
-        builder = make_builder()  # another process may have prepared it meanwhile
-        if not builder.is_prepared():
-            if check_inputs is not None:
-                check_inputs()
-            config = tfds.download.DownloadConfig(
-                manual_dir=manual_dir,
-                try_download_gcs=False,  # never fetch prepared data from GCS
-                compute_stats=tfds.download.ComputeStatsMode.SKIP,
-            )
-            builder.download_and_prepare(download_config=config)
-    return make_builder()
+    with _quiet_tfds():
+        builder = make_builder()
+        if builder.is_prepared():
+            return builder
+        with _file_lock(data_dir):
+            builder = make_builder()  # another process may have prepared it meanwhile
+            if not builder.is_prepared():
+                if check_inputs is not None:
+                    check_inputs()
+                config = tfds.download.DownloadConfig(
+                    manual_dir=manual_dir,
+                    try_download_gcs=False,  # never fetch prepared data from GCS
+                    compute_stats=tfds.download.ComputeStatsMode.SKIP,
+                )
+                print(f"preparing {builder.name} in {builder.data_dir} from local files (once: "
+                      "later runs reuse it) …", file=sys.stderr, flush=True)
+                t0 = time.perf_counter()
+                builder.download_and_prepare(download_config=config)
+                print(f"prepared {builder.name} in {time.perf_counter() - t0:.1f} s.",
+                      file=sys.stderr, flush=True)
+        return make_builder()
 
 
 def data_source(builder: Any, split: str) -> Any:

@@ -18,7 +18,7 @@ labels of conditional models), their settings DIR/NAME.json (`RunDir.settings_of
 the results by launch/evaluate.py), a PNG grid DIR/NAME.png of the first ≤ 100, and the chunk
 directory is removed. Rerunning a finished job with the same settings does nothing. The default
 NAME (`default_name`) carries the spec (sampler, steps, guidance, EMA, seed and a hash of every
-field), the checkpoint step and N, so runs of other settings never share a file; an explicit
+field), the checkpoint step, N and B, so runs of other settings never share a file; an explicit
 --out that holds a finished batch of other settings is refused, never overwritten.
 
 Multi-host: every process runs every chunk (the global batch, sharded over all devices when B is
@@ -75,9 +75,10 @@ class SamplingResult:
     settings: dict[str, Any]
 
 
-def default_name(spec: SamplingSpec, step: int, num_samples: int) -> str:
-    """samples/<NAME>.npz of a run: every setting of `spec`, the checkpoint step and N."""
-    return f"{spec.slug()}_step{step}_n{num_samples}"
+def default_name(spec: SamplingSpec, step: int, num_samples: int, batch_size: int) -> str:
+    """samples/<NAME>.npz of a run: every setting of `spec`, the checkpoint step, N and the
+    chunk size B (chunk i draws B images from fold_in(key(seed), i): B changes the samples)."""
+    return f"{spec.slug()}_step{step}_n{num_samples}_b{batch_size}"
 
 
 def _chunk_path(directory: Path, i: int) -> Path:
@@ -181,7 +182,8 @@ def generate_samples(
     """
     settings = sample_settings(restored, spec, num_samples=num_samples, batch_size=batch_size)
     npz = (Path(out).expanduser() if out is not None else
-           restored.rundir.sample_batch(default_name(spec, restored.step, num_samples)))
+           restored.rundir.sample_batch(default_name(spec, restored.step, num_samples,
+                                                     batch_size)))
     if npz.suffix != ".npz":
         raise ValueError(f"the sample batch must be a .npz file, got {npz}")
     model, mesh = restored.model, restored.mesh

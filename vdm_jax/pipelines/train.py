@@ -19,6 +19,7 @@ default; all of it in `eval_results.json`.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,14 +37,15 @@ from vdm_jax.evaluation.digits import digits_metrics
 from vdm_jax.generation.decode import make_decoder, output_shape
 from vdm_jax.generation.generate import class_balanced_labels, make_generate_fn
 from vdm_jax.generation.grids import grid_upscale, image_grid, save_grid
-from vdm_jax.io import write_json
+from vdm_jax.io import read_json, write_json
 from vdm_jax.model import DataSpec
 from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.rundir import RunDir
 from vdm_jax.training import loop
 from vdm_jax.training.loop import StepContext
 
-__all__ = ["SampleGridHook", "evaluate_at_end", "format_results", "resolve_config", "run"]
+__all__ = ["SampleGridHook", "distributed_settings", "evaluate_at_end", "format_results",
+           "resolve_config", "run"]
 
 GRID_SEED_OFFSET = 12345  # the grids' fixed noise: key(seed + offset), the same at every step
 EVAL_SEED_OFFSET = 777
@@ -53,6 +55,9 @@ def resolve_config(workdir: str | Path, config_path: str | None,
                    overrides: Sequence[tuple[str, str]]) -> tuple[ConfigDict, list[str]]:
     """(config, notes for the user) of a run in `workdir`; see the module docstring."""
     rundir = RunDir(workdir)
+    rundir.check_writable()
+    if jax.process_index() == 0:  # a run in progress: say so, before reading its checkpoints
+        rundir.check_unlocked()  # (process 0 takes the lock: others could see their own)
     stored = loop.stored_config(rundir) if rundir.has_run() else None
     if stored is None:
         if not config_path:
@@ -79,6 +84,19 @@ def resolve_config(workdir: str | Path, config_path: str | None,
     return config, notes
 
 
+def distributed_settings(workdir: str | Path, config_path: str | None,
+                         overrides: Sequence[tuple[str, str]]) -> Mapping[str, Any]:
+    """The `distributed` section of the run's config, read without JAX (jax.distributed must be
+    initialized before anything touches a device): from `config_path` with the overrides, or,
+    when it is omitted on a resume, from the run directory's config.json."""
+    if config_path:
+        return config_lib.load(config_path, overrides).distributed
+    stored = read_json(RunDir(workdir).config_json)
+    if not isinstance(stored, dict):
+        return {}
+    return config_lib.resume_config(stored, overrides, str(RunDir(workdir).root))[0].distributed
+
+
 class SampleGridHook:
     """After every `config.sample.every` steps and at the end: `config.sample.num_images`
     samples from the chosen EMA with fixed noise, saved as `samples/step_<k>.png` and shown in
@@ -97,15 +115,22 @@ class SampleGridHook:
         self.cols = model.num_classes if model.num_classes and model.num_classes <= 16 else None
         self.upscale = grid_upscale(output_shape(data)[0])
         self.last: Path | None = None
+        self.drawn = False
 
     def __call__(self, ctx: StepContext) -> None:
         if not ctx.final and not (self.every and ctx.step % self.every == 0):
             return
         params = ctx.state["params"] if self.ema is None else ctx.state["ema"][self.ema]
+        first, self.drawn = not self.drawn, True
+        if first:
+            ctx.say(f"compiling the sampler of the sample grids ({self.spec.describe()}) …")
+            t0 = time.perf_counter()
         images = self.fn(params, self.labels, self.key)
         if self.decode is not None:
             images = self.decode(images)
         images = unit_to_uint8(np.asarray(mesh_lib.to_host(images)), ctx.model.num_levels)
+        if first:
+            ctx.say(f"compiled and drew the first grid in {time.perf_counter() - t0:.1f} s.")
         if jax.process_index() != 0:
             return
         self.last = save_grid(images, ctx.rundir.sample_grid(ctx.step), self.cols, self.upscale)
@@ -127,7 +152,14 @@ def run(config: ConfigDict, workdir: str | Path, devices: list | None = None
     summary["sample_grid"] = grids[0].last if grids else None
     if (config.eval.at_end and not summary["preempted"]
             and summary["step"] >= config.train.num_steps):
-        summary["results"] = evaluate_at_end(summary, config)
+        try:
+            summary["results"] = evaluate_at_end(summary, config)
+        except Exception as e:
+            full = loop.disk_full_error(e, summary["rundir"], "writing the end-of-run evaluation",
+                                        summary["step"], summary["step"])
+            if full is None:
+                raise
+            raise full from None
     return summary
 
 

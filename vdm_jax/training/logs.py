@@ -78,7 +78,8 @@ class MetricWriter:
             self.tb.add_image(name, image, step, dataformats="HWC")
 
     def close(self, quiet: bool = False) -> None:
-        """Close the files; `quiet`: log instead of raising (another error is on its way)."""
+        """Close the files; `quiet`: log (at INFO) instead of raising, because another error is
+        on its way, typically the same full disk, which the caller reports."""
         if not self.active:
             return
         self.active = False
@@ -88,4 +89,4 @@ class MetricWriter:
             except Exception as e:  # e.g. ENOSPC while flushing
                 if not quiet:
                     raise
-                log.warning("while closing the training logs: %s", e)
+                log.info("while closing the training logs: %s", e)

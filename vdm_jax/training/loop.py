@@ -8,19 +8,25 @@
    (vdm_jax.config.SAFE_ON_RESUME) and restore its newest readable checkpoint (state and the
    data iterator's position). Any problem is a ValueError / FileNotFoundError naming it.
 2. Start: process 0 takes the run directory's lock (a second trainer gets one line naming the
-   holder's pid), removes what killed writers left behind (temporary files, unfinished orbax
-   checkpoints), writes config.json and opens the logs (TensorBoard, metrics.jsonl, train.log).
-   The train step is compiled once, timed and reported ("compiling the train step … 12.3 s").
+   holder's pid, from `prepare` already, before it reads the run), removes what killed writers
+   left behind (temporary files, unfinished orbax checkpoints), writes config.json and opens the
+   logs (TensorBoard, metrics.jsonl, train.log). The train step is compiled once, timed and
+   reported ("compiling the train step … 12.3 s").
 3. Loop: each step's rng is fold_in(seed key, step), so a resumed run draws exactly the noise and
    batches of an uninterrupted one. The loss of step k is checked on the host while step k + 1
    runs (no pipeline stall); a non-finite loss or gradient stops the run naming the step,
-   without saving, so the last good checkpoint stays the newest. Images/s exclude compilation.
+   without saving, so the last good checkpoint stays the newest. Images/s exclude compilation
+   and the hooks' time.
    After each step every hook is called with a `StepContext` (the pipelines layer adds sample
    grids and end-of-run evaluation this way; the trainer knows nothing of generation).
-4. SIGTERM (preemption) or a first Ctrl-C at any time: the current step finishes, is saved, and
-   `train` returns with summary["preempted"] = True; a second Ctrl-C aborts at once.
-5. A full disk while saving: `DiskFullError` naming the disk, the path, the step and the free
-   space; the last finalized checkpoint stays the newest and readable.
+4. SIGTERM (preemption) at any time, or a first Ctrl-C once training runs: the current step
+   finishes, is saved, and `train` returns with summary["preempted"] = True and the signal's
+   name; a second Ctrl-C (or one while preparing or compiling) raises KeyboardInterrupt at once,
+   without waiting for a save in flight (its temporary directory is removed at the next start).
+5. A full disk (ENOSPC, EDQUOT, or EFBIG: a file-size limit) while saving a checkpoint or
+   writing the logs: `DiskFullError`, one line naming the disk, the path, the step, the free space
+   and the checkpoint a rerun resumes from; the last finalized checkpoint stays the newest and
+   readable, and the unfinished one is removed at the next start.
 
 Step numbering: step k is the k-th optimizer update (k = 1, 2, ...). It consumes the k-th batch
 the run draws (counting from the start of training, across restarts), logs its metrics under
@@ -36,10 +42,13 @@ import dataclasses
 import errno
 import logging
 import math
+import os
+import resource
 import shutil
 import signal
+import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +58,7 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from vdm_jax import config as config_lib
-from vdm_jax.checkpoints.manager import Checkpointer, check_compatible
+from vdm_jax.checkpoints.manager import Checkpointer, CheckpointWriteError, check_compatible
 from vdm_jax.data import dataset_info, latents, train_iterator
 from vdm_jax.io import read_json, remove_stale_temporaries, write_json
 from vdm_jax.model import DataSpec, DiffusionModel, build
@@ -69,8 +78,8 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class DiskFullError(OSError):
-    """A checkpoint or log could not be written for lack of space; the message names the disk,
-    the path, the step and the free space."""
+    """A checkpoint or log could not be written for lack of room (ENOSPC, EDQUOT, or EFBIG: a
+    file-size limit); the message names the disk, the path, the step and the free space."""
 
 
 @dataclasses.dataclass
@@ -93,11 +102,14 @@ Hook = Callable[[StepContext], None]
 
 
 class _Interrupts:
-    """SIGTERM and a first SIGINT request a save-and-stop at the next step boundary; a second
-    SIGINT raises KeyboardInterrupt at once."""
+    """Once training runs (`armed`), SIGTERM and a first SIGINT request a save-and-stop at the
+    next step boundary and a second SIGINT raises KeyboardInterrupt at once (the caller does not
+    wait for a save in flight). Before (while preparing data, restoring or compiling: nothing
+    new to save), SIGINT raises KeyboardInterrupt at once and SIGTERM requests the stop."""
 
     def __init__(self) -> None:
         self.requested: str | None = None
+        self.armed = False
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _Interrupts:
@@ -109,9 +121,17 @@ class _Interrupts:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and self.requested == "SIGINT":
-            raise KeyboardInterrupt  # the second Ctrl-C: abort now
-        self.requested = signal.Signals(signum).name
+        if signum == signal.SIGINT and (self.requested == "SIGINT" or not self.armed):
+            raise KeyboardInterrupt  # abort now
+        if self.requested is None:
+            name = signal.Signals(signum).name
+            again = " (Ctrl-C again to abort at once)" if signum == signal.SIGINT else ""
+            if jax.process_index() == 0:  # os.write: no lock a signal handler could deadlock on
+                os.write(sys.stderr.fileno(), f"\n{name}: finishing the current step, saving it "
+                         f"and stopping{again} …\n".encode())
+            self.requested = name
+        elif signum == signal.SIGINT:
+            self.requested = "SIGINT"  # after SIGTERM, a Ctrl-C still may abort
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
@@ -168,6 +188,8 @@ def prepare(config: ConfigDict, workdir: str | Path, devices: list | None = None
     config_lib.validate(config)
     rundir = RunDir(workdir)
     rundir.check_writable()
+    if jax.process_index() == 0:  # the lock's holder-to-be: a second trainer stops here,
+        rundir.check_unlocked()  # before reading the run (other processes could see ours)
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
     config_lib.check_batch(config, mesh.size, mesh.shape["data"])
     info = dataset_info(config.data)
@@ -197,7 +219,7 @@ def prepare(config: ConfigDict, workdir: str | Path, devices: list | None = None
         config.train.async_checkpoints,
     )
     try:
-        restored = checkpointer.restore_latest(state, config)
+        restored = checkpointer.restore_latest(state, config, data.to_dict())
         if restored is None and rundir.config_json.is_file():
             # A run killed before its first checkpoint still owns the run directory.
             saved = read_json(rundir.config_json)
@@ -227,41 +249,61 @@ def _remove_leftovers(rundir: RunDir) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def _free_space(path: Path) -> str:
-    node = path
+def _mount_point(path: Path) -> Path:
+    node = path.absolute()
     while not node.exists() and node.parent != node:
         node = node.parent
-    try:
-        return f"{shutil.disk_usage(node).free / 2**20:.1f} MiB free"
-    except OSError:
-        return "free space unknown"
+    while not os.path.ismount(node) and node.parent != node:
+        node = node.parent
+    return node
 
 
-def _is_disk_full(error: BaseException) -> bool:
+def _storage_errno(error: BaseException) -> int | None:
+    """ENOSPC / EDQUOT / EFBIG when `error` (or an error it was raised from) is a write refused
+    for lack of room, else None. orbax's TensorStore writes report the OS error in the text."""
+    texts = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded",
+             errno.EFBIG: "File too large"}
     seen: set[int] = set()
     e: BaseException | None = error
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if "No space left on device" in str(e):
-            return True
+        if isinstance(e, OSError) and e.errno in texts:
+            return e.errno
+        for code, text in texts.items():
+            if text in str(e):
+                return code
         e = e.__cause__ or e.__context__
-    return False
+    return None
 
 
-@contextlib.contextmanager
-def _disk_errors(rundir: RunDir, what: str, step: int) -> Iterator[None]:
-    """Turn a full disk while `what` at `step` into one DiskFullError line."""
+def disk_full_error(error: BaseException, rundir: RunDir, what: str, step: int,
+                    resumes_from: int | None) -> DiskFullError | None:
+    """A DiskFullError (one line: the disk, the path, the step, the free space, what to do) when
+    `error` is a write refused for lack of room while `what` at `step`, else None."""
+    code = _storage_errno(error)
+    if code is None:
+        return None
+    path = getattr(error, "path", None) or getattr(error, "filename", None) or rundir.root
+    mount = _mount_point(Path(path))
     try:
-        yield
-    except Exception as e:
-        if not _is_disk_full(e):
-            raise
-        raise DiskFullError(
-            errno.ENOSPC, f"disk full while {what} at step {step}: {rundir.root} "
-            f"({_free_space(rundir.root)}). Free space on that disk and rerun: the run resumes "
-            "from its newest complete checkpoint.") from None
+        free = f"{shutil.disk_usage(mount).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    resume = (f"the run resumes from its newest complete checkpoint, step {resumes_from}"
+              if resumes_from is not None else "no checkpoint was completed: the run starts over")
+    if code == errno.EFBIG:
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        limit = (f"this process may write files of at most {soft} bytes (ulimit -f)"
+                 if soft != resource.RLIM_INFINITY else "the file system refuses files this large")
+        message = (f"file too large while {what} at step {step}: {path}: {limit}; the disk "
+                   f"mounted at {mount} has {free}. Raise the limit and rerun: {resume}.")
+    else:
+        kind = "disk quota exceeded" if code == errno.EDQUOT else "disk full"
+        message = (f"{kind} while {what} at step {step}: {path} (disk mounted at {mount}, {free})."
+                   f" Free space on that disk and rerun: {resume}.")
+    full = DiskFullError(message)
+    full.errno = code
+    return full
 
 
 def train(config: ConfigDict, workdir: str | Path, devices: list | None = None,
@@ -274,19 +316,39 @@ def train(config: ConfigDict, workdir: str | Path, devices: list | None = None,
     with _Interrupts() as interrupts:  # from the start: SIGTERM while compiling is a preemption
         env = prepare(config, workdir, devices)
         rundir: RunDir = env["rundir"]
+        checkpointer: Checkpointer = env["checkpointer"]
         is_main = jax.process_index() == 0
         lock = rundir.lock() if is_main else contextlib.nullcontext()
+        progress = {"step": int(jax.device_get(env["state"]["step"])), "what": "starting"}
         try:
             with lock:
                 if is_main:
                     _remove_leftovers(rundir)
-                return _train(config, env, interrupts, hooks)
-        finally:
-            env["checkpointer"].close()
+                summary = _train(config, env, interrupts, hooks, progress)
+        except KeyboardInterrupt:
+            raise  # a second Ctrl-C: abort at once, without waiting for a save in flight
+        except BaseException as e:
+            try:
+                checkpointer.close()
+            except Exception as closing:  # never mask the error that ended the run
+                log.warning("while closing the checkpoints: %s", closing)
+            if isinstance(e, Exception) and not isinstance(e, DiskFullError):
+                if isinstance(e, CheckpointWriteError):
+                    step, what = e.step, "saving the checkpoint"
+                else:
+                    step, what = progress["step"], progress["what"]
+                resumes = next(iter(checkpointer.finalized_steps()), None)
+                if (full := disk_full_error(e, rundir, what, step, resumes)) is not None:
+                    raise full from None
+            raise
+        checkpointer.close()
+        return summary
 
 
 def _train(config: ConfigDict, env: dict[str, Any], interrupts: _Interrupts,
-           hooks: Sequence[Hook]) -> dict[str, Any]:
+           hooks: Sequence[Hook], progress: dict[str, Any]) -> dict[str, Any]:
+    """The loop (steps 2-4 of the module docstring); `progress` tells the caller the step and
+    what was being done, for the message of an error (a full disk)."""
     mesh, model, state, data_iter = env["mesh"], env["model"], env["state"], env["data_iter"]
     checkpointer: Checkpointer = env["checkpointer"]
     rundir: RunDir = env["rundir"]
@@ -300,10 +362,10 @@ def _train(config: ConfigDict, env: dict[str, Any], interrupts: _Interrupts,
     last_saved = start if env["restored"] else None
     num_steps = config.train.num_steps
     summary: dict[str, Any] = {"start_step": start, "preempted": False, "signal": None}
-    if env["restored"]:
-        say(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}.")
-    ok = False
+    last_logged: dict[str, float] = {}
     try:
+        if env["restored"]:
+            say(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}.")
         step_fn = jit_train_step(
             model, env["tx"], env["lr_schedule"], tuple(config.optim.ema_decays),
             config.train.micro_batches, env["shardings"], mesh, config.train.num_t_bins,
@@ -316,8 +378,10 @@ def _train(config: ConfigDict, env: dict[str, Any], interrupts: _Interrupts,
             t0 = time.perf_counter()
             step_fn = step_fn.lower(state, batch, state_lib.step_rng(state["rng"], step)).compile()
             say(f"compiled in {time.perf_counter() - t0:.1f} s.")
-        last_logged: dict[str, float] = {}
+        progress["what"] = "training"
+        interrupts.armed = True
         pending: tuple[int, Any] | None = None  # (step, device metrics) checked one step late
+        # images/s count from here (after compiling), without the hooks' time (they sample).
         t_last, steps_since = time.perf_counter(), 0
         bar = tqdm(total=num_steps, initial=start, disable=not is_main, desc="train",
                    unit="step", dynamic_ncols=True)
@@ -340,9 +404,17 @@ def _train(config: ConfigDict, env: dict[str, Any], interrupts: _Interrupts,
 
         def save(k: int) -> None:
             nonlocal last_saved
-            with _disk_errors(rundir, "saving a checkpoint", k):
-                checkpointer.save(state, data_iter.get_state(), config, data_spec)
+            checkpointer.save(state, data_iter.get_state(), config, data_spec)
             last_saved = k
+
+        def call_hooks(k: int, final: bool) -> None:
+            nonlocal t_last
+            t0 = time.perf_counter()
+            context = StepContext(k, final, state, model, env["data"], mesh, config, rundir,
+                                  writer, say)
+            for hook in hooks:
+                hook(context)
+            t_last += time.perf_counter() - t0
 
         try:
             while step < num_steps and not interrupts.requested:
@@ -352,43 +424,48 @@ def _train(config: ConfigDict, env: dict[str, Any], interrupts: _Interrupts,
                 batch = None
                 flush_pending()  # the previous step's metrics: ready while this step runs
                 step += 1
+                progress["step"] = step
                 steps_since += 1
                 pending = (step, metrics)
                 bar.update(1)
                 if step % config.train.checkpoint_every == 0 or step == num_steps:
                     flush_pending()  # never checkpoint a non-finite state
                     save(step)
-                final = step == num_steps
-                if hooks and not final:
-                    context = StepContext(step, False, state, model, env["data"], mesh, config,
-                                          rundir, writer, say)
-                    for hook in hooks:
-                        hook(context)
+                if hooks and step != num_steps:
+                    call_hooks(step, final=False)
             if interrupts.requested and step < num_steps:  # preemption: save where we are
                 if last_saved != step:
                     flush_pending()
                     save(step)
+                checkpointer.wait()
                 say(f"{interrupts.requested}: saved step {step}, stopping.")
                 summary.update(preempted=True, signal=interrupts.requested)
             flush_pending()
-            with _disk_errors(rundir, "finishing the checkpoint", step):
-                checkpointer.wait()
+            progress["what"] = "finishing"
+            checkpointer.wait()
+            interrupts.armed = False  # all saved: a Ctrl-C from here on aborts at once
         finally:
             bar.close()
-        if not summary["preempted"]:
-            context = StepContext(step, True, state, model, env["data"], mesh, config, rundir,
-                                  writer, say)
-            for hook in hooks:
-                hook(context)
-        ok = True
-    finally:
-        if not ok:  # an error is on its way: let a pending save finish, without masking it
+        if not summary["preempted"] and hooks:
+            progress["what"] = "running the end-of-run hooks"
+            call_hooks(step, final=True)
+    except KeyboardInterrupt:  # a second Ctrl-C: no waiting for a save in flight
+        writer.close(quiet=True)
+        say.close()
+        raise
+    except BaseException as e:
+        if not isinstance(e, CheckpointWriteError):  # let a pending save finish (not masking e)
             try:
                 checkpointer.wait()
-            except Exception as e:
-                log.warning("an asynchronous checkpoint did not finish: %s", e)
-        writer.close(quiet=not ok)
+            except Exception as failed:  # reported, unless it repeats e's full disk
+                same = _storage_errno(failed) is not None and _storage_errno(e) is not None
+                log.log(logging.INFO if same else logging.WARNING,
+                        "an asynchronous checkpoint did not finish: %s", failed)
+        writer.close(quiet=True)
         say.close()
+        raise
+    writer.close()
+    say.close()
     summary.update(step=int(jax.device_get(state["step"])), metrics=last_logged, state=state,
                    model=model, mesh=mesh, data=env["data"], info=env["info"], rundir=rundir)
     return summary
