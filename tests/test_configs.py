@@ -56,7 +56,7 @@ def _add(tar, name, data):
 
 def test_every_config_is_covered():
     assert set(CONFIGS) >= {"digits_dit", "cifar10_vdm", "imagenet_dit", "imagenet_jit",
-                            "imagenet_sit"}
+                            "imagenet_sit", "digits_meanflow", "imagenet_meanflow"}
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -65,7 +65,7 @@ def test_config_trains_two_steps(name, tmp_path, request):
     spec = c.model.spec.to_dict()
     family = TINY["jit"] if "jit" in (spec.get("name", "") + spec.get("family", "")).lower() \
         else TINY["dit"]
-    c.model.spec = family
+    c.model.spec = {**family, "second_time": True} if spec.get("second_time") else family
     c.model.dtype = "float32"
     c.train.num_steps = 2
     c.train.global_batch_size = 8

@@ -259,7 +259,9 @@ def test_ddim_inversion_reconstructs():
 # ----------------------------------------------------------------------------------------------
 
 
-EQUIVALENCE_CASES = [("vp", s) for s in smp.SAMPLERS] + [("flow", "heun"), ("ve", "heun")]
+# 'meanflow' reads a two-time average velocity, no parameterization (tests/test_meanflow*.py).
+EQUIVALENCE_CASES = [("vp", s) for s in smp.SAMPLERS if s != "meanflow"] + [("flow", "heun"),
+                                                                            ("ve", "heun")]
 
 
 @pytest.mark.parametrize(("family", "sampler"), EQUIVALENCE_CASES)
@@ -437,13 +439,14 @@ def test_one_compilation_a_loop_and_the_nfe(sampler):
     traces, calls = [], []
     schedule = sch.vdm_linear()
 
-    def model(z, t):
+    def model(z, *times):  # times = (t,), or (r, t) for 'meanflow'
         traces.append(1)
         jax.debug.callback(lambda: calls.append(1))
-        return jnp.tanh(z) * t[:, None]
+        return jnp.tanh(z) * times[-1][:, None]
 
+    prediction = smp.AVERAGE_VELOCITY if sampler == "meanflow" else "eps"
     run = fast_jit(functools.partial(smp.sample, model, schedule, (8, 2), sampler=sampler,
-                                     num_steps=50, prediction="eps"))
+                                     num_steps=50, prediction=prediction))
     a = run(jax.random.PRNGKey(0))
     sites = len(traces)
     assert sites == (2 if sampler == "heun" else 1)

@@ -11,11 +11,17 @@ Training loss (per example, then averaged):
 where the denoiser's labels are dropped to the null class with probability
 `diffusion.label_dropout` (classifier-free guidance). With a learned schedule the objective is
 the continuous-time ELBO and its gradient trains the schedule jointly (Kingma et al. 2021).
+
+MeanFlow (diffusion.objective = 'meanflow', core.meanflow) is no weighted ELBO: its network is a
+two-time DiT u(z, r, t) (prediction 'average_velocity') trained on the MeanFlow identity, with
+the same label dropout; `meanflow_loss` is that branch. Its `predict` is u(z, t, t), the
+instantaneous velocity, and it has no bits/dim.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,7 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vdm_jax.core import elbo as elbo_lib
-from vdm_jax.core import objectives
+from vdm_jax.core import meanflow, objectives
 from vdm_jax.core import schedules as sch
 from vdm_jax.nn.layers import label_dropout
 from vdm_jax.nn.learned_schedule import LearnedGamma, learned_schedule
@@ -33,6 +39,9 @@ from vdm_jax.nn.registry import build_model, logical_specs
 
 Array = jax.Array
 Params = dict[str, Any]
+BPD_NOT_APPLICABLE = (
+    "bits/dim does not apply to a MeanFlow model: it learns the average velocity u(z, r, t) of "
+    "the flow, not a denoiser whose weighted ELBO bounds the likelihood")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}  # model.dtype
 
 
@@ -46,7 +55,7 @@ class DiffusionModel:
     denoiser_def: Any
     schedule_def: Any | None
     fixed_schedule: sch.Schedule | None
-    objective: objectives.Objective
+    objective: objectives.Objective | meanflow.MeanFlowObjective
     prediction: str
     image_shape: tuple[int, int, int]
     num_classes: int
@@ -64,10 +73,19 @@ class DiffusionModel:
             return self.fixed_schedule
         return learned_schedule(nnx.merge(self.schedule_def, params["schedule"]))
 
+    @property
+    def is_meanflow(self) -> bool:
+        return isinstance(self.objective, meanflow.MeanFlowObjective)
+
     def network(self, params: Params, z: Array, t: Array, y: Array) -> Array:
         """The raw network output (B, H, W, C or 2C with learn_sigma), float32."""
         net = nnx.merge(self.denoiser_def, params["denoiser"])
         return net(z, t, y).astype(jnp.float32)
+
+    def average_velocity(self, params: Params, z: Array, r: Array, t: Array, y: Array) -> Array:
+        """A MeanFlow network's u(z_t, r, t) (B, H, W, C), float32; z (B, H, W, C), r ≤ t (B,)."""
+        net = nnx.merge(self.denoiser_def, params["denoiser"])
+        return net(z, t, y, r=r).astype(jnp.float32)
 
     def predict(self, params: Params, z: Array, t: Array, y: Array) -> Array:
         """The prediction of kind `self.prediction` (B, H, W, C); the variance head is dropped."""
@@ -87,13 +105,16 @@ class DiffusionModel:
     ) -> tuple[Array, dict[str, Array]]:
         """Mean training loss of a batch {"image": (B,H,W,C), "label": (B,)} and its diagnostics:
         'per_example' (B,), 't' (B,), per-t-bin sums/counts of the objective ('bin_sum',
-        'bin_count'), and 'vlb' (the learned-variance term's mean) with learn_sigma."""
+        'bin_count'), and 'vlb' (the learned-variance term's mean) with learn_sigma; MeanFlow's
+        are listed in `meanflow_loss`."""
         rng_drop, rng_loss = jax.random.split(rng)
         x, y = batch["image"], batch["label"]
         if self.num_classes:
             y = label_dropout(rng_drop, y, self.label_dropout, self.num_classes)
         else:
             y = self.null_labels(x.shape[0])
+        if self.is_meanflow:
+            return self.meanflow_loss(params, x, y, rng_loss, num_bins)
         schedule = self.schedule(params)
         c = self.image_shape[-1]
         t, eps, z = objectives.noisy_inputs(self.objective, schedule, x, rng_loss)  # (B,), x, x
@@ -112,9 +133,27 @@ class DiffusionModel:
         aux["per_example"] = per_example
         return per_example.mean(), aux
 
+    def meanflow_loss(
+        self, params: Params, x: Array, y: Array, rng: Array, num_bins: int = 10
+    ) -> tuple[Array, dict[str, Array]]:
+        """MeanFlow's objective (core.meanflow.meanflow_loss) of images x (B, H, W, C) with labels
+        y (B,), already dropped to the null class where they are (rows whose target is then not
+        guided), and its diagnostics: 'per_example' loss sg(w) ‖Δ‖², 'r', 't', 'sq_error' ‖Δ‖²,
+        'weight' w (each (B,)), and per-t-bin sums/counts ('bin_sum', 'bin_count') of ‖Δ‖² / D:
+        with p = 1 the loss itself is ‖Δ‖² / (‖Δ‖² + c) ≈ 1 in every bin, so the trainer's
+        per-t curves show the squared error per dimension instead."""
+        u_fn = functools.partial(self.average_velocity, params)  # (z, r, t, y) -> u
+        loss, aux = self.objective.loss(u_fn, x, y, rng, null_label=self.num_classes,
+                                        num_bins=num_bins)
+        bins = objectives.t_bin_statistics(aux["sq_error"] / x[0].size, aux["t"], num_bins)
+        keep = ("per_example", "r", "t", "sq_error", "weight")
+        return loss, {**{k: aux[k] for k in keep}, **bins}
+
     def elbo_bpd(self, params: Params, x: Array, y: Array, rng: Array) -> dict[str, Array]:
         """One-sample −ELBO terms in bits/dim per example (B,): prior, reconstruction, diffusion
         (continuous time) and total, for data on the dataset's K levels."""
+        if self.is_meanflow:
+            raise ValueError(BPD_NOT_APPLICABLE)
         if not self.num_classes:
             y = self.null_labels(x.shape[0])
         terms = elbo_lib.elbo_terms(
@@ -184,6 +223,16 @@ def schedule_kwargs(diffusion: Mapping[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def build_objective(
+    diffusion: Mapping[str, Any],
+) -> objectives.Objective | meanflow.MeanFlowObjective:
+    """The training objective of config.diffusion: a named weighted-ELBO objective, or MeanFlow's
+    (diffusion.objective = 'meanflow'), with diffusion.objective_kwargs."""
+    if diffusion["objective"] == meanflow.OBJECTIVE:
+        return meanflow.objective(**dict(diffusion.get("objective_kwargs") or {}))
+    return objectives.get_objective(diffusion["objective"], **objective_kwargs(diffusion))
+
+
 def objective_kwargs(diffusion: Mapping[str, Any]) -> dict[str, Any]:
     """The objective constructor's keyword arguments, with num_steps = diffusion.timesteps for
     a discrete-time objective (L_simple on DDPM's integer grid)."""
@@ -228,7 +277,7 @@ def build(config: Mapping[str, Any], data: DataSpec, seed: int) -> tuple[Diffusi
         denoiser_def=denoiser_def,
         schedule_def=schedule_def,
         fixed_schedule=fixed,
-        objective=objectives.get_objective(dcfg["objective"], **objective_kwargs(dcfg)),
+        objective=build_objective(dcfg),
         prediction=mcfg["prediction"],
         image_shape=data.image_shape,
         num_classes=num_classes,

@@ -4,7 +4,8 @@ Every place that samples — the trainer's periodic grids, end-of-run metrics, `
 evaluation records and the benchmarks — builds one `SamplingSpec`, and it is validated here
 once, when it is made (`ValueError` naming the field and what it accepts). Fields:
 
-    sampler              one of core.samplers.SAMPLERS
+    sampler              one of core.samplers.SAMPLERS ('meanflow' only for MeanFlow models,
+                         and without classifier-free guidance: it is folded into training)
     num_steps            steps N of the time grid (NFE: core.samplers.nfe)
     guidance_scale       classifier-free guidance w (1 = the conditional model, no null pass)
     guidance_interval    (t_lo, t_hi) with 0 ≤ t_lo < t_hi ≤ 1: guide only there, else w = 1
@@ -99,6 +100,10 @@ class SamplingSpec:
         scale = _number(self.guidance_scale, "guidance scale")
         if scale < 0:
             raise ValueError(f"guidance scale must be >= 0 (1 = no guidance), got {scale}")
+        if self.sampler == "meanflow" and scale != 1.0:
+            raise ValueError(f"sampler 'meanflow' takes no classifier-free guidance (guidance "
+                             f"scale must be 1, got {scale:g}): MeanFlow folds guidance into "
+                             "training (diffusion.objective_kwargs omega, kappa)")
         object.__setattr__(self, "guidance_scale", scale)
         interval = self.guidance_interval
         if interval is not None:

@@ -16,11 +16,14 @@ and locks it; `validate` then checks every value before anything is written. Sec
                     it decodes the samples of a latent model
     model           spec (a dict: {'name': 'DiT-XL/2'} for a registry size, optionally with
                     overrides, or a full spec {'family': 'dit', 'depth': …}), prediction
-                    ('eps' | 'x' | 'v' | 'flow'), learn_sigma, dtype (compute)
+                    ('eps' | 'x' | 'v' | 'flow' | 'average_velocity' for MeanFlow), learn_sigma,
+                    dtype (compute)
     diffusion       schedule (+ schedule_kwargs, shift) or learned_schedule; objective
-                    (+ objective_kwargs); timesteps: T of a discrete-time recipe (DDPM's linear
-                    β grid, L_simple on the integer grid, the learned-σ term), 0 = continuous;
-                    label_dropout; class_conditional; vlb_weight
+                    (+ objective_kwargs; 'meanflow' takes core.meanflow.MeanFlowObjective's
+                    fields and a two-time DiT on rectified flow); timesteps: T of a
+                    discrete-time recipe (DDPM's linear β grid, L_simple on the integer grid,
+                    the learned-σ term), 0 = continuous; label_dropout; class_conditional;
+                    vlb_weight
     optim           AdamW: lr, warmup_steps, schedule, b1, b2, eps, weight_decay, grad_clip
                     (0 = off); ema_decays (one EMA per decay)
     train           num_steps, global_batch_size, micro_batches, log_every, checkpoint_every,
@@ -28,7 +31,8 @@ and locks it; `validate` then checks every value before anything is written. Sec
     sample          the trainer's sample grids: every (0 = only at the end), num_images, and
                     the SamplingSpec fields sampler, num_steps, guidance_scale,
                     guidance_interval, guidance_channels, ema, options
-    eval            at_end, batch_size, bpd_passes, num_samples (metrics at the end of training)
+    eval            at_end, batch_size, bpd_passes, num_samples (metrics at the end of training),
+                    num_steps (sampler step counts to evaluate, e.g. (1, 2); () = sample's)
     mesh            data, fsdp (−1 = the remaining devices)
     distributed     coordinator_address, num_processes, process_id (multi-host; optional)
 

@@ -10,15 +10,16 @@ from typing import Any
 
 from ml_collections import ConfigDict, config_dict
 
-from vdm_jax.core import objectives, schedules
+from vdm_jax.core import meanflow, objectives, samplers, schedules
 from vdm_jax.data import DATASETS, latents
 from vdm_jax.model import DTYPES as MODEL_DTYPES
-from vdm_jax.model import objective_kwargs, schedule_kwargs
+from vdm_jax.model import build_objective, schedule_kwargs
 from vdm_jax.nn.registry import resolve_spec
 from vdm_jax.sampling_spec import SamplingSpec
 
 DTYPES = tuple(MODEL_DTYPES)
-PREDICTIONS = ("eps", "x", "v", "flow")
+PREDICTIONS = ("eps", "x", "v", "flow", samplers.AVERAGE_VELOCITY)
+OBJECTIVE_NAMES = (*sorted(objectives.OBJECTIVES), meanflow.OBJECTIVE)
 
 
 def ema_name(decay: float) -> str:
@@ -89,7 +90,8 @@ def default_config() -> ConfigDict:
         ema="",
         options={},
     ))
-    c.eval = ConfigDict(dict(at_end=False, batch_size=256, bpd_passes=1, num_samples=0))
+    c.eval = ConfigDict(dict(at_end=False, batch_size=256, bpd_passes=1, num_samples=0,
+                             num_steps=()))
     c.mesh = ConfigDict(dict(data=-1, fsdp=1))
     c.distributed = ConfigDict(dict(
         coordinator_address=config_dict.placeholder(str),
@@ -176,13 +178,13 @@ def validate(config: Mapping[str, Any]) -> None:
                                    **schedule_kwargs(diff))
         except (ValueError, TypeError) as err:
             raise ValueError(f"diffusion.schedule / schedule_kwargs: {err}") from None
-    _require(diff["objective"] in objectives.OBJECTIVES,
-             f"diffusion.objective={diff['objective']!r}; expected one of "
-             f"{sorted(objectives.OBJECTIVES)}")
+    _require(diff["objective"] in OBJECTIVE_NAMES,
+             f"diffusion.objective={diff['objective']!r}; expected one of {OBJECTIVE_NAMES}")
     try:
-        objectives.get_objective(diff["objective"], **objective_kwargs(diff))
+        build_objective(diff)
     except ValueError as err:
         raise ValueError(f"diffusion.objective / objective_kwargs: {err}") from None
+    _check_meanflow(config, resolve_spec(spec))
     _require(not m["learn_sigma"] or diff["timesteps"] > 0,
              "model.learn_sigma trains IDDPM's variance on a discrete grid: set "
              "diffusion.timesteps (DiT: 1000)")
@@ -239,10 +241,47 @@ def validate(config: Mapping[str, Any]) -> None:
     _require(_int(e["batch_size"], 1), f"eval.batch_size={e['batch_size']!r} must be >= 1")
     _require(_int(e["bpd_passes"], 1), f"eval.bpd_passes={e['bpd_passes']!r} must be >= 1")
     _require(_int(e["num_samples"], 0), f"eval.num_samples={e['num_samples']!r} must be >= 0")
+    steps = e.get("num_steps", ())  # absent from configs stored before it existed
+    _require(isinstance(steps, tuple | list) and all(_int(k, 1) for k in steps)
+             and len(set(steps)) == len(steps),
+             f"eval.num_steps={steps!r} must be distinct positive ints, e.g. "
+             "--config.eval.num_steps='(1, 2)' (() = sample.num_steps)")
     # mesh
     for key in ("data", "fsdp"):
         v = config["mesh"][key]
         _require(_int(v) and (v >= 1 or v == -1), f"mesh.{key}={v!r} must be >= 1 or -1")
+
+
+def _check_meanflow(config: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
+    """A MeanFlow config is the whole combination or none of it: objective 'meanflow', prediction
+    'average_velocity', a two-time DiT, rectified flow, the 'meanflow' sampler."""
+    m, diff = config["model"], config["diffusion"]
+    sampler = config["sample"]["sampler"]
+    is_mf = diff["objective"] == meanflow.OBJECTIVE
+    _require(is_mf == (m["prediction"] == samplers.AVERAGE_VELOCITY),
+             f"model.prediction={m['prediction']!r} with diffusion.objective="
+             f"{diff['objective']!r}: MeanFlow's network predicts the average velocity, so "
+             f"prediction {samplers.AVERAGE_VELOCITY!r} goes with objective "
+             f"{meanflow.OBJECTIVE!r} and only with it")
+    _require(is_mf == (sampler == "meanflow"),
+             f"sample.sampler={sampler!r} with diffusion.objective={diff['objective']!r}: a "
+             "MeanFlow model samples with sampler 'meanflow' and only it")
+    if not is_mf:
+        return
+    _require(spec["family"] == "dit" and spec.get("second_time", False),
+             "diffusion.objective='meanflow' needs a two-time DiT u(z, r, t): set "
+             "model.spec second_time=True (e.g. {'name': 'DiT-XL/2', 'second_time': True})")
+    _require(not diff["learned_schedule"] and diff["schedule"] == "rectified_flow"
+             and diff["shift"] == 1.0 and not diff["timesteps"],
+             "diffusion.objective='meanflow' is defined on the rectified-flow path "
+             "z_t = (1 − t) x + t ε: set diffusion.schedule='rectified_flow' with shift 1, "
+             "timesteps 0 and no learned schedule")
+    _require(not m["learn_sigma"], "model.learn_sigma does not apply to MeanFlow")
+    if build_objective(diff).guided:
+        _require(diff["class_conditional"] and diff["label_dropout"] > 0,
+                 "MeanFlow's guidance (objective_kwargs omega, kappa) needs the unconditional "
+                 "u(z, t, t | ∅) trained: a class-conditional model with "
+                 "diffusion.label_dropout > 0")
 
 
 def sampling_spec(config: Mapping[str, Any]) -> SamplingSpec:

@@ -34,8 +34,16 @@ Outside the guidance interval [t_lo, t_hi], and on rows whose label was dropped 
 
 Sampling (Sec. 4.1, Alg. 2): z_r = z_t − (t − r) u_θ(z_t, r, t) on a decreasing grid
 1 = t_0 > t_1 > … > t_N = 0, z_1 ~ N(0, I); N = 1 is the paper's 1-NFE z_0 = z_1 − u_θ(z_1, 0, 1),
-N = 2 its 2-NFE (here on the uniform grid 1, ½, 0). The loop is one `lax.scan`; a sharding for the
-batch keeps z sharded through it. With the exact u any grid gives the same samples.
+N = 2 its 2-NFE (here on the uniform grid 1, ½, 0; the official code takes the grid as an input and
+defaults to [1, 0]). The step is core.samplers' 'meanflow' sampler, so `core.samplers.sample`
+(what generation uses) and `sample` here draw the same samples from the same rng; the loop is one
+`lax.scan`, and a sharding for the batch keeps z sharded through it. With the exact u any grid
+gives the same samples.
+
+In a training config (vdm_jax.config): diffusion.objective = 'meanflow' with
+diffusion.objective_kwargs = `MeanFlowObjective`'s fields (p, c, time_mean, time_std,
+equal_fraction, omega, kappa, guidance_interval), a DiT with spec second_time, the schedule
+'rectified_flow' and model.prediction = 'average_velocity' (core.samplers.AVERAGE_VELOCITY).
 
 Network functions: u_fn(z, r, t) -> (B, ...) with z (B, ...), r and t (B,); for the loss with
 guidance a conditional u_fn(z, r, t, y), y (B,) int labels.
@@ -43,12 +51,15 @@ guidance a conditional u_fn(z, r, t, y), y (B,) int labels.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from vdm_jax.core import samplers
 from vdm_jax.core.diffusion import expand_to
 from vdm_jax.core.objectives import t_bin_statistics
 from vdm_jax.core.samplers import SampleOutput, time_grid
@@ -63,6 +74,7 @@ TIME_STD = 1.0
 EQUAL_FRACTION = 0.75  # fraction of rows with r = t (Table 4: 25% have r ≠ t)
 NORM_P = 1.0  # adaptive weight power p, Table 1e / Table 4
 NORM_C = 1e-3  # adaptive weight constant c, Sec. 4.3
+OBJECTIVE = "meanflow"  # the name of the objective in a training config (diffusion.objective)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,28 +240,106 @@ def meanflow_loss(
 
 
 # ----------------------------------------------------------------------------------------------
-# Sampling.
+# The objective as a training config names it.
 # ----------------------------------------------------------------------------------------------
 
 
-def _constrain(z: Array, sharding: jax.sharding.Sharding | None) -> Array:
-    return z if sharding is None else jax.lax.with_sharding_constraint(z, sharding)
+def _finite(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"meanflow {key} must be a finite number, got {value!r}.")
+    return float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanFlowObjective:
+    """The MeanFlow objective's settings (a config's diffusion.objective_kwargs), checked when
+    made (ValueError naming the key); defaults are the paper's (module docstring):
+
+        p, c                adaptive weight w = 1 / (‖Δ‖² + c)^p;  p ≥ 0, c > 0
+        time_mean/_std      logit(r), logit(t) ~ N(time_mean, time_std²) before sorting
+        equal_fraction      fraction of rows with r = t, in [0, 1]
+        omega, kappa        guidance folded into the target: ω > 0, κ ∈ [0, 1); (1, 0) = none,
+                            effective scale ω′ = ω / (1 − κ)
+        guidance_interval   (t_lo, t_hi), 0 ≤ t_lo < t_hi ≤ 1: rows with t outside get ṽ = v
+    """
+
+    p: float = NORM_P
+    c: float = NORM_C
+    time_mean: float = TIME_MEAN
+    time_std: float = TIME_STD
+    equal_fraction: float = EQUAL_FRACTION
+    omega: float = 1.0
+    kappa: float = 0.0
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name != "guidance_interval":
+                object.__setattr__(self, f.name, _finite(getattr(self, f.name), f.name))
+        checks = (
+            (self.p >= 0, f"p={self.p} must be >= 0 (0: plain squared error, 1: the paper's)"),
+            (self.c > 0, f"c={self.c} must be positive"),
+            (self.time_std > 0, f"time_std={self.time_std} must be positive"),
+            (0 <= self.equal_fraction <= 1,
+             f"equal_fraction={self.equal_fraction} must be in [0, 1]"),
+            (self.omega > 0, f"omega={self.omega} must be positive (1 with kappa 0: no guidance)"),
+            (0 <= self.kappa < 1, f"kappa={self.kappa} must be in [0, 1)"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"meanflow {message}.")
+        interval = self.guidance_interval
+        if not isinstance(interval, tuple | list) or len(interval) != 2:
+            raise ValueError(f"meanflow guidance_interval must be (t_lo, t_hi), got {interval!r}.")
+        lo, hi = (_finite(v, "guidance_interval bound") for v in interval)
+        if not 0 <= lo < hi <= 1:
+            raise ValueError(f"meanflow guidance_interval must satisfy 0 <= t_lo < t_hi <= 1, "
+                             f"got ({lo}, {hi}).")
+        object.__setattr__(self, "guidance_interval", (lo, hi))
+
+    @property
+    def guided(self) -> bool:
+        """Whether the target folds in guidance (and so needs the null class trained)."""
+        return (self.omega, self.kappa) != (1.0, 0.0)
+
+    def loss(
+        self, u_fn: CondUFn, x: Array, y: Array, rng: Array, *, null_label: int,
+        num_bins: int = 10,
+    ) -> tuple[Array, dict[str, Array]]:
+        """`meanflow_loss` with these settings."""
+        return meanflow_loss(
+            u_fn, x, y, rng, null_label=null_label, time_mean=self.time_mean,
+            time_std=self.time_std, equal_fraction=self.equal_fraction, p=self.p, c=self.c,
+            omega=self.omega, kappa=self.kappa, interval=self.guidance_interval,
+            num_bins=num_bins,
+        )
+
+
+def objective(**kwargs: Any) -> MeanFlowObjective:
+    """The `MeanFlowObjective` of a config's diffusion.objective_kwargs; unknown keys are
+    refused, naming the valid ones."""
+    valid = [f.name for f in dataclasses.fields(MeanFlowObjective)]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(f"objective {OBJECTIVE!r} takes no key(s) {unknown}; its keys are "
+                         f"{valid}.")
+    return MeanFlowObjective(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling.
+# ----------------------------------------------------------------------------------------------
 
 
 def sample_loop(
     u_fn: UFn, z: Array, ts: Array, *, sharding: jax.sharding.Sharding | None = None
 ) -> Array:
     """z_{t_N} from z_{t_0} (B, ...) along ts (N + 1,): z_r = z_t − (t − r) u(z_t, r, t) for
-    consecutive (t, r) = (t_i, t_{i+1}), in one `lax.scan`. N evaluations of u_fn."""
-
-    def step(z, times):
-        t, r = times
-        b = z.shape[0]
-        u = u_fn(z, jnp.full((b,), r, z.dtype), jnp.full((b,), t, z.dtype)).astype(z.dtype)
-        return _constrain(z - (t - r) * u, sharding), None
-
-    z, _ = jax.lax.scan(step, _constrain(z, sharding), (ts[:-1], ts[1:]))
-    return z
+    consecutive (t, r) = (t_i, t_{i+1}), in one `lax.scan` (core.samplers.meanflow). N
+    evaluations of u_fn."""
+    if sharding is not None:
+        z = jax.lax.with_sharding_constraint(z, sharding)
+    return samplers.meanflow(u_fn, None, z, ts, sharding=sharding)
 
 
 def sample(
@@ -260,15 +350,16 @@ def sample(
     """Samples of `shape` (B, ...): z_1 ~ N(0, I) (or z_init) mapped to z_0 by `sample_loop`.
 
     ts: a decreasing grid (N + 1,) from 1 to 0; default the uniform grid with num_steps steps
-    (num_steps = 1: the 1-NFE sampler, 2: 2-NFE through t = ½). Jittable with everything but rng
-    static, e.g. jax.jit(functools.partial(sample, u_fn, shape, num_steps=2)).
+    (num_steps = 1: the 1-NFE sampler, 2: 2-NFE through t = ½). z_1 is drawn from the first key
+    of jax.random.split(rng), as `core.samplers.sample` draws it. Jittable with everything but
+    rng static, e.g. jax.jit(functools.partial(sample, u_fn, shape, num_steps=2)).
     """
     dtype = dtype or (z_init.dtype if z_init is not None else jnp.result_type(float))
     ts = time_grid(num_steps, dtype=dtype) if ts is None else jnp.asarray(ts, dtype)
     if ts.ndim != 1 or ts.shape[0] < 2:
         raise ValueError(f"ts must be a 1-D grid of at least 2 times, got shape {ts.shape}.")
     if z_init is None:
-        z = jax.random.normal(rng, tuple(shape), dtype)
+        z = jax.random.normal(jax.random.split(rng)[0], tuple(shape), dtype)
     elif tuple(z_init.shape) != tuple(shape):
         raise ValueError(f"z_init has shape {z_init.shape}, expected {tuple(shape)}.")
     else:

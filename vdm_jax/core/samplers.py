@@ -25,6 +25,11 @@ step goes from t = t_i to s = t_{i+1} < t:
                       z_s = (σ_s/σ_t) z_t − α_s expm1(−h) D,
                       D = x̂_t + (h / 2h_prev)(x̂_t − x̂_prev)   (D = x̂_t on the first step, the
                       last step when `lower_order_final`, and any step with h = ∞)
+    'meanflow'        z_s = z_t − (t − s) u(z_t, s, t)   (MeanFlow, Geng et al. 2025, Alg. 2): the
+                      network's average velocity over [s, t] jumps the whole step; model_fn is
+                      u(z, r, t) with a second time r = s (prediction 'average_velocity', see
+                      core.meanflow); t_max defaults to 1, so one step is the 1-NFE
+                      z_0 = z_1 − u(z_1, 0, 1)
 with a = α_{t|s} σ_s²/σ_t², b = α_s c, c = −expm1(λ_t − λ_s) and ξ ~ N(0, I) fresh each step.
 The final step adds no noise (Ho et al. 2020, Alg. 2): the stochastic samplers end on the mean.
 'ddpm' and 'ddim' take `clip_denoised` (x̂ clipped to [−1, 1], and for 'ddim' ε̂ re-derived from
@@ -80,7 +85,10 @@ from vdm_jax.core.schedules import (
 
 Array = jax.Array
 ModelFn = Callable[[Array, Array], Array]
-SAMPLERS = ("ddpm", "ddim", "euler", "heun", "euler_maruyama", "dpm_solver_2m")
+SAMPLERS = ("ddpm", "ddim", "euler", "heun", "euler_maruyama", "dpm_solver_2m", "meanflow")
+# The prediction of a MeanFlow network u(z, r, t): the average velocity over [r, t]. It has two
+# times, so it is no function of (x̂, ε̂) at one time: only the 'meanflow' sampler reads it.
+AVERAGE_VELOCITY = "average_velocity"
 SPACINGS = ("uniform", "quadratic", "shifted", "ddpm_respaced")
 VARIANCES = ("posterior", "forward", "learned")
 T_MAX_IF_SINGULAR = 1.0 - 1e-3  # default t_max where λ(1) is not finite
@@ -462,6 +470,25 @@ def dpm_solver_2m(
     return _scan(step, carry, ts, None, sharding)[0]
 
 
+def meanflow(
+    model_fn: Callable[[Array, Array, Array], Array], schedule: Schedule, z: Array, ts: Array,
+    rng: Array | None = None, *, prediction: str = AVERAGE_VELOCITY,
+    sharding: jax.sharding.Sharding | None = None,
+) -> Array:
+    """MeanFlow's few-step sampler: z_s = z_t − (t − s) u(z_t, s, t) for consecutive (t, s) of
+    ts, with model_fn(z, r, t) -> u (B, ...), r and t (B,). Exact for any grid when u is the true
+    average velocity; the schedule is not read (the path is rectified flow's). N NFE.
+    """
+
+    def step(carry, t, s, key, i, last):
+        (z,) = carry
+        b = z.shape[0]
+        u = model_fn(z, jnp.full((b,), s, z.dtype), jnp.full((b,), t, z.dtype)).astype(z.dtype)
+        return (z - (t - s) * u,)
+
+    return _scan(step, (z,), ts, None, sharding)[0]
+
+
 _SAMPLER_FNS: dict[str, Callable[..., Array]] = {
     "ddpm": ddpm,
     "ddim": ddim,
@@ -469,6 +496,7 @@ _SAMPLER_FNS: dict[str, Callable[..., Array]] = {
     "heun": heun,
     "euler_maruyama": euler_maruyama,
     "dpm_solver_2m": dpm_solver_2m,
+    "meanflow": meanflow,
 }
 
 
@@ -480,6 +508,7 @@ SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
     "heun": (),
     "euler_maruyama": (),
     "dpm_solver_2m": ("lower_order_final",),
+    "meanflow": (),
 }
 
 
@@ -498,11 +527,14 @@ def sample(
     """Samples of `shape` (B, ...) from `sampler` on `time_grid(num_steps, spacing, ...)`:
     SampleOutput(samples=z_{t_min}, nfe=nfe(sampler, num_steps)).
 
-    t_max: None for `default_t_max(schedule)`. num_train_steps: T of spacing='ddpm_respaced'.
+    t_max: None for `default_t_max(schedule)` (1 for 'meanflow', whose network is evaluated at
+    t = 1 without a conversion through λ). num_train_steps: T of spacing='ddpm_respaced'.
     z_init: start from this z_{t_max} instead of `initial_noise` (e.g. a DDIM-inverted latent).
-    sharding: the batch's sharding, kept through the loop. options go to the sampler: eta
-    ('ddim'), variance ('ddpm'), clip_denoised ('ddpm', 'ddim'), lower_order_final
-    ('dpm_solver_2m'). Jittable with everything but rng static, e.g.
+    model_fn: (z, t) -> prediction; for 'meanflow', (z, r, t) -> u with prediction
+    'average_velocity' (and no other sampler takes that prediction). sharding: the batch's
+    sharding, kept through the loop. options go to the sampler: eta ('ddim'), variance ('ddpm'),
+    clip_denoised ('ddpm', 'ddim'), lower_order_final ('dpm_solver_2m'). Jittable with
+    everything but rng static, e.g.
     jax.jit(functools.partial(sample, model_fn, schedule, shape, sampler='heun', num_steps=50)).
     """
     _check_sampler(sampler)
@@ -510,11 +542,15 @@ def sample(
     if unknown:
         raise ValueError(f"Sampler {sampler!r} takes no option(s) {unknown}; its options are "
                          f"{SAMPLER_OPTIONS[sampler]}.")
-    if prediction not in PREDICTIONS:
+    if (prediction == AVERAGE_VELOCITY) != (sampler == "meanflow"):
+        raise ValueError(f"A model of prediction {AVERAGE_VELOCITY!r} (MeanFlow) samples with "
+                         f"sampler 'meanflow' and only it; got sampler {sampler!r} with "
+                         f"prediction {prediction!r}.")
+    if prediction not in (*PREDICTIONS, AVERAGE_VELOCITY):
         raise ValueError(f"Unknown prediction type {prediction!r}; expected one of {PREDICTIONS}.")
     dtype = dtype or (z_init.dtype if z_init is not None else jnp.result_type(float))
     if t_max is None:
-        t_max = default_t_max(schedule, dtype)
+        t_max = 1.0 if sampler == "meanflow" else default_t_max(schedule, dtype)
     ts = time_grid(num_steps, spacing, t_min=t_min, t_max=t_max, shift=shift,
                    num_train_steps=num_train_steps, dtype=dtype)
     rng_init, rng_steps = jax.random.split(rng)
@@ -535,7 +571,8 @@ def make_sampler(
     apply_fn: Callable[[Any, Array, Array], Array], schedule: Schedule, shape: tuple[int, ...], *,
     sampler: str, num_steps: int, prediction: str = "eps", **options: Any,
 ) -> Callable[[Any, Array], SampleOutput]:
-    """A jitted fn(params, rng) -> SampleOutput with model_fn = (z, t) ↦ apply_fn(params, z, t).
+    """A jitted fn(params, rng) -> SampleOutput with model_fn = (z, t) ↦ apply_fn(params, z, t)
+    ((z, r, t) ↦ apply_fn(params, z, r, t) for 'meanflow').
 
     params is any pytree (network weights, and e.g. class labels and a guidance scale that
     apply_fn feeds to `classifier_free_guidance`); new params or rng do not recompile.
@@ -544,7 +581,7 @@ def make_sampler(
 
     @jax.jit
     def run(params: Any, rng: Array) -> SampleOutput:
-        return sample(lambda z, t: apply_fn(params, z, t), schedule, shape, rng, sampler=sampler,
+        return sample(lambda *zt: apply_fn(params, *zt), schedule, shape, rng, sampler=sampler,
                       num_steps=num_steps, prediction=prediction, **options)
 
     return run

@@ -7,6 +7,8 @@ Class-conditional models sample the given labels with classifier-free guidance a
 `spec.guidance_scale` (1 = the plain conditional model: one forward pass, no null batch);
 unconditional models ignore the labels. DDPM with `variance='learned'` reads the network's
 variance half (models trained with learned σ); every other sampler sees only the prediction.
+A MeanFlow model (prediction 'average_velocity') samples with the 'meanflow' sampler, which calls
+its two-time network u(z, r, t); guidance is part of its training, not of sampling.
 Used by the trainer's grids, `generation.batches` (launch/sample.py) and end-of-run metrics.
 """
 
@@ -44,14 +46,22 @@ def make_generate_fn(
     if learned and not model.learn_sigma:
         raise ValueError("variance='learned' needs a model trained with learned σ "
                          "(model.learn_sigma); use 'posterior' or 'forward'")
-    # The network's raw output (prediction + variance half) or the prediction alone.
-    forward = model.network if learned else model.predict
     grid = {}
     if spec.sampler_options.get("spacing") == "ddpm_respaced":
         if not model.ddpm_steps:
             raise ValueError("spacing 'ddpm_respaced' keeps steps of a discrete-time model's "
                              "grid: this model has no diffusion.timesteps")
         grid["num_train_steps"] = model.ddpm_steps  # T: DiT's grid of 1000 levels
+    if model.is_meanflow and spec.sampler != "meanflow":
+        raise ValueError(f"a MeanFlow model samples with sampler 'meanflow' (e.g. --sampler="
+                         f"meanflow --steps=1), not {spec.sampler!r}")
+    if spec.sampler == "meanflow" and not model.is_meanflow:
+        raise ValueError(f"sampler 'meanflow' needs a MeanFlow model (diffusion.objective="
+                         f"'meanflow'); this one predicts {model.prediction!r}")
+    # The network's raw output (prediction + variance half), the prediction alone, or MeanFlow's
+    # u(z, r, t) (its call takes the second time r: model_fn(z, r, t) below).
+    forward = (model.average_velocity if model.is_meanflow
+               else model.network if learned else model.predict)
 
     def apply(params: Any, labels: Array, rng: Array) -> Array:
         if guided:
@@ -62,7 +72,7 @@ def make_generate_fn(
             )
         else:
             y = labels if model.num_classes else model.null_labels(batch_size)
-            model_fn = lambda z, t: forward(params, z, t, y)
+            model_fn = lambda *zt: forward(params, *zt, y)  # zt = (z, t), or (z, r, t)
         out = samplers.sample(
             model_fn, model.schedule(params), shape, rng, sampler=spec.sampler,
             num_steps=spec.num_steps, prediction=model.prediction, sharding=sharding,

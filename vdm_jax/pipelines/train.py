@@ -11,9 +11,11 @@ are applied on top where they may change (vdm_jax.config.resume_config), so a re
 silently falls back to the module's defaults for settings it was started with.
 
 End of run (`config.eval.at_end`): held-out bits/dim with its three terms and two classical
-baselines on the same data, then `eval.num_samples` class-balanced samples from the EMA
-(`config.sample`'s spec) written as `samples/final.npz`, with the digits metrics for the digits
-default; all of it in `eval_results.json`.
+baselines on the same data (not for MeanFlow, which bounds no likelihood: reported n/a), then
+`eval.num_samples` class-balanced samples from the EMA (`config.sample`'s spec) written as
+`samples/final.npz`, with the digits metrics for the digits default; with `eval.num_steps` =
+(k1, k2, …) one such batch per step count (`samples/final_<k>steps.npz`, e.g. MeanFlow's 1- and
+2-NFE); all of it in `eval_results.json` (the batches under "samples").
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ from vdm_jax.generation.decode import make_decoder, output_shape
 from vdm_jax.generation.generate import class_balanced_labels, make_generate_fn
 from vdm_jax.generation.grids import grid_upscale, image_grid, save_grid
 from vdm_jax.io import read_json, write_json
-from vdm_jax.model import DataSpec
+from vdm_jax.model import BPD_NOT_APPLICABLE, DataSpec
 from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.rundir import RunDir
+from vdm_jax.sampling_spec import SamplingSpec
 from vdm_jax.training import loop
 from vdm_jax.training.loop import StepContext
 
@@ -173,34 +176,21 @@ def evaluate_at_end(summary: Mapping[str, Any], config: ConfigDict) -> dict[str,
     params = state["params"] if ema is None else state["ema"][ema]
     results: dict[str, Any] = {"step": summary["step"], "ema": ema or "none",
                                "sampling": spec.to_dict()}
-    results["bpd"] = likelihood.evaluate_bpd(
-        model, params, config.data, batch_size=config.eval.batch_size, mesh=mesh,
-        seed=config.seed, passes=config.eval.bpd_passes,
-    )
-    results["baselines_bpd"] = likelihood.pixel_baselines(config.data, model.num_levels)
-    n = config.eval.num_samples
-    if n:
-        batch = min(n, 500)
-        batch -= batch % mesh.size if batch >= mesh.size else 0
-        sharding = mesh_lib.batch_sharding(mesh) if batch % mesh.size == 0 else None
-        fn = make_generate_fn(model, batch, spec, sharding=sharding)
-        decode = make_decoder(summary["data"], config.autoencoder.weights)
-        labels = class_balanced_labels(math.ceil(n / batch) * batch, model.num_classes)
-        chunks = []
-        for i in range(0, len(labels), batch):
-            key = jax.random.fold_in(jax.random.key(config.seed + EVAL_SEED_OFFSET), i)
-            images = fn(params, labels[i:i + batch], key)
-            if decode is not None:
-                images = decode(images)
-            chunks.append(unit_to_uint8(np.asarray(mesh_lib.to_host(images)), model.num_levels))
-        images, labels = np.concatenate(chunks)[:n], labels[:n]
-        if jax.process_index() == 0:
-            results["samples_npz"] = str(save_samples(
-                rundir.sample_batch("final"), images, labels if model.num_classes else None))
-        if config.data.name == "digits":
-            results["digits"] = digits_metrics(
-                images, labels if model.num_classes else None, rundir.cache,
-                data_dir=config.data.data_dir, seed=config.seed)
+    if model.is_meanflow:
+        results["bpd"] = results["baselines_bpd"] = None
+        results["unavailable"] = {"bpd": BPD_NOT_APPLICABLE}
+    else:
+        results["bpd"] = likelihood.evaluate_bpd(
+            model, params, config.data, batch_size=config.eval.batch_size, mesh=mesh,
+            seed=config.seed, passes=config.eval.bpd_passes,
+        )
+        results["baselines_bpd"] = likelihood.pixel_baselines(config.data, model.num_levels)
+    if config.eval.num_samples:
+        steps = tuple(config.eval.get("num_steps", ())) or (spec.num_steps,)
+        results["samples"] = [
+            _final_samples(summary, config, params, spec.replace(num_steps=k),
+                           "final" if len(steps) == 1 else f"final_{k}steps")
+            for k in steps]
     grid = summary.get("sample_grid")
     results["sample_grid"] = str(grid) if grid else None
     if jax.process_index() == 0:
@@ -208,27 +198,73 @@ def evaluate_at_end(summary: Mapping[str, Any], config: ConfigDict) -> dict[str,
     return results
 
 
+def _final_samples(summary: Mapping[str, Any], config: ConfigDict, params: Any,
+                   spec: SamplingSpec, name: str) -> dict[str, Any]:
+    """`config.eval.num_samples` class-balanced samples of `spec` saved as samples/<name>.npz,
+    with the digits metrics for the digits data: {"sampling", "samples_npz", "digits"}."""
+    rundir, model, mesh = summary["rundir"], summary["model"], summary["mesh"]
+    n = config.eval.num_samples
+    out: dict[str, Any] = {"sampling": spec.to_dict()}
+    batch = min(n, 500)
+    batch -= batch % mesh.size if batch >= mesh.size else 0
+    sharding = mesh_lib.batch_sharding(mesh) if batch % mesh.size == 0 else None
+    fn = make_generate_fn(model, batch, spec, sharding=sharding)
+    decode = make_decoder(summary["data"], config.autoencoder.weights)  # None for pixel models
+    labels = class_balanced_labels(math.ceil(n / batch) * batch, model.num_classes)
+    chunks = []
+    for i in range(0, len(labels), batch):
+        key = jax.random.fold_in(jax.random.key(config.seed + EVAL_SEED_OFFSET), i)
+        images = fn(params, labels[i:i + batch], key)
+        if decode is not None:
+            images = decode(images)
+        chunks.append(unit_to_uint8(np.asarray(mesh_lib.to_host(images)), model.num_levels))
+    images, labels = np.concatenate(chunks)[:n], labels[:n]
+    if jax.process_index() == 0:
+        out["samples_npz"] = str(save_samples(
+            rundir.sample_batch(name), images, labels if model.num_classes else None))
+    if config.data.name == "digits":
+        out["digits"] = digits_metrics(
+            images, labels if model.num_classes else None, rundir.cache,
+            data_dir=config.data.data_dir, seed=config.seed)
+    return out
+
+
 def format_results(results: Mapping[str, Any]) -> str:
     """The end-of-run figures as aligned text (what `make demo` prints)."""
     bpd, base = results["bpd"], results["baselines_bpd"]
-    rows = [
-        ("held-out bits/dim (−ELBO)", f"{bpd['total']:.4f}  (prior {bpd['prior']:.4f}, "
-         f"reconstruction {bpd['reconstruction']:.4f}, diffusion {bpd['diffusion']:.4f}; "
-         f"{bpd['num_examples']} test images)"),
-        ("baseline: independent per-pixel categorical", f"{base['independent_categorical']:.4f}"),
-        ("baseline: uniform over K levels", f"{base['uniform']:.4f}"),
-    ]
-    if "digits" in results:
-        d = results["digits"]
-        if d.get("class_accuracy") is not None:
-            rows.append(("class accuracy of conditional samples", f"{d['class_accuracy']:.4f}"))
-        rows.append(("digits-FID (samples vs test)", f"{d['digits_fid']:.4f}"))
-        rows.append(("digits-FID floor (real train vs test)", f"{d['digits_fid_floor']:.4f}"))
+    if bpd is None:
+        rows = [("held-out bits/dim (−ELBO)", "n/a: " + results["unavailable"]["bpd"])]
+    else:
+        rows = [
+            ("held-out bits/dim (−ELBO)", f"{bpd['total']:.4f}  (prior {bpd['prior']:.4f}, "
+             f"reconstruction {bpd['reconstruction']:.4f}, diffusion {bpd['diffusion']:.4f}; "
+             f"{bpd['num_examples']} test images)"),
+            ("baseline: independent per-pixel categorical",
+             f"{base['independent_categorical']:.4f}"),
+            ("baseline: uniform over K levels", f"{base['uniform']:.4f}"),
+        ]
+    batches = results.get("samples", [])
+    for b in batches:  # with several step counts, each row names its own
+        k = b["sampling"]["num_steps"]
+        tag = f", {k} step{'s' if k > 1 else ''}" if len(batches) > 1 else ""
+        d = b.get("digits")
+        if d and d.get("class_accuracy") is not None:
+            rows.append((f"class accuracy of conditional samples{tag}",
+                         f"{d['class_accuracy']:.4f}"))
+        if d:
+            rows.append((f"digits-FID (samples vs test{tag})", f"{d['digits_fid']:.4f}"))
+    if batches and batches[0].get("digits"):  # the same N of real images for every batch
+        rows.append(("digits-FID floor (real train vs test)",
+                     f"{batches[0]['digits']['digits_fid_floor']:.4f}"))
     s = results["sampling"]
-    rows.append(("sampler", f"{s['sampler']}, {s['num_steps']} steps, guidance "
+    steps = " / ".join(str(b["sampling"]["num_steps"]) for b in batches) or s["num_steps"]
+    rows.append(("sampler", f"{s['sampler']}, {steps} steps, guidance "
                  f"{s['guidance_scale']:g}, {results['ema']}"))
-    if results.get("samples_npz"):
-        rows.append(("samples (.npz)", results["samples_npz"]))
+    for b in batches:
+        k = b["sampling"]["num_steps"]
+        tag = f" ({k} step{'s' if k > 1 else ''})" if len(batches) > 1 else ""
+        if b.get("samples_npz"):
+            rows.append((f"samples{tag} (.npz)", b["samples_npz"]))
     if results.get("sample_grid"):
         rows.append(("sample grid (PNG)", results["sample_grid"]))
     width = max(len(k) for k, _ in rows)
