@@ -1,21 +1,47 @@
 """A diffusion model as the trainer, samplers and evaluation see it: network + schedule + objective.
 
 `DiffusionModel` holds only static things (graph definitions and choices from the config); the
-arrays live in a pure-dict pytree `params = {"denoiser": ..., "schedule": ...}` ("schedule" only
-for VDM's learned schedule), so every method is a pure function of `params` that jit, grad and
-sharding go through, and `params` is what checkpoints hold.
+arrays live in a pure-dict pytree `params = {"denoiser": ..., "schedule": ..., "repa": ...}`
+("schedule" only for VDM's learned schedule, "repa" only with REPA: its projector), so every
+method is a pure function of `params` that jit, grad and sharding go through, and `params` is
+what checkpoints hold.
 
 Training loss (per example, then averaged):
     L = objective(pred, target)                                  the weighted-ELBO family
       + L_vlb(variance head)       with model.learn_sigma       (Nichol & Dhariwal 2021 "hybrid")
+      + λ · (1/T) Σ_n [1 − cos(r*_n, h_φ(h_i)_n)]   with REPA   (Yu et al. 2025, vdm_jax.nn.repa)
 where the denoiser's labels are dropped to the null class with probability
 `diffusion.label_dropout` (classifier-free guidance). With a learned schedule the objective is
 the continuous-time ELBO and its gradient trains the schedule jointly (Kingma et al. 2021).
+
+REPA. h_i is the denoiser's hidden state after block i = repa.depth of the same forward pass
+(a DDT: of its condition encoder), h_φ the projector in params["repa"] (trained, checkpointed,
+in the EMAs), r* the features of a frozen encoder applied to the CLEAN image of each example.
+Samplers, exports and generation read only params["denoiser"]: they never see the projector.
+Where r* comes from (`repa.features`):
+  'online' (default)  computed inside the (sharded, jitted) train step by the frozen encoder,
+                      whose parameters enter as a non-trained input (`TargetEncoder`, loaded
+                      by `load_target_encoder`), on `batch["image"]`, or on `batch["pixels"]`
+                      (B, H, W, 3) in [−1, 1] (or uint8) for latent data, whose "image" is the
+                      latent;
+  'stored'            read from `batch["repa_features"]` (B, T, D_enc) (float16 on disk),
+                      written beside the latents by the data pipeline.
+Why online is the default — the costs at REPA's setting (DINOv2-B/14 on 224², T = 256, the
+project's MACs convention, vdm_jax.nn.cost.dinov2_cost): the encoder's forward pass is
+23.2 GMACs = 46.3 GFLOPs per image, 11.9 TFLOPs per step at batch 256, i.e. +6.5% on top of a
+SiT-XL/2 train step (3 × 118.6 GMACs = 356 GMACs per image); it needs no storage and sees every
+augmentation (flips) exactly. Measured on this 2-core CPU: 2.9 s for 4 images in float32
+(benchmarks/repa_features.py). Stored features cost T·D_enc·2 bytes = 256·768·2 = 384 KiB per
+image and view (768 KiB with the flipped view the latent pipeline also stores), ≈ 0.5–1.0 TB for
+ImageNet's 1.28M images — 24–48× the latents themselves (16 KiB of float16 moments) — and a
+reader of 98 MB per step at batch 256; they pay only where the encoder forward pass is the
+bottleneck. The online path needs the clean pixels in the batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,13 +53,54 @@ from flax import nnx
 from vdm_jax.core import elbo as elbo_lib
 from vdm_jax.core import objectives
 from vdm_jax.core import schedules as sch
+from vdm_jax.importers.repa import load_target_encoder
+from vdm_jax.nn.encoders.digits import TOKEN_DIM as DIGITS_DIM
+from vdm_jax.nn.encoders.dinov2 import SIZES as DINOV2_SIZES
 from vdm_jax.nn.layers import label_dropout
 from vdm_jax.nn.learned_schedule import LearnedGamma, learned_schedule
 from vdm_jax.nn.registry import build_model, logical_specs
+from vdm_jax.nn.repa import RepaProjector, alignment_loss, target_tokens
 
 Array = jax.Array
 Params = dict[str, Any]
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}  # model.dtype
+REPA_FEATURES = ("online", "stored")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Repa:
+    """Static REPA settings (module docstring): align the hidden state after block `depth` with
+    weight λ = `weight`; `projector_def` is h_φ's graph; targets 'online' from `encoder`
+    ('dinov2' | 'digits') on batch[`image_key`], or 'stored' in batch["repa_features"];
+    `grid` the denoiser's token grid and `encoder_dim` the targets' width."""
+
+    depth: int
+    weight: float
+    encoder: str
+    features: str
+    projector_def: Any
+    grid: tuple[int, int]
+    encoder_dim: int
+    image_key: str = "image"
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["params"],
+                   meta_fields=["graphdef"])
+@dataclasses.dataclass(frozen=True)
+class TargetEncoder:
+    """REPA's frozen encoder as a train-step input: its graph (static) and parameters (arrays,
+    never trained), a pytree that jit and sharding go through."""
+
+    graphdef: Any
+    params: Any
+
+    def tokens(self, images: Array, grid: tuple[int, int]) -> Array:
+        """Target features (B, gh·gw, D_enc) of clean images (vdm_jax.nn.repa.target_tokens)."""
+        return target_tokens(nnx.merge(self.graphdef, self.params), images, grid)
+
+    def specs(self) -> Any:
+        """Logical PartitionSpecs of `params` (for vdm_jax.parallel.mesh.param_shardings)."""
+        return logical_specs(nnx.merge(self.graphdef, self.params))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -56,6 +123,7 @@ class DiffusionModel:
     ddpm_steps: int  # T of the learned-variance term's grid (diffusion.timesteps; DiT: 1000)
     vlb_weight: float
     param_specs: Any  # logical PartitionSpecs, a pytree like params (see parallel.mesh)
+    repa: Repa | None = None
 
     # ------------------------------------------------------------------------------ pieces
     def schedule(self, params: Params) -> sch.Schedule:
@@ -64,10 +132,16 @@ class DiffusionModel:
             return self.fixed_schedule
         return learned_schedule(nnx.merge(self.schedule_def, params["schedule"]))
 
-    def network(self, params: Params, z: Array, t: Array, y: Array) -> Array:
-        """The raw network output (B, H, W, C or 2C with learn_sigma), float32."""
+    def network(
+        self, params: Params, z: Array, t: Array, y: Array, *, return_hidden: int | None = None
+    ) -> Array | tuple[Array, Array]:
+        """The raw network output (B, H, W, C or 2C with learn_sigma), float32; with
+        return_hidden = i also the hidden state after block i (B, T, D) of the same pass."""
         net = nnx.merge(self.denoiser_def, params["denoiser"])
-        return net(z, t, y).astype(jnp.float32)
+        if return_hidden is None:
+            return net(z, t, y).astype(jnp.float32)
+        out, hidden = net(z, t, y, return_hidden=return_hidden)
+        return out.astype(jnp.float32), hidden
 
     def predict(self, params: Params, z: Array, t: Array, y: Array) -> Array:
         """The prediction of kind `self.prediction` (B, H, W, C); the variance head is dropped."""
@@ -82,12 +156,34 @@ class DiffusionModel:
         return jnp.full((batch_size,), self.num_classes, jnp.int32)
 
     # ------------------------------------------------------------------------------ losses
+    def repa_targets(self, batch: Mapping[str, Array], frozen: TargetEncoder | None) -> Array:
+        """REPA's r* (B, T, D_enc) float32 for a batch (module docstring)."""
+        repa = self.repa
+        if repa.features == "stored":
+            if "repa_features" not in batch:
+                raise ValueError("repa.features='stored' needs batches with 'repa_features' "
+                                 "(B, T, D_enc), written beside the latents; use 'online'")
+            return jax.lax.stop_gradient(jnp.asarray(batch["repa_features"], jnp.float32))
+        if frozen is None:
+            raise ValueError("REPA with online features needs the frozen target encoder "
+                             "(load_target_encoder) passed to the loss")
+        if repa.image_key not in batch:
+            raise ValueError(f"REPA's online features need the clean images in "
+                             f"batch[{repa.image_key!r}]")
+        images = batch[repa.image_key]
+        if jnp.issubdtype(images.dtype, jnp.integer):  # uint8 pixels: x = 2(k + ½)/256 − 1
+            images = (images.astype(jnp.float32) + 0.5) / 128.0 - 1.0
+        return frozen.tokens(images, repa.grid)
+
     def loss(
-        self, params: Params, batch: Mapping[str, Array], rng: Array, num_bins: int = 10
+        self, params: Params, batch: Mapping[str, Array], rng: Array, num_bins: int = 10,
+        frozen: TargetEncoder | None = None,
     ) -> tuple[Array, dict[str, Array]]:
         """Mean training loss of a batch {"image": (B,H,W,C), "label": (B,)} and its diagnostics:
         'per_example' (B,), 't' (B,), per-t-bin sums/counts of the objective ('bin_sum',
-        'bin_count'), and 'vlb' (the learned-variance term's mean) with learn_sigma."""
+        'bin_count'), 'vlb' (the learned-variance term's mean) with learn_sigma, and 'repa'
+        (the mean alignment loss before λ) with REPA. frozen: REPA's target encoder (online
+        features)."""
         rng_drop, rng_loss = jax.random.split(rng)
         x, y = batch["image"], batch["label"]
         if self.num_classes:
@@ -97,7 +193,10 @@ class DiffusionModel:
         schedule = self.schedule(params)
         c = self.image_shape[-1]
         t, eps, z = objectives.noisy_inputs(self.objective, schedule, x, rng_loss)  # (B,), x, x
-        out = self.network(params, z, t, y)  # (B, H, W, C) or (B, H, W, 2C) with learn_sigma
+        if self.repa is None:
+            out = self.network(params, z, t, y)  # (B, H, W, C) or (B, H, W, 2C) with learn_sigma
+        else:
+            out, hidden = self.network(params, z, t, y, return_hidden=self.repa.depth)  # +(B,T,D)
         pred = out[..., :c]  # (B, H, W, C) the prediction of kind self.prediction
         per_example = objectives.per_example_loss(
             self.objective, schedule, pred, self.prediction, x, eps, z, t)  # (B,)
@@ -109,6 +208,12 @@ class DiffusionModel:
             )  # (B,) bits/dim
             per_example = per_example + self.vlb_weight * vlb
             aux["vlb"] = vlb.mean()
+        if self.repa is not None:
+            projector = nnx.merge(self.repa.projector_def, params["repa"])
+            target = self.repa_targets(batch, frozen)  # (B, T, D_enc), no gradient
+            align = alignment_loss(projector(hidden), target)  # (B,)
+            per_example = per_example + self.repa.weight * align
+            aux["repa"] = align.mean()
         aux["per_example"] = per_example
         return per_example.mean(), aux
 
@@ -201,6 +306,24 @@ def build(config: Mapping[str, Any], data: DataSpec, seed: int) -> tuple[Diffusi
     else:
         fixed = sch.get_schedule(dcfg["schedule"], shift=float(dcfg.get("shift", 1.0)),
                                  **schedule_kwargs(dcfg))
+    repa = None
+    rcfg = config.get("repa")
+    if rcfg is not None and rcfg["enabled"]:
+        dim = repa_encoder_dim(rcfg)
+        projector = RepaProjector(
+            denoiser.hidden_size, dim, int(rcfg["projector_dim"]), dtype=DTYPES[mcfg["dtype"]],
+            rngs=nnx.Rngs(params=seed + 2),
+        )
+        projector_def, projector_params = nnx.split(projector)
+        params["repa"] = nnx.to_pure_dict(projector_params)
+        specs["repa"] = logical_specs(projector)
+        repa = Repa(
+            depth=int(rcfg["depth"]), weight=float(rcfg["weight"]), encoder=rcfg["encoder"],
+            features=rcfg["features"], projector_def=projector_def,
+            grid=tuple(denoiser.grid), encoder_dim=dim,
+            # Latent data (a DataSpec with pixel_shape) carries the clean image as "pixels".
+            image_key="pixels" if getattr(data, "pixel_shape", None) else "image",
+        )
     model = DiffusionModel(
         denoiser_def=denoiser_def,
         schedule_def=schedule_def,
@@ -215,5 +338,34 @@ def build(config: Mapping[str, Any], data: DataSpec, seed: int) -> tuple[Diffusi
         ddpm_steps=int(dcfg.get("timesteps") or 0),
         vlb_weight=float(dcfg.get("vlb_weight", 1.0)),
         param_specs=specs,
+        repa=repa,
     )
     return model, params
+
+
+def repa_encoder_dim(repa: Mapping[str, Any]) -> int:
+    """Width D_enc of REPA's targets: repa.encoder_dim, else that of repa.encoder_size (DINOv2)
+    or 64 (the digits CNN)."""
+    if repa["encoder_dim"]:
+        return int(repa["encoder_dim"])
+    if repa["encoder"] == "digits":
+        return DIGITS_DIM
+    if repa["encoder_size"] not in DINOV2_SIZES:
+        raise ValueError(f"repa.encoder_size={repa['encoder_size']!r}: set a DINOv2 size "
+                         f"{sorted(DINOV2_SIZES)} or repa.encoder_dim (the features' width)")
+    return DINOV2_SIZES[repa["encoder_size"]][0]
+
+
+def load_target_encoder_for(config: Mapping[str, Any]) -> TargetEncoder | None:
+    """REPA's frozen target encoder of a config (online features), loaded from
+    repa.encoder_path; None without REPA or with stored features. Bad or missing weights
+    raise ValueError / FileNotFoundError naming the file and what to get."""
+    rcfg = config.get("repa")
+    if rcfg is None or not rcfg["enabled"] or rcfg["features"] != "online":
+        return None
+    encoder = load_target_encoder(
+        rcfg["encoder"], rcfg["encoder_path"], size=rcfg["encoder_size"],
+        dim=repa_encoder_dim(rcfg), dtype=DTYPES[config["model"]["dtype"]],
+    )
+    graphdef, params = nnx.split(encoder)
+    return TargetEncoder(graphdef, nnx.to_pure_dict(params))

@@ -13,8 +13,10 @@ from ml_collections import ConfigDict, config_dict
 from vdm_jax.core import objectives, schedules
 from vdm_jax.data import DATASETS
 from vdm_jax.model import DTYPES as MODEL_DTYPES
-from vdm_jax.model import objective_kwargs, schedule_kwargs
-from vdm_jax.nn.registry import resolve_spec
+from vdm_jax.model import REPA_FEATURES, objective_kwargs, repa_encoder_dim, schedule_kwargs
+from vdm_jax.nn.encoders.dinov2 import SIZES as DINOV2_SIZES
+from vdm_jax.nn.registry import num_blocks, resolve_spec
+from vdm_jax.nn.repa import ENCODERS as REPA_ENCODERS
 from vdm_jax.sampling_spec import SamplingSpec
 
 DTYPES = tuple(MODEL_DTYPES)
@@ -57,6 +59,17 @@ def default_config() -> ConfigDict:
         label_dropout=0.1,
         class_conditional=True,
         vlb_weight=1.0,
+    ))
+    c.repa = ConfigDict(dict(
+        enabled=False,
+        encoder="dinov2",
+        encoder_path=config_dict.placeholder(str),
+        encoder_size="vitb14",
+        encoder_dim=0,
+        depth=8,
+        weight=0.5,
+        projector_dim=2048,
+        features="online",
     ))
     c.optim = ConfigDict(dict(
         lr=1e-4, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999, eps=1e-8,
@@ -166,6 +179,7 @@ def validate(config: Mapping[str, Any]) -> None:
              f"diffusion.label_dropout={diff['label_dropout']} must be in [0, 1]")
     _require(_number(diff["shift"]) and diff["shift"] > 0,
              f"diffusion.shift={diff['shift']} must be positive")
+    _validate_repa(config, resolve_spec(spec))
     # optim
     _require(_number(o["lr"]) and o["lr"] > 0, f"optim.lr={o['lr']} must be positive")
     _require(_int(o["warmup_steps"], 0), f"optim.warmup_steps={o['warmup_steps']!r} must be >= 0")
@@ -209,6 +223,42 @@ def validate(config: Mapping[str, Any]) -> None:
     for key in ("data", "fsdp"):
         v = config["mesh"][key]
         _require(_int(v) and (v >= 1 or v == -1), f"mesh.{key}={v!r} must be >= 1 or -1")
+
+
+def _validate_repa(config: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
+    r = config["repa"]
+    _require(isinstance(r["enabled"], bool), f"repa.enabled={r['enabled']!r} must be true/false")
+    if not r["enabled"]:
+        return
+    _require(r["encoder"] in REPA_ENCODERS,
+             f"repa.encoder={r['encoder']!r}; expected one of {REPA_ENCODERS}")
+    _require(r["features"] in REPA_FEATURES,
+             f"repa.features={r['features']!r}; expected one of {REPA_FEATURES}")
+    blocks = num_blocks(spec)
+    where = "the DDT's encoder has" if spec["family"] == "ddt" else "the model has"
+    _require(_int(r["depth"], 1) and r["depth"] <= blocks,
+             f"repa.depth={r['depth']!r} is beyond the model: {where} {blocks} blocks, so the "
+             f"aligned hidden state must be after block 1..{blocks}")
+    _require(_number(r["weight"]) and r["weight"] > 0,
+             f"repa.weight={r['weight']!r} must be positive (REPA: 0.5; disable REPA with "
+             "repa.enabled=false)")
+    _require(_int(r["projector_dim"], 1),
+             f"repa.projector_dim={r['projector_dim']!r} must be a positive int (REPA: 2048)")
+    _require(_int(r["encoder_dim"], 0), f"repa.encoder_dim={r['encoder_dim']!r} must be an int "
+             ">= 0 (0: the width of repa.encoder_size)")
+    if r["encoder"] == "dinov2":
+        _require(r["encoder_size"] in ("", *DINOV2_SIZES),
+                 f"repa.encoder_size={r['encoder_size']!r}; expected one of "
+                 f"{sorted(DINOV2_SIZES)} ('' = whatever the weights hold, with encoder_dim)")
+    try:
+        repa_encoder_dim(r)
+    except ValueError as err:
+        raise ValueError(str(err)) from None
+    if r["features"] == "online":
+        _require(bool(r["encoder_path"]),
+                 f"repa.encoder_path is required with repa.encoder={r['encoder']!r}: the frozen "
+                 "encoder's weights (a DINOv2 torch-hub .pth or Hugging Face folder, e.g. "
+                 "facebook/dinov2-base; for 'digits' the .npz benchmarks/repa_digits.py writes)")
 
 
 def sampling_spec(config: Mapping[str, Any]) -> SamplingSpec:

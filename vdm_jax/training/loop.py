@@ -52,12 +52,12 @@ from vdm_jax import config as config_lib
 from vdm_jax.checkpoints.manager import Checkpointer, check_compatible
 from vdm_jax.data import dataset_info, train_iterator
 from vdm_jax.io import read_json, remove_stale_temporaries, write_json
-from vdm_jax.model import DataSpec, DiffusionModel, build
+from vdm_jax.model import DataSpec, DiffusionModel, build, load_target_encoder_for
 from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.rundir import RunDir
 from vdm_jax.training import state as state_lib
 from vdm_jax.training.logs import MetricWriter, RunLog
-from vdm_jax.training.step import jit_train_step
+from vdm_jax.training.step import frozen_shardings, jit_train_step
 
 __all__ = ["DiskFullError", "NonFiniteLossError", "StepContext", "prepare", "train"]
 
@@ -119,7 +119,7 @@ class _Interrupts:
 
 def _host_metrics(metrics: Mapping[str, Any], num_bins: int) -> dict[str, float]:
     m = jax.device_get(metrics)
-    out = {k: float(m[k]) for k in ("loss", "grad_norm", "lr")}
+    out = {k: float(m[k]) for k in ("loss", "grad_norm", "lr", "repa_loss") if k in m}
     for i in range(num_bins):
         if m["bin_count"][i] > 0:
             out[f"loss_t_bin/{i / num_bins:.1f}-{(i + 1) / num_bins:.1f}"] = float(
@@ -169,7 +169,13 @@ def prepare(config: ConfigDict, workdir: str | Path, devices: list | None = None
     rundir.check_writable()
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
     config_lib.check_batch(config, mesh.size, mesh.shape["data"])
+    frozen = load_target_encoder_for(config)  # REPA's frozen encoder: bad weights fail here
     info = dataset_info(config.data)
+    if config.repa.enabled and config.repa.features == "stored" and not getattr(
+            info, "repa_features", None):
+        raise ValueError(f"repa.features='stored' needs a dataset that stores REPA features "
+                         f"beside its examples, and data.name={config.data.name!r} does not; "
+                         "use repa.features='online'")
     if config.eval.at_end and info.num_test == 0:
         raise ValueError(f"eval.at_end needs an evaluation split, and data.name="
                          f"{config.data.name!r} has none here; add one (an ImageFolder's 'val' or "
@@ -203,9 +209,11 @@ def prepare(config: ConfigDict, workdir: str | Path, devices: list | None = None
     if restored is not None:
         state, data_state = restored
         data_iter.set_state(data_state)
+    if frozen is not None:
+        frozen = jax.device_put(frozen, frozen_shardings(frozen, mesh))
     return dict(mesh=mesh, info=info, data=data, tx=tx, lr_schedule=lr_schedule, model=model,
                 state=state, shardings=shardings, data_iter=data_iter, checkpointer=checkpointer,
-                restored=restored is not None, rundir=rundir)
+                restored=restored is not None, rundir=rundir, frozen=frozen)
 
 
 def _remove_leftovers(rundir: RunDir) -> None:
@@ -296,17 +304,21 @@ def _train(config: ConfigDict, env: dict[str, Any], interrupts: _Interrupts,
         say(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}.")
     ok = False
     try:
+        frozen = env["frozen"]
         step_fn = jit_train_step(
             model, env["tx"], env["lr_schedule"], tuple(config.optim.ema_decays),
             config.train.micro_batches, env["shardings"], mesh, config.train.num_t_bins,
+            frozen=frozen,
         )
+        extra = () if frozen is None else (frozen,)  # REPA's target encoder: a fixed input
         step = start
         batch = next(data_iter) if step < num_steps else None
         if batch is not None:
             say(f"compiling the train step ({model.image_shape} images, batch "
                 f"{config.train.global_batch_size} over {mesh.size} devices) …")
             t0 = time.perf_counter()
-            step_fn = step_fn.lower(state, batch, state_lib.step_rng(state["rng"], step)).compile()
+            step_fn = step_fn.lower(state, batch, state_lib.step_rng(state["rng"], step),
+                                    *extra).compile()
             say(f"compiled in {time.perf_counter() - t0:.1f} s.")
         last_logged: dict[str, float] = {}
         pending: tuple[int, Any] | None = None  # (step, device metrics) checked one step late
@@ -340,7 +352,8 @@ def _train(config: ConfigDict, env: dict[str, Any], interrupts: _Interrupts,
             while step < num_steps and not interrupts.requested:
                 if batch is None:
                     batch = next(data_iter)
-                state, metrics = step_fn(state, batch, state_lib.step_rng(state["rng"], step))
+                state, metrics = step_fn(state, batch, state_lib.step_rng(state["rng"], step),
+                                         *extra)
                 batch = None
                 flush_pending()  # the previous step's metrics: ready while this step runs
                 step += 1
