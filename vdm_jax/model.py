@@ -52,13 +52,14 @@ from flax import nnx
 
 from vdm_jax.core import elbo as elbo_lib
 from vdm_jax.core import objectives
+from vdm_jax.core import samplers as sampler_lib
 from vdm_jax.core import schedules as sch
 from vdm_jax.importers.repa import load_target_encoder
 from vdm_jax.nn.encoders.digits import TOKEN_DIM as DIGITS_DIM
 from vdm_jax.nn.encoders.dinov2 import SIZES as DINOV2_SIZES
 from vdm_jax.nn.layers import label_dropout
 from vdm_jax.nn.learned_schedule import LearnedGamma, learned_schedule
-from vdm_jax.nn.registry import build_model, logical_specs
+from vdm_jax.nn.registry import build_model, logical_specs, resolve_spec
 from vdm_jax.nn.repa import RepaProjector, alignment_loss, target_tokens
 
 Array = jax.Array
@@ -124,6 +125,7 @@ class DiffusionModel:
     vlb_weight: float
     param_specs: Any  # logical PartitionSpecs, a pytree like params (see parallel.mesh)
     repa: Repa | None = None
+    family: str = "dit"  # the denoiser's (vdm_jax.nn.registry): 'dit' | 'jit' | 'ddt'
 
     # ------------------------------------------------------------------------------ pieces
     def schedule(self, params: Params) -> sch.Schedule:
@@ -132,20 +134,37 @@ class DiffusionModel:
             return self.fixed_schedule
         return learned_schedule(nnx.merge(self.schedule_def, params["schedule"]))
 
+    @property
+    def shares_encoder(self) -> bool:
+        """Whether the denoiser has a condition encoder that sampling may share across steps
+        (DDT: `encode` / `decode`)."""
+        return self.family == "ddt"
+
     def network(
-        self, params: Params, z: Array, t: Array, y: Array, *, return_hidden: int | None = None
+        self, params: Params, z: Array, t: Array, y: Array, *, return_hidden: int | None = None,
+        cache: sampler_lib.ConditionCache | None = None,
     ) -> Array | tuple[Array, Array]:
         """The raw network output (B, H, W, C or 2C with learn_sigma), float32; with
-        return_hidden = i also the hidden state after block i (B, T, D) of the same pass."""
+        return_hidden = i also the hidden state after block i (B, T, D) of the same pass.
+        cache: DDT's encoder sharing while sampling (the condition comes from the cache)."""
         net = nnx.merge(self.denoiser_def, params["denoiser"])
+        if cache is not None:
+            if not self.shares_encoder:
+                raise ValueError("encoder sharing (sampler options encoder_interval / "
+                                 "encoder_steps) needs a model with a condition encoder (DDT)")
+            cond = cache(lambda: net.encode(z, t, y))  # (B, T, D), recomputed or reused
+            return net.decode(z, cond).astype(jnp.float32)
         if return_hidden is None:
             return net(z, t, y).astype(jnp.float32)
         out, hidden = net(z, t, y, return_hidden=return_hidden)
         return out.astype(jnp.float32), hidden
 
-    def predict(self, params: Params, z: Array, t: Array, y: Array) -> Array:
+    def predict(
+        self, params: Params, z: Array, t: Array, y: Array, *,
+        cache: sampler_lib.ConditionCache | None = None,
+    ) -> Array:
         """The prediction of kind `self.prediction` (B, H, W, C); the variance head is dropped."""
-        out = self.network(params, z, t, y)
+        out = self.network(params, z, t, y, cache=cache)
         return out[..., : self.image_shape[-1]]
 
     def model_fn(self, params: Params, y: Array) -> Callable[[Array, Array], Array]:
@@ -339,6 +358,7 @@ def build(config: Mapping[str, Any], data: DataSpec, seed: int) -> tuple[Diffusi
         vlb_weight=float(dcfg.get("vlb_weight", 1.0)),
         param_specs=specs,
         repa=repa,
+        family=resolve_spec(spec)["family"],
     )
     return model, params
 

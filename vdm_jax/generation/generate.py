@@ -7,7 +7,10 @@ Class-conditional models sample the given labels with classifier-free guidance a
 `spec.guidance_scale` (1 = the plain conditional model: one forward pass, no null batch);
 unconditional models ignore the labels. DDPM with `variance='learned'` reads the network's
 variance half (models trained with learned σ); every other sampler sees only the prediction.
-Used by the trainer's grids, `generation.batches` (launch/sample.py) and end-of-run metrics.
+A spec with encoder_interval / encoder_steps shares a DDT's condition encoder across steps
+(core.samplers.ConditionCache, inside the sampler's one scan). Used by the trainer's grids,
+`generation.batches` (launch/sample.py) and end-of-run metrics; `encoder_sharing_schedule`
+finds DDT's non-uniform sharing schedule for a trained model.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vdm_jax.core import samplers
 from vdm_jax.model import DiffusionModel
 from vdm_jax.sampling_spec import SamplingSpec
 
-__all__ = ["class_balanced_labels", "make_generate_fn"]
+__all__ = ["class_balanced_labels", "encoder_sharing_schedule", "make_generate_fn"]
 
 Array = jax.Array
 
@@ -38,33 +42,81 @@ def make_generate_fn(
 
     Compiles once per (batch_size, spec); new params, labels or rng do not recompile.
     """
+    fn = _sample_fn(model, batch_size, spec, sharding)
+    return jax.jit(lambda params, labels, rng: fn(params, labels, rng)[0])
+
+
+def _sample_fn(
+    model: DiffusionModel, batch_size: int, spec: SamplingSpec,
+    sharding: jax.sharding.Sharding | None, refresh: np.ndarray | None = None,
+    record: bool = False,
+) -> Callable[[Any, Array, Array], tuple[Array, Array | None]]:
+    """fn(params, labels, rng) -> (samples, recorded encoder outputs or None), to trace."""
     shape = (batch_size, *model.image_shape)
     guided = spec.guided(model.num_classes)
     learned = spec.sampler_options.get("variance") == "learned"
     if learned and not model.learn_sigma:
         raise ValueError("variance='learned' needs a model trained with learned σ "
                          "(model.learn_sigma); use 'posterior' or 'forward'")
-    # The network's raw output (prediction + variance half) or the prediction alone.
-    forward = model.network if learned else model.predict
+    refresh = spec.encoder_refresh() if refresh is None else refresh
+    if refresh is not None and not model.shares_encoder:
+        raise ValueError("encoder_interval / encoder_steps share a condition encoder across "
+                         "sampling steps; only DDT models have one (model.spec family 'ddt')")
 
-    def apply(params: Any, labels: Array, rng: Array) -> Array:
+    def apply(params: Any, labels: Array, rng: Array) -> tuple[Array, Array | None]:
+        # One cache per trace: its value rides in the sampler's scan carry.
+        cache = None if refresh is None else samplers.ConditionCache(refresh, record=record)
+
+        def forward(z: Array, t: Array, y: Array) -> Array:
+            # The network's raw output (prediction + variance half) or the prediction alone.
+            if learned:
+                return model.network(params, z, t, y, cache=cache)
+            return model.predict(params, z, t, y, cache=cache)
+
         if guided:
             extra = {"channels": spec.guidance_channels} if spec.guidance_channels else {}
             model_fn = samplers.classifier_free_guidance(
-                lambda z, t, y: forward(params, z, t, y), labels, model.num_classes,
-                spec.guidance_scale, spec.guidance_interval, **extra,
+                forward, labels, model.num_classes, spec.guidance_scale, spec.guidance_interval,
+                **extra,
             )
         else:
             y = labels if model.num_classes else model.null_labels(batch_size)
-            model_fn = lambda z, t: forward(params, z, t, y)
+            model_fn = lambda z, t: forward(z, t, y)
         out = samplers.sample(
             model_fn, model.schedule(params), shape, rng, sampler=spec.sampler,
             num_steps=spec.num_steps, prediction=model.prediction, sharding=sharding,
-            **spec.sampler_options,
+            cache=cache, **spec.sampler_options,
         )
-        return out.samples
+        return out.samples, (cache.history if cache is not None and record else None)
 
-    return jax.jit(apply)
+    return apply
+
+
+def encoder_sharing_schedule(
+    model: DiffusionModel, params: Any, spec: SamplingSpec, budget: int, *,
+    batch_size: int = 8, seed: int = 0,
+) -> tuple[int, ...]:
+    """DDT's non-uniform sharing schedule for `spec`: the `budget` steps at which recomputing
+    the condition encoder loses least (core.samplers.sharing_schedule_dp), measured as the
+    reference does on one trajectory of `batch_size` samples (class-balanced labels, seed
+    `seed`) that recomputes every step: error[m, j] = 1 − mean over samples (and the guided null
+    batch) and tokens of cos(encoder output at step m, at step j). Use the result as
+    spec.replace(options={'encoder_steps': list(schedule)})."""
+    n = spec.num_steps
+    sample = _sample_fn(model, batch_size, spec.replace(
+        options={"encoder_interval": None, "encoder_steps": None}), None,
+        refresh=np.ones((n,), bool), record=True)
+
+    @jax.jit
+    def similarity(params: Any, labels: Array, rng: Array) -> Array:
+        _, history = sample(params, labels, rng)  # (N, B', T, D): every step's encoder output
+        states = history.reshape(n, -1, history.shape[-1]).astype(jnp.float32)  # (N, M, D)
+        states = states / jnp.maximum(jnp.linalg.norm(states, axis=-1, keepdims=True), 1e-12)
+        return jnp.einsum("imd,jmd->ij", states, states) / states.shape[1]  # (N, N)
+
+    labels = class_balanced_labels(batch_size, model.num_classes)
+    sim = np.asarray(similarity(params, labels, jax.random.key(seed)), np.float64)
+    return samplers.sharing_schedule_dp(1.0 - sim, budget)
 
 
 def class_balanced_labels(num_samples: int, num_classes: int) -> np.ndarray:
