@@ -85,6 +85,8 @@ def target_tokens(encoder: nnx.Module, images: Array, grid: tuple[int, int]) -> 
     encoder, on the denoiser's token grid `grid` (module docstring). No gradient."""
     if isinstance(encoder, DinoV2):
         p = encoder.cfg.patch_size
+        if images.shape[-1] == 1:  # grey images (the digits) as RGB
+            images = jnp.repeat(images, 3, axis=-1)  # (B, H, W, 3)
         x = preprocess(images, (p * grid[0], p * grid[1]))  # (B, 14·gh, 14·gw, 3)
         out = encoder(x)["x_norm_patchtokens"]  # (B, gh·gw, D_enc)
     elif isinstance(encoder, DigitsCNN):
