@@ -242,6 +242,8 @@ def _train(tmp_path, *overrides):
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "PYTHONPATH": str(REPO)}
     workdir = tmp_path / "run"
+    if not any(o.startswith("--config.repa.depth=") for o in overrides):
+        overrides = ("--config.repa.depth=2", *overrides)  # of the digits DiT's 4 blocks
     args = [sys.executable, "launch/train.py", "--config=configs/digits_dit.py",
             f"--workdir={workdir}", "--config.repa.enabled=true", *overrides]
     proc = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)

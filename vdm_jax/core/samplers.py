@@ -52,7 +52,10 @@ The initial noise is z_{t_max} ~ N(0, (α² + σ²) I) at t_max: N(0, I) for 'vp
 Entry points: `sample` (returns `SampleOutput(samples, nfe)`), `make_sampler` (jitted
 fn(params, rng)), `nfe`, `time_grid`, `ddpm_respaced_indices`, `ddpm_mean_log_variance`,
 `ddim_invert`, `classifier_free_guidance`; the samplers themselves map (z_{t_max}, ts) to
-z_{t_min}.
+z_{t_min}. Encoder sharing (DDT): every sampler takes a `ConditionCache` (`sample(...,
+cache=...)`) from which the model function draws a condition that is recomputed only on the
+steps of `sharing_refresh` (uniform interval, or the non-uniform `sharing_schedule_dp`) and
+reused in between, inside the same scan.
 Every loop is a `lax.scan` (one compiled step, not N copies); a `jax.sharding.Sharding` for the
 batch keeps z sharded through the loop, and nothing returns to the host between steps. The same
 rng gives the same samples.

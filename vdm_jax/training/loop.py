@@ -3,7 +3,8 @@
     summary = train(config, workdir, hooks=[...])
 
 1. Prepare (nothing is written yet): validate the config, the mesh against the devices, the
-   batch against the mesh, the dataset and the run directory; build the model and a sharded
+   batch against the mesh, REPA's frozen encoder weights (loaded here, passed to every step as
+   a non-trained input), the dataset and the run directory; build the model and a sharded
    train state; if the run directory holds a run, check that `config` may resume it
    (vdm_jax.config.SAFE_ON_RESUME) and restore its newest readable checkpoint (state and the
    data iterator's position). Any problem is a ValueError / FileNotFoundError naming it.
