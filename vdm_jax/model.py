@@ -30,12 +30,13 @@ Why online is the default — the costs at REPA's setting (DINOv2-B/14 on 224²,
 project's MACs convention, vdm_jax.nn.cost.dinov2_cost): the encoder's forward pass is
 23.2 GMACs = 46.3 GFLOPs per image, 11.9 TFLOPs per step at batch 256, i.e. +6.5% on top of a
 SiT-XL/2 train step (3 × 118.6 GMACs = 356 GMACs per image); it needs no storage and sees every
-augmentation (flips) exactly. Measured on this 2-core CPU: 2.9 s for 4 images in float32
-(benchmarks/repa_features.py). Stored features cost T·D_enc·2 bytes = 256·768·2 = 384 KiB per
-image and view (768 KiB with the flipped view the latent pipeline also stores), ≈ 0.5–1.0 TB for
-ImageNet's 1.28M images — 24–48× the latents themselves (16 KiB of float16 moments) — and a
-reader of 98 MB per step at batch 256; they pay only where the encoder forward pass is the
-bottleneck. The online path needs the clean pixels in the batch.
+augmentation (flips) exactly. Measured on the project's shared 2-core CPU (load average ≈ 11,
+float32, benchmarks/repa_features.py): 11.4 s for 4 images, 2.8 s per image. Stored features
+cost T·D_enc·2 bytes = 256·768·2 = 384 KiB per image and view (768 KiB with the flipped view the
+latent pipeline also keeps), 504 GB (1.0 TB) for ImageNet's 1.28M training images — 24× the
+latents themselves (16 KiB of float16 moments per view) — and 101 MB read per step at batch 256;
+they pay only where the encoder's forward pass is the bottleneck. Online features of latent
+data need the clean pixels in the batch ("pixels").
 """
 
 from __future__ import annotations

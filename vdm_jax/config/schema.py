@@ -215,6 +215,9 @@ def validate(config: Mapping[str, Any]) -> None:
     ema_choice(config, spec_.ema)
     if spec_.sampler_options.get("variance") == "learned":
         _require(m["learn_sigma"], "sample.options variance='learned' needs model.learn_sigma")
+    _require(spec_.encoder_refresh() is None or resolve_spec(spec)["family"] == "ddt",
+             "sample.options encoder_interval / encoder_steps share a condition encoder across "
+             "sampling steps: only a DDT model (model.spec family 'ddt') has one")
     # eval
     _require(_int(e["batch_size"], 1), f"eval.batch_size={e['batch_size']!r} must be >= 1")
     _require(_int(e["bpd_passes"], 1), f"eval.bpd_passes={e['bpd_passes']!r} must be >= 1")
@@ -226,7 +229,9 @@ def validate(config: Mapping[str, Any]) -> None:
 
 
 def _validate_repa(config: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
-    r = config["repa"]
+    r = config.get("repa")  # absent from configs stored before REPA existed: no REPA
+    if r is None:
+        return
     _require(isinstance(r["enabled"], bool), f"repa.enabled={r['enabled']!r} must be true/false")
     if not r["enabled"]:
         return

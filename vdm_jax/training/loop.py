@@ -172,7 +172,8 @@ def prepare(config: ConfigDict, workdir: str | Path, devices: list | None = None
     config_lib.check_batch(config, mesh.size, mesh.shape["data"])
     frozen = load_target_encoder_for(config)  # REPA's frozen encoder: bad weights fail here
     info = dataset_info(config.data)
-    if config.repa.enabled and config.repa.features == "stored" and not getattr(
+    repa = config.get("repa")
+    if repa is not None and repa.enabled and repa.features == "stored" and not getattr(
             info, "repa_features", None):
         raise ValueError(f"repa.features='stored' needs a dataset that stores REPA features "
                          f"beside its examples, and data.name={config.data.name!r} does not; "
