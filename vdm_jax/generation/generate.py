@@ -100,7 +100,8 @@ def encoder_sharing_schedule(
     the condition encoder loses least (core.samplers.sharing_schedule_dp), measured as the
     reference does on one trajectory of `batch_size` samples (class-balanced labels, seed
     `seed`) that recomputes every step: error[m, j] = 1 − mean over samples (and the guided null
-    batch) and tokens of cos(encoder output at step m, at step j). Use the result as
+    batch) and tokens of cos(condition at step m, at step j), the condition being SiLU(t_emb + s)
+    as the reference's DP compares it. Use the result as
     spec.replace(options={'encoder_steps': list(schedule)})."""
     n = spec.num_steps
     sample = _sample_fn(model, batch_size, spec.replace(
@@ -110,7 +111,9 @@ def encoder_sharing_schedule(
     @jax.jit
     def similarity(params: Any, labels: Array, rng: Array) -> Array:
         _, history = sample(params, labels, rng)  # (N, B', T, D): every step's encoder output
-        states = history.reshape(n, -1, history.shape[-1]).astype(jnp.float32)  # (N, M, D)
+        # The reference compares SiLU(t_emb + s), what its AdaLN Linears read (ours apply the
+        # SiLU inside AdaLNModulation).
+        states = jax.nn.silu(history.reshape(n, -1, history.shape[-1]).astype(jnp.float32))
         states = states / jnp.maximum(jnp.linalg.norm(states, axis=-1, keepdims=True), 1e-12)
         return jnp.einsum("imd,jmd->ij", states, states) / states.shape[1]  # (N, N)
 
