@@ -4,6 +4,7 @@
         --sampler=dpm_solver_2m --steps=25 --guidance_scale=2.0
     python launch/sample.py --workdir=DIR --num_samples=50000 --batch_size=500 --sampler=ddpm \
         --steps=250 --guidance_scale=1.5 --guidance_interval=0.1,0.9 --ema=0.9999
+    python launch/sample.py --workdir=DDT_RUN --num_samples=50000 --encoder_interval=2   # DDT
 
 The run directory alone is enough: the checkpoint's config and data spec rebuild the model (no
 dataset is opened). Restores the newest checkpoint of --workdir (or --step) with its first EMA
@@ -48,8 +49,13 @@ _SPACING = flags.DEFINE_string("spacing", None, "Time grid spacing (see samplers
 _SHIFT = flags.DEFINE_float("shift", None, "Time shift of --spacing=shifted.")
 _T_MIN = flags.DEFINE_float("t_min", None, "Last time of the grid (default 0).")
 _T_MAX = flags.DEFINE_float("t_max", None, "First time of the grid (default 1, or 1 − 1e-3).")
+# DDT's encoder sharing (SamplingSpec SHARING_OPTIONS), with every sampler.
+_ENC_INTERVAL = flags.DEFINE_integer("encoder_interval", None, "DDT: recompute the condition "
+                                     "encoder every k steps (1 = every step).")
+_ENC_STEPS = flags.DEFINE_list("encoder_steps", None, "DDT: the steps that recompute the "
+                               "condition encoder, e.g. 0,1,3,7 (a non-uniform schedule).")
 _OPTIONS = {"eta": _ETA, "variance": _VARIANCE, "lower_order_final": _LOF, "spacing": _SPACING,
-            "shift": _SHIFT, "t_min": _T_MIN, "t_max": _T_MAX}
+            "shift": _SHIFT, "t_min": _T_MIN, "t_max": _T_MAX, "encoder_interval": _ENC_INTERVAL}
 
 
 def parse_interval(text: str) -> tuple[float, float] | None:
@@ -76,6 +82,12 @@ def spec_changes() -> dict:
     if _CHANNELS.value is not None:
         changes["guidance_channels"] = _CHANNELS.value or None
     options = {k: f.value for k, f in _OPTIONS.items() if f.value is not None}
+    if _ENC_STEPS.value is not None:
+        try:
+            options["encoder_steps"] = [int(v) for v in _ENC_STEPS.value]
+        except ValueError:
+            raise ValueError(f"--encoder_steps must be step indices such as 0,1,3,7, got "
+                             f"{','.join(_ENC_STEPS.value)!r}") from None
     if options:
         changes["options"] = options
     return changes
@@ -95,7 +107,7 @@ def main(argv: list[str]) -> None:
         from vdm_jax.core import samplers
         from vdm_jax.generation.batches import generate_samples
         from vdm_jax.parallel import distributed
-        from vdm_jax.sampling_spec import COMMON_OPTIONS, SamplingSpec
+        from vdm_jax.sampling_spec import COMMON_OPTIONS, SHARING_OPTIONS, SamplingSpec
 
         changes = spec_changes()
         # Fail before the restore on a bad value: the fields that do not depend on the sampler,
@@ -110,7 +122,8 @@ def main(argv: list[str]) -> None:
         spec = config_lib.sampling_spec(restored.config)
         if changes.get("sampler", spec.sampler) != spec.sampler:
             # The run's options of its own sampler do not carry over to another one.
-            keep = COMMON_OPTIONS + samplers.SAMPLER_OPTIONS[changes["sampler"]]
+            keep = (COMMON_OPTIONS + SHARING_OPTIONS
+                    + samplers.SAMPLER_OPTIONS[changes["sampler"]])
             spec = spec.replace(options={k: None for k, _ in spec.options if k not in keep})
         spec = spec.replace(**changes)
         result = generate_samples(restored, spec, num_samples=_NUM.value,

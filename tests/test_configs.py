@@ -26,7 +26,11 @@ TINY = {
     "dit": dict(family="dit", depth=1, hidden_size=32, num_heads=2, patch_size=2),
     "jit": dict(family="jit", depth=2, hidden_size=32, num_heads=2, patch_size=16,
                 bottleneck_dim=8, in_context_len=2, in_context_start=1),
+    "ddt": dict(family="ddt", encoder_depth=2, decoder_depth=1, hidden_size=32, num_heads=2,
+                patch_size=2),
 }
+# REPA's frozen encoder, shrunk: the tiny random DINOv2 of tests/fixtures/dinov2 (D = 16).
+TINY_DINOV2 = Path(__file__).parent / "fixtures" / "dinov2" / "hf_dinov2"
 
 
 def load_config(name):
@@ -56,16 +60,24 @@ def _add(tar, name, data):
 
 def test_every_config_is_covered():
     assert set(CONFIGS) >= {"digits_dit", "cifar10_vdm", "imagenet_dit", "imagenet_jit",
-                            "imagenet_sit", "digits_meanflow", "imagenet_meanflow"}
+                            "imagenet_sit", "imagenet_sit_repa", "imagenet_ddt", "digits_meanflow",
+                            "imagenet_meanflow"}
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_trains_two_steps(name, tmp_path, request):
     c = load_config(name)
     spec = c.model.spec.to_dict()
-    family = TINY["jit"] if "jit" in (spec.get("name", "") + spec.get("family", "")).lower() \
-        else TINY["dit"]
-    c.model.spec = {**family, "second_time": True} if spec.get("second_time") else family
+    kind = (spec.get("name", "") + spec.get("family", "")).lower()
+    c.model.spec = next((TINY[f] for f in ("jit", "ddt") if f in kind), TINY["dit"])
+    if spec.get("second_time"):  # MeanFlow's two-time DiT
+        c.model.spec = {**c.model.spec, "second_time": True}
+    if c.repa.enabled:  # the recipe's REPA on the tiny model, with a tiny DINOv2
+        c.repa.depth = 1
+        c.repa.projector_dim = 32
+        c.repa.encoder_path = str(TINY_DINOV2)
+        c.repa.encoder_size = ""
+        c.repa.encoder_dim = 16
     c.model.dtype = "float32"
     c.train.num_steps = 2
     c.train.global_batch_size = 8
@@ -99,6 +111,8 @@ def test_config_trains_two_steps(name, tmp_path, request):
             c.data.data_dir = str(tmp_path / "tfds")
         out = pipeline.run(c, tmp_path / "run")
     assert out["step"] == 2 and np.isfinite(out["metrics"]["loss"])
+    if c.repa.enabled:  # the alignment term was trained and logged
+        assert np.isfinite(out["metrics"]["repa_loss"]) and "repa" in out["state"]["params"]
     assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
     assert out["sample_grid"] is not None and Path(out["sample_grid"]).is_file()
     if c.diffusion.learned_schedule:  # the ELBO's gradient reached the schedule network

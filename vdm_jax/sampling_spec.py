@@ -15,7 +15,13 @@ once, when it is made (`ValueError` naming the field and what it accepts). Field
     seed                 the sampling seed
     options              sampler options, only those the sampler takes (core.samplers
                          .SAMPLER_OPTIONS): eta (ddim), variance (ddpm), lower_order_final
-                         (dpm_solver_2m), clip_denoised, spacing, shift, t_min, t_max
+                         (dpm_solver_2m), clip_denoised, spacing, shift, t_min, t_max; and,
+                         with every sampler, DDT's encoder sharing (SHARING_OPTIONS):
+                         encoder_interval k (recompute the condition encoder on steps 0, k,
+                         2k, …: ⌈N/k⌉ encoder passes; 1 = no sharing) or encoder_steps (the
+                         steps that recompute, from 0: a non-uniform schedule such as
+                         core.samplers.sharing_schedule_dp's); reused in between, inside the
+                         sampler's one lax.scan (core.samplers.ConditionCache)
 
 A spec is frozen and hashable; `replace(**changes)` returns a validated copy, `to_dict()` is what
 results files record, and `slug()` is a file-name fragment that differs whenever any field does.
@@ -30,12 +36,17 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from vdm_jax.core import samplers
 
-__all__ = ["COMMON_OPTIONS", "SamplingSpec"]
+__all__ = ["COMMON_OPTIONS", "SHARING_OPTIONS", "SamplingSpec"]
 
 # Options every sampler takes (the time grid); the rest are per sampler (SAMPLER_OPTIONS).
 COMMON_OPTIONS = ("spacing", "shift", "t_min", "t_max")
+# Options of the model function rather than the sampler, taken with every sampler: DDT's
+# encoder sharing (the generation layer builds a core.samplers.ConditionCache from them).
+SHARING_OPTIONS = ("encoder_interval", "encoder_steps")
 
 
 def _number(value: Any, name: str) -> float:
@@ -73,6 +84,16 @@ def _check_option(sampler: str, key: str, value: Any) -> Any:
         if not 0.0 <= t <= 1.0:
             raise ValueError(f"sampler option {key} must lie in [0, 1], got {t}")
         return t
+    if key == "encoder_interval":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"encoder_interval must be a positive int (1 = no sharing), got "
+                             f"{value!r}")
+        return value
+    if key == "encoder_steps":
+        if not isinstance(value, tuple | list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in value):
+            raise ValueError(f"encoder_steps must be a list of step indices, got {value!r}")
+        return tuple(value)
     raise ValueError(f"unknown sampler option {key!r}")
 
 
@@ -123,7 +144,7 @@ class SamplingSpec:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         options = dict(self.options)
-        allowed = COMMON_OPTIONS + samplers.SAMPLER_OPTIONS[self.sampler]
+        allowed = COMMON_OPTIONS + samplers.SAMPLER_OPTIONS[self.sampler] + SHARING_OPTIONS
         unknown = sorted(set(options) - set(allowed))
         if unknown:
             raise ValueError(f"sampler {self.sampler!r} takes no option(s) {unknown}; its options "
@@ -133,6 +154,7 @@ class SamplingSpec:
         if not t_min < t_max:
             raise ValueError(f"sampler options need t_min < t_max, got {t_min} and {t_max}")
         object.__setattr__(self, "options", tuple(sorted(checked.items())))
+        self.encoder_refresh()  # checks encoder_interval / encoder_steps against num_steps
 
     # ----------------------------------------------------------------------------- building
     @classmethod
@@ -165,8 +187,19 @@ class SamplingSpec:
     # ----------------------------------------------------------------------------- reading
     @property
     def sampler_options(self) -> dict[str, Any]:
-        """Keyword options for `core.samplers.sample`."""
-        return dict(self.options)
+        """Keyword options for `core.samplers.sample` (without the encoder-sharing ones)."""
+        return {k: v for k, v in self.options if k not in SHARING_OPTIONS}
+
+    def encoder_refresh(self) -> np.ndarray | None:
+        """(num_steps,) bool: the steps that recompute a shared encoder (DDT), or None when
+        the spec does not share (core.samplers.sharing_refresh)."""
+        options = dict(self.options)
+        interval, steps = options.get("encoder_interval"), options.get("encoder_steps")
+        if interval is None and steps is None:
+            return None
+        if interval is not None and steps is not None:
+            raise ValueError("give encoder_interval or encoder_steps, not both")
+        return samplers.sharing_refresh(self.num_steps, interval=interval, steps=steps)
 
     @property
     def nfe(self) -> int:

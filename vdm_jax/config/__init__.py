@@ -24,6 +24,11 @@ and locks it; `validate` then checks every value before anything is written. Sec
                     discrete-time recipe (DDPM's linear β grid, L_simple on the integer grid,
                     the learned-σ term), 0 = continuous; label_dropout; class_conditional;
                     vlb_weight
+    repa            REPA (vdm_jax.nn.repa): enabled, encoder ('dinov2' | 'digits'),
+                    encoder_path (the frozen encoder's weights), encoder_size (DINOv2 size,
+                    '' = the file's), encoder_dim (0 = the size's width), depth (align the
+                    hidden state after this block; a DDT: of its encoder), weight λ,
+                    projector_dim, features ('online' | 'stored')
     optim           AdamW: lr, warmup_steps, schedule, b1, b2, eps, weight_decay, grad_clip
                     (0 = off); ema_decays (one EMA per decay)
     train           num_steps, global_batch_size, micro_batches, log_every, checkpoint_every,

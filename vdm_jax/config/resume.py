@@ -18,7 +18,7 @@ SAFE_ON_RESUME = (
     "train.num_steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.keep_period", "train.async_checkpoints", "train.num_t_bins", "train.micro_batches",
     "sample.", "eval.", "mesh.", "distributed.", "data.data_dir", "data.manual_dir",
-    "data.worker_count", "data.latent_dir", "autoencoder.", "optim.",
+    "data.worker_count", "data.latent_dir", "autoencoder.", "optim.", "repa.encoder_path",
 )
 
 

@@ -13,8 +13,10 @@ from ml_collections import ConfigDict, config_dict
 from vdm_jax.core import meanflow, objectives, samplers, schedules
 from vdm_jax.data import DATASETS, latents
 from vdm_jax.model import DTYPES as MODEL_DTYPES
-from vdm_jax.model import build_objective, schedule_kwargs
-from vdm_jax.nn.registry import resolve_spec
+from vdm_jax.model import REPA_FEATURES, build_objective, repa_encoder_dim, schedule_kwargs
+from vdm_jax.nn.encoders.dinov2 import SIZES as DINOV2_SIZES
+from vdm_jax.nn.registry import num_blocks, resolve_spec
+from vdm_jax.nn.repa import ENCODERS as REPA_ENCODERS
 from vdm_jax.sampling_spec import SamplingSpec
 
 DTYPES = tuple(MODEL_DTYPES)
@@ -63,6 +65,17 @@ def default_config() -> ConfigDict:
         label_dropout=0.1,
         class_conditional=True,
         vlb_weight=1.0,
+    ))
+    c.repa = ConfigDict(dict(
+        enabled=False,
+        encoder="dinov2",
+        encoder_path=config_dict.placeholder(str),
+        encoder_size="vitb14",
+        encoder_dim=0,
+        depth=8,
+        weight=0.5,
+        projector_dim=2048,
+        features="online",
     ))
     c.optim = ConfigDict(dict(
         lr=1e-4, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999, eps=1e-8,
@@ -192,6 +205,7 @@ def validate(config: Mapping[str, Any]) -> None:
              f"diffusion.label_dropout={diff['label_dropout']} must be in [0, 1]")
     _require(_number(diff["shift"]) and diff["shift"] > 0,
              f"diffusion.shift={diff['shift']} must be positive")
+    _validate_repa(config, resolve_spec(spec))
     # optim
     _require(_number(o["lr"]) and o["lr"] > 0, f"optim.lr={o['lr']} must be positive")
     _require(_int(o["warmup_steps"], 0), f"optim.warmup_steps={o['warmup_steps']!r} must be >= 0")
@@ -237,6 +251,9 @@ def validate(config: Mapping[str, Any]) -> None:
         raise ValueError(f"sample.ema={spec_.ema!r}: {err}") from None
     if spec_.sampler_options.get("variance") == "learned":
         _require(m["learn_sigma"], "sample.options variance='learned' needs model.learn_sigma")
+    _require(spec_.encoder_refresh() is None or resolve_spec(spec)["family"] == "ddt",
+             "sample.options encoder_interval / encoder_steps share a condition encoder across "
+             "sampling steps: only a DDT model (model.spec family 'ddt') has one")
     # eval
     _require(_int(e["batch_size"], 1), f"eval.batch_size={e['batch_size']!r} must be >= 1")
     _require(_int(e["bpd_passes"], 1), f"eval.bpd_passes={e['bpd_passes']!r} must be >= 1")
@@ -277,11 +294,51 @@ def _check_meanflow(config: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
              "z_t = (1 − t) x + t ε: set diffusion.schedule='rectified_flow' with shift 1, "
              "timesteps 0 and no learned schedule")
     _require(not m["learn_sigma"], "model.learn_sigma does not apply to MeanFlow")
+    repa = config.get("repa")
+    _require(repa is None or not repa["enabled"],
+             "repa.enabled with diffusion.objective='meanflow': REPA is implemented for the "
+             "diffusion and flow-matching objectives only; set repa.enabled=false")
     if build_objective(diff).guided:
         _require(diff["class_conditional"] and diff["label_dropout"] > 0,
                  "MeanFlow's guidance (objective_kwargs omega, kappa) needs the unconditional "
                  "u(z, t, t | ∅) trained: a class-conditional model with "
                  "diffusion.label_dropout > 0")
+def _validate_repa(config: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
+    r = config.get("repa")  # absent from configs stored before REPA existed: no REPA
+    if r is None:
+        return
+    _require(isinstance(r["enabled"], bool), f"repa.enabled={r['enabled']!r} must be true/false")
+    if not r["enabled"]:
+        return
+    _require(r["encoder"] in REPA_ENCODERS,
+             f"repa.encoder={r['encoder']!r}; expected one of {REPA_ENCODERS}")
+    _require(r["features"] in REPA_FEATURES,
+             f"repa.features={r['features']!r}; expected one of {REPA_FEATURES}")
+    blocks = num_blocks(spec)
+    where = "the DDT's encoder has" if spec["family"] == "ddt" else "the model has"
+    _require(_int(r["depth"], 1) and r["depth"] <= blocks,
+             f"repa.depth={r['depth']!r} is beyond the model: {where} {blocks} blocks, so the "
+             f"aligned hidden state must be after block 1..{blocks}")
+    _require(_number(r["weight"]) and r["weight"] > 0,
+             f"repa.weight={r['weight']!r} must be positive (REPA: 0.5; disable REPA with "
+             "repa.enabled=false)")
+    _require(_int(r["projector_dim"], 1),
+             f"repa.projector_dim={r['projector_dim']!r} must be a positive int (REPA: 2048)")
+    _require(_int(r["encoder_dim"], 0), f"repa.encoder_dim={r['encoder_dim']!r} must be an int "
+             ">= 0 (0: the width of repa.encoder_size)")
+    if r["encoder"] == "dinov2":
+        _require(r["encoder_size"] in ("", *DINOV2_SIZES),
+                 f"repa.encoder_size={r['encoder_size']!r}; expected one of "
+                 f"{sorted(DINOV2_SIZES)} ('' = whatever the weights hold, with encoder_dim)")
+    try:
+        repa_encoder_dim(r)
+    except ValueError as err:
+        raise ValueError(str(err)) from None
+    if r["features"] == "online":
+        _require(bool(r["encoder_path"]),
+                 f"repa.encoder_path is required with repa.encoder={r['encoder']!r}: the frozen "
+                 "encoder's weights (a DINOv2 torch-hub .pth or Hugging Face folder, e.g. "
+                 "facebook/dinov2-base; for 'digits' the .npz benchmarks/repa_digits.py writes)")
 
 
 def sampling_spec(config: Mapping[str, Any]) -> SamplingSpec:

@@ -150,11 +150,10 @@ def _flow_velocity_weight(lam, t, dlam, p, schedule):
     return error_scale(schedule, "flow", t) ** 2
 
 
-def flow_matching(mean: float = 0.0, std: float = 1.0, density: str = "logit_normal"
-                  ) -> Objective:
+def flow_matching(mean: float = 0.0, std: float = 1.0, density: str = "logit_normal") -> Objective:
     """Conditional flow matching (Lipman et al. 2023): ‖u − û‖², u = ε − x for rectified flow,
-    with logit(t) ~ N(mean, std²) (density 'logit_normal', SD3's) or t ~ U[0, 1] ('uniform',
-    SiT's)."""
+    with logit(t) ~ N(mean, std²) (density 'logit_normal': SD3, DDT) or t ~ U[0, 1]
+    ('uniform': SiT, REPA)."""
     if density == "uniform":
         return Objective("flow_matching", _flow_velocity_weight, ts.uniform())
     if density != "logit_normal":

@@ -1,4 +1,5 @@
-"""The metric network of the embedded digits default: a small CNN on 8×8×1 images in [-1, 1].
+"""The metric network of the embedded digits default: a small CNN on 8×8×1 images in [-1, 1]
+(the network is vdm_jax.nn.encoders.digits.DigitsCNN; this module trains and caches it).
 
 Needs no outside weights: trained with optax on the digits training split it is given (a few
 seconds on CPU), then cached under `cache_dir` keyed by a hash of the training data and the
@@ -24,6 +25,7 @@ import optax
 from flax import nnx
 
 from vdm_jax.io import write_npz
+from vdm_jax.nn.encoders.digits import DigitsCNN, abstract_digits_cnn, from_arrays, to_arrays
 
 __all__ = ["DigitsCNN", "DigitsClassifier", "train_digits_cnn", "train_or_load_digits_classifier"]
 
@@ -32,26 +34,6 @@ _RECIPE = {  # part of the cache key: change any of these and the classifier is 
     "weight_decay": 1e-4,
 }
 _EVAL_BATCH = 512
-
-
-class DigitsCNN(nnx.Module):
-    """conv3×3(32) → conv3×3/2(64) → dense(64) = features → dense(num_classes) = logits."""
-
-    def __init__(self, num_classes: int = 10, feature_dim: int = 64, *, rngs: nnx.Rngs):
-        self.conv1 = nnx.Conv(1, 32, (3, 3), padding="SAME", rngs=rngs)
-        self.conv2 = nnx.Conv(32, 64, (3, 3), strides=(2, 2), padding="SAME", rngs=rngs)
-        self.dense = nnx.Linear(4 * 4 * 64, feature_dim, rngs=rngs)
-        self.head = nnx.Linear(feature_dim, num_classes, rngs=rngs)
-
-    def features(self, x: jax.Array) -> jax.Array:
-        # GELU rather than ReLU so no feature dimension is dead (keeps the covariance full-rank).
-        h = nnx.gelu(self.conv1(x))                                 # (B, 8, 8, 32)
-        h = nnx.gelu(self.conv2(h))                                 # (B, 4, 4, 64)
-        h = h.reshape(h.shape[0], -1)                               # (B, 1024)
-        return nnx.gelu(self.dense(h))                              # (B, feature_dim)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.head(self.features(x))                          # (B, num_classes)
 
 
 def _as_images(images: np.ndarray) -> np.ndarray:
@@ -182,22 +164,16 @@ def train_or_load_digits_classifier(
     """
     x, y = _as_images(train_images), _as_labels(train_labels, len(train_images), num_classes)
     path = Path(cache_dir) / f"digits_classifier-{_cache_key(x, y, num_classes, seed)}.npz"
-    abstract = nnx.eval_shape(
-        lambda: DigitsCNN(num_classes, _RECIPE["feature_dim"], rngs=nnx.Rngs(0))
-    )
-    flat = nnx.to_flat_state(nnx.state(abstract))
     if path.is_file():
         try:
             with np.load(path) as npz:
-                arrays = [(p, jnp.asarray(npz["/".join(map(str, p))])) for p, _ in flat]
-            shapes = [v.get_value().shape for _, v in flat]
-            if [a.shape for _, a in arrays] == shapes:
-                nnx.update(abstract, nnx.from_flat_state(arrays))
-                return DigitsClassifier(abstract)
+                arrays = {k: npz[k] for k in npz.files}
+            model = from_arrays(abstract_digits_cnn(num_classes, _RECIPE["feature_dim"]), arrays,
+                                str(path))
+            return DigitsClassifier(model)
         except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
             warnings.warn(f"ignoring unreadable digits classifier cache {path}: {e}", stacklevel=2)
     model = train_digits_cnn(x, y, num_classes, seed)
     # Atomic: concurrent processes never read a partial file.
-    write_npz(path, {"/".join(map(str, p)): np.asarray(v.get_value())
-                     for p, v in nnx.to_flat_state(nnx.state(model))})
+    write_npz(path, to_arrays(model))
     return DigitsClassifier(model)

@@ -9,7 +9,10 @@ unconditional models ignore the labels. DDPM with `variance='learned'` reads the
 variance half (models trained with learned σ); every other sampler sees only the prediction.
 A MeanFlow model (prediction 'average_velocity') samples with the 'meanflow' sampler, which calls
 its two-time network u(z, r, t); guidance is part of its training, not of sampling.
-Used by the trainer's grids, `generation.batches` (launch/sample.py) and end-of-run metrics.
+A spec with encoder_interval / encoder_steps shares a DDT's condition encoder across steps
+(core.samplers.ConditionCache, inside the sampler's one scan). Used by the trainer's grids,
+`generation.batches` (launch/sample.py) and end-of-run metrics; `encoder_sharing_schedule`
+finds DDT's non-uniform sharing schedule for a trained model.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vdm_jax.core import samplers
 from vdm_jax.model import DiffusionModel
 from vdm_jax.sampling_spec import SamplingSpec
 
-__all__ = ["class_balanced_labels", "make_generate_fn"]
+__all__ = ["class_balanced_labels", "encoder_sharing_schedule", "make_generate_fn"]
 
 Array = jax.Array
 
@@ -40,6 +44,16 @@ def make_generate_fn(
 
     Compiles once per (batch_size, spec); new params, labels or rng do not recompile.
     """
+    fn = _sample_fn(model, batch_size, spec, sharding)
+    return jax.jit(lambda params, labels, rng: fn(params, labels, rng)[0])
+
+
+def _sample_fn(
+    model: DiffusionModel, batch_size: int, spec: SamplingSpec,
+    sharding: jax.sharding.Sharding | None, refresh: np.ndarray | None = None,
+    record: bool = False,
+) -> Callable[[Any, Array, Array], tuple[Array, Array | None]]:
+    """fn(params, labels, rng) -> (samples, recorded encoder outputs or None), to trace."""
     shape = (batch_size, *model.image_shape)
     guided = spec.guided(model.num_classes)
     learned = spec.sampler_options.get("variance") == "learned"
@@ -58,29 +72,71 @@ def make_generate_fn(
     if spec.sampler == "meanflow" and not model.is_meanflow:
         raise ValueError(f"sampler 'meanflow' needs a MeanFlow model (diffusion.objective="
                          f"'meanflow'); this one predicts {model.prediction!r}")
-    # The network's raw output (prediction + variance half), the prediction alone, or MeanFlow's
-    # u(z, r, t) (its call takes the second time r: model_fn(z, r, t) below).
-    forward = (model.average_velocity if model.is_meanflow
-               else model.network if learned else model.predict)
+    refresh = spec.encoder_refresh() if refresh is None else refresh
+    if refresh is not None and not model.shares_encoder:
+        raise ValueError("encoder_interval / encoder_steps share a condition encoder across "
+                         "sampling steps; only DDT models have one (model.spec family 'ddt')")
 
-    def apply(params: Any, labels: Array, rng: Array) -> Array:
+    def apply(params: Any, labels: Array, rng: Array) -> tuple[Array, Array | None]:
+        # One cache per trace: its value rides in the sampler's scan carry.
+        cache = None if refresh is None else samplers.ConditionCache(refresh, record=record)
+
+        def forward(*zt_y: Array) -> Array:
+            # zt_y = (z, t, y), or (z, r, t, y) for MeanFlow's u(z, r, t). The network's raw
+            # output (prediction + variance half), the prediction alone, or u.
+            if model.is_meanflow:
+                return model.average_velocity(params, *zt_y)
+            if learned:
+                return model.network(params, *zt_y, cache=cache)
+            return model.predict(params, *zt_y, cache=cache)
+
         if guided:
             extra = {"channels": spec.guidance_channels} if spec.guidance_channels else {}
             model_fn = samplers.classifier_free_guidance(
-                lambda z, t, y: forward(params, z, t, y), labels, model.num_classes,
-                spec.guidance_scale, spec.guidance_interval, **extra,
+                forward, labels, model.num_classes, spec.guidance_scale, spec.guidance_interval,
+                **extra,
             )
         else:
             y = labels if model.num_classes else model.null_labels(batch_size)
-            model_fn = lambda *zt: forward(params, *zt, y)  # zt = (z, t), or (z, r, t)
+            model_fn = lambda *zt: forward(*zt, y)  # zt = (z, t), or (z, r, t)
         out = samplers.sample(
             model_fn, model.schedule(params), shape, rng, sampler=spec.sampler,
             num_steps=spec.num_steps, prediction=model.prediction, sharding=sharding,
-            **grid, **spec.sampler_options,
+            cache=cache, **grid, **spec.sampler_options,
         )
-        return out.samples
+        return out.samples, (cache.history if cache is not None and record else None)
 
-    return jax.jit(apply)
+    return apply
+
+
+def encoder_sharing_schedule(
+    model: DiffusionModel, params: Any, spec: SamplingSpec, budget: int, *,
+    batch_size: int = 8, seed: int = 0,
+) -> tuple[int, ...]:
+    """DDT's non-uniform sharing schedule for `spec`: the `budget` steps at which recomputing
+    the condition encoder loses least (core.samplers.sharing_schedule_dp), measured as the
+    reference does on one trajectory of `batch_size` samples (class-balanced labels, seed
+    `seed`) that recomputes every step: error[m, j] = 1 − mean over samples (and the guided null
+    batch) and tokens of cos(condition at step m, at step j), the condition being SiLU(t_emb + s)
+    as the reference's DP compares it. Use the result as
+    spec.replace(options={'encoder_steps': list(schedule)})."""
+    n = spec.num_steps
+    sample = _sample_fn(model, batch_size, spec.replace(
+        options={"encoder_interval": None, "encoder_steps": None}), None,
+        refresh=np.ones((n,), bool), record=True)
+
+    @jax.jit
+    def similarity(params: Any, labels: Array, rng: Array) -> Array:
+        _, history = sample(params, labels, rng)  # (N, B', T, D): every step's encoder output
+        # The reference compares SiLU(t_emb + s), what its AdaLN Linears read (ours apply the
+        # SiLU inside AdaLNModulation).
+        states = jax.nn.silu(history.reshape(n, -1, history.shape[-1]).astype(jnp.float32))
+        states = states / jnp.maximum(jnp.linalg.norm(states, axis=-1, keepdims=True), 1e-12)
+        return jnp.einsum("imd,jmd->ij", states, states) / states.shape[1]  # (N, N)
+
+    labels = class_balanced_labels(batch_size, model.num_classes)
+    sim = np.asarray(similarity(params, labels, jax.random.key(seed)), np.float64)
+    return samplers.sharing_schedule_dp(1.0 - sim, budget)
 
 
 def class_balanced_labels(num_samples: int, num_classes: int) -> np.ndarray:

@@ -2,11 +2,14 @@
 
     layers               blocks shared by the transformer backbones (patchify, sin-cos and
                          timestep embeddings, AdaLN-Zero, RMSNorm, 2D RoPE, SwiGLU)
-    dit, jit             the DiT and JiT denoisers
+    dit, jit, ddt        the DiT, JiT and DDT (decoupled encoder/decoder) denoisers
+    repa                 REPA's projector head and alignment loss, and the target features of
+                         the frozen encoders
     learned_schedule     VDM's monotone network for a learned γ(t) = −λ(t)
-    registry             named sizes ("DiT-XL/2", "JiT-B/16"), spec validation, `build_model`
+    registry             named sizes ("DiT-XL/2", "JiT-B/16", "DDT-XL/2"), spec validation,
+                         `build_model`
     cost                 exact parameter counts and forward MACs / FLOPs
-    encoders/            frozen feature networks (the FID Inception-v3)
+    encoders/            frozen feature networks (the FID Inception-v3, DINOv2, the digits CNN)
     autoencoders/        frozen image autoencoders (the Stable Diffusion VAE, AutoencoderKL)
 
 Build a denoiser with `vdm_jax.nn.registry.build_model`; every parameter carries logical axis

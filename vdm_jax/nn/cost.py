@@ -38,6 +38,8 @@ def model_cost(
     macs ≈ 118.6e9 (the paper's 118.64 "Gflops").
     """
     spec = resolve_spec(name_or_spec)
+    if spec["family"] == "ddt":
+        return _ddt_cost(spec, input_size, in_channels, num_classes, learn_sigma)
     gh, gw = grid_size(input_size, spec["patch_size"])
     n_tok = gh * gw  # T
     d, p, depth = spec["hidden_size"], spec["patch_size"], spec["depth"]
@@ -88,3 +90,54 @@ def model_cost(
         macs=float(macs),
         flops=2.0 * float(macs),
     )
+
+
+def _ddt_cost(
+    spec: Mapping[str, Any], input_size: tuple[int, int] | int, in_channels: int,
+    num_classes: int, learn_sigma: bool,
+) -> dict[str, float | int]:
+    """DDT (vdm_jax.nn.ddt): two patch embeddings, LightningDiT blocks (qkv and SwiGLU without
+    bias, RMSNorm scales, q/k norms), no position table. The decoder blocks and the final layer
+    are modulated per token, so their AdaLN Linears cost T·6D² and T·2D² MACs, not 6D² and 2D²."""
+    gh, gw = grid_size(input_size, spec["patch_size"])
+    n_tok = gh * gw  # T
+    d, p = spec["hidden_size"], spec["patch_size"]
+    n_enc, n_dec = spec["encoder_depth"], spec["decoder_depth"]
+    head_dim = d // spec["num_heads"]
+    swiglu = int(int(d * spec["mlp_ratio"]) * 2 / 3)
+    c_out = 2 * in_channels if learn_sigma else in_channels
+    patch_dim, out_dim = p * p * in_channels, p * p * c_out
+
+    params = 2 * _linear(patch_dim, d)  # s_embedder, x_embedder
+    params += _linear(FREQ_DIM, d) + _linear(d, d)  # timestep MLP
+    params += (num_classes + 1) * d  # label table incl. the null class
+    params += _linear(d, 2 * d) + _linear(d, out_dim)  # final adaLN + linear (affine-free LN)
+    block = _linear(d, 3 * d, bias=False) + _linear(d, d) + _linear(d, 6 * d)  # qkv, proj, adaLN
+    block += _linear(d, 2 * swiglu, bias=False) + _linear(swiglu, d, bias=False)  # SwiGLU
+    block += 2 * d + 2 * head_dim  # RMSNorm scales: norm1, norm2, q_norm, k_norm
+    params += (n_enc + n_dec) * block
+
+    macs = 2 * n_tok * patch_dim * d  # two patch embeddings
+    macs += FREQ_DIM * d + d * d  # timestep MLP
+    macs += n_enc * 6 * d * d + n_dec * n_tok * 6 * d * d  # adaLN: per sample / per token
+    macs += n_tok * 2 * d * d + n_tok * d * out_dim  # final adaLN (per token) + linear
+    macs += (n_enc + n_dec) * (n_tok * (4 * d * d + 3 * d * swiglu) + 2 * n_tok * n_tok * d)
+    return dict(params=params, params_with_pos_embed=params, macs=float(macs),
+                flops=2.0 * float(macs))
+
+
+def dinov2_cost(
+    hidden_size: int, num_layers: int, *, image_size: int, patch_size: int = 14,
+    num_registers: int = 0, mlp_ratio: float = 4.0,
+) -> dict[str, float]:
+    """Forward MACs and FLOPs of one image through a DINOv2 ViT (GELU MLP sizes S/B/L) at
+    image_size² (vdm_jax.nn.encoders.dinov2): patch embedding, and per block on the
+    N = 1 + R + T tokens the q, k, v, out projections (4ND²), the MLP (2ND·4D) and the attention
+    products QKᵀ, AV (2N²D), same convention as `model_cost`. REPA's target network: ViT-B/14
+    on 224² (T = 256) is ≈ 23.2 GMACs."""
+    g = image_size // patch_size
+    n_tok = 1 + num_registers + g * g
+    d, mlp = hidden_size, int(hidden_size * mlp_ratio)
+    macs = g * g * patch_size * patch_size * 3 * d  # patch embedding
+    macs += num_layers * (n_tok * (4 * d * d + 2 * d * mlp) + 2 * n_tok * n_tok * d)
+    return dict(macs=float(macs), flops=2.0 * float(macs))

@@ -46,6 +46,7 @@ from vdm_jax.nn.layers import (
     FinalLayer,
     LabelEmbedder,
     TimestepEmbedder,
+    check_hidden_index,
     check_inputs,
     dense,
     grid_size,
@@ -171,8 +172,15 @@ class DiT(nnx.Module):
         """Fixed 2D sin-cos position embedding (T, D); a constant, not a parameter."""
         return sincos_2d(self.hidden_size, self.grid)
 
-    def __call__(self, x: Array, t: Array, y: Array, r: Array | None = None) -> Array:
+    def __call__(
+        self, x: Array, t: Array, y: Array, r: Array | None = None, *,
+        return_hidden: int | None = None,
+    ) -> Array | tuple[Array, Array]:
+        """The output (B, H, W, C_out); with return_hidden = i also the hidden state after the
+        first i blocks (B, T, D), 1 ≤ i ≤ depth (REPA's encoder_depth: what it aligns), from
+        the same forward pass."""
         check_inputs(x, t, y, self.image_size, self.in_channels)
+        check_hidden_index(return_hidden, len(self.blocks))
         if r is not None and self.h_embedder is None:
             raise ValueError("This DiT takes one time; build it with spec 'second_time': True "
                              "to pass a second time r.")
@@ -184,7 +192,11 @@ class DiT(nnx.Module):
         if self.h_embedder is not None:
             h = jnp.zeros_like(t) if r is None else t - r  # (B,) interval h = t − r
             c = c + self.h_embedder(h)  # (B, D)
-        for block in self.blocks:
+        hidden = None
+        for i, block in enumerate(self.blocks):
             x = block(x, c)  # (B, T, D)
+            if i + 1 == return_hidden:
+                hidden = x  # (B, T, D) after i + 1 blocks
         x = self.final_layer(x, c)  # (B, T, p·p·C_out) f32
-        return unpatchify(x, self.grid, self.patch_size)  # (B, H, W, C_out) f32
+        out = unpatchify(x, self.grid, self.patch_size)  # (B, H, W, C_out) f32
+        return out if return_hidden is None else (out, hidden)

@@ -1,7 +1,8 @@
 """JiT: "Just image Transformer", a pixel-space DiT with large patches (Li & He 2025,
 "Back to Basics: Let Denoising Generative Models Denoise", github.com/LTH14/JiT), Flax NNX.
 
-Differences from DiT (dit.py), following the reference model_jit.py:
+Differences from DiT (dit.py), following the reference model_jit.py (the RoPE attention, RMSNorm
+and SwiGLU are the shared layers of vdm_jax.nn.layers):
   - bottleneck patch embedding: p×p stride-p conv to a narrow width b without bias, then a 1×1
     conv (Linear) b → D with bias; both written as Linears on flattened patches;
   - RMSNorm (learned scale, eps 1e-6) instead of affine-free LayerNorm, in float32;
@@ -27,16 +28,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from einops import rearrange
 from flax import nnx
 
 from vdm_jax.nn.layers import (
     AdaLNModulation,
     FinalLayer,
     LabelEmbedder,
+    RoPEAttention,
     SwiGLU,
     TimestepEmbedder,
-    apply_rope,
+    check_hidden_index,
     check_inputs,
     dense,
     grid_size,
@@ -66,28 +67,6 @@ class BottleneckPatchEmbed(nnx.Module):
         return self.proj2(self.proj1(x))  # (B, T, b) → (B, T, D)
 
 
-class JiTAttention(nnx.Module):
-    """Self-attention with qkv bias, per-head RMSNorm on q and k, and 2D RoPE."""
-
-    def __init__(self, hidden_size: int, num_heads: int, *, dtype: Dtype, rngs: nnx.Rngs):
-        self.num_heads = num_heads
-        self.dtype = dtype
-        head_dim = hidden_size // num_heads
-        self.qkv = dense(hidden_size, 3 * hidden_size, ("embed", "heads"), dtype=dtype, rngs=rngs)
-        self.q_norm = rms_norm(head_dim, None, rngs)
-        self.k_norm = rms_norm(head_dim, None, rngs)
-        self.proj = dense(hidden_size, hidden_size, ("heads", "embed"), dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: Array, rope: tuple[Array, Array]) -> Array:
-        qkv = self.qkv(x)  # (B, T, 3D)
-        q, k, v = rearrange(qkv, "b t (s n h) -> s b t n h", s=3, n=self.num_heads)  # (B,T,N,Dh)
-        q = apply_rope(self.q_norm(q.astype(jnp.float32)), *rope)  # (B, T, N, Dh) f32
-        k = apply_rope(self.k_norm(k.astype(jnp.float32)), *rope)  # (B, T, N, Dh) f32
-        # Softmax is float32 inside dot_product_attention (cuDNN on GPU for bf16 inputs).
-        o = jax.nn.dot_product_attention(q.astype(self.dtype), k.astype(self.dtype), v)
-        return self.proj(rearrange(o, "b t n h -> b t (n h)"))  # (B, T, D)
-
-
 class JiTBlock(nnx.Module):
     """DiT's AdaLN-Zero block with RMSNorm, RoPE attention and a SwiGLU MLP."""
 
@@ -96,7 +75,7 @@ class JiTBlock(nnx.Module):
     ):
         self.dtype = dtype
         self.norm1 = rms_norm(hidden_size, "embed", rngs)
-        self.attn = JiTAttention(hidden_size, num_heads, dtype=dtype, rngs=rngs)
+        self.attn = RoPEAttention(hidden_size, num_heads, dtype=dtype, rngs=rngs)
         self.norm2 = rms_norm(hidden_size, "embed", rngs)
         self.mlp = SwiGLU(hidden_size, int(hidden_size * mlp_ratio), dtype=dtype, rngs=rngs)
         self.adaLN_modulation = AdaLNModulation(hidden_size, 6, dtype=dtype, rngs=rngs)
@@ -169,8 +148,13 @@ class JiT(nnx.Module):
         """Fixed 2D sin-cos position embedding (T, D) of the patch tokens; not a parameter."""
         return sincos_2d(self.hidden_size, self.grid)
 
-    def __call__(self, x: Array, t: Array, y: Array) -> Array:
+    def __call__(
+        self, x: Array, t: Array, y: Array, *, return_hidden: int | None = None
+    ) -> Array | tuple[Array, Array]:
+        """The output (B, H, W, C_out); with return_hidden = i also the image tokens' hidden
+        state after the first i blocks (B, T, D) (REPA), from the same forward pass."""
         check_inputs(x, t, y, self.image_size, self.in_channels)
+        check_hidden_index(return_hidden, len(self.blocks))
         n_ctx = self.in_context_len
         rope_img = tuple(map(jnp.asarray, rope_2d(self.grid, self.head_dim)))  # 2 × (T, Dh)
         rope_ctx = tuple(map(jnp.asarray, rope_2d(self.grid, self.head_dim, n_ctx)))  # (L+T, Dh)
@@ -183,7 +167,11 @@ class JiT(nnx.Module):
             if n_ctx > 0 and i == self.in_context_start:
                 ctx = y_emb[:, None, :] + self.in_context_posemb[...].astype(self.dtype)  # (B,L,D)
                 x = jnp.concatenate([ctx, x], axis=1)  # (B, L + T, D)
-            x = block(x, c, rope_ctx if n_ctx > 0 and i >= self.in_context_start else rope_img)
+            with_ctx = n_ctx > 0 and i >= self.in_context_start
+            x = block(x, c, rope_ctx if with_ctx else rope_img)  # (B, [L +] T, D)
+            if i + 1 == return_hidden:
+                hidden = x[:, n_ctx:] if with_ctx else x  # (B, T, D) image tokens
         x = x[:, n_ctx:] if n_ctx > 0 else x  # (B, T, D)
         x = self.final_layer(x, c)  # (B, T, p·p·C_out) f32
-        return unpatchify(x, self.grid, self.patch_size)  # (B, H, W, C_out) f32
+        out = unpatchify(x, self.grid, self.patch_size)  # (B, H, W, C_out) f32
+        return out if return_hidden is None else (out, hidden)

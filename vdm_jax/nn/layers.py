@@ -125,9 +125,15 @@ def unpatchify(x: Array, grid: tuple[int, int], p: int) -> Array:
     return rearrange(x, "b (h w) (p q c) -> b (h p) (w q) c", h=grid[0], w=grid[1], p=p, q=p)
 
 
+def per_token(v: Array) -> Array:
+    """A per-sample (B, D) conditioning vector as (B, 1, D); a per-token (B, T, D) one unchanged
+    (DDT's decoder is modulated token by token)."""
+    return v[:, None, :] if v.ndim == 2 else v
+
+
 def modulate(x: Array, shift: Array, scale: Array) -> Array:
-    """x·(1 + scale) + shift with per-sample shift/scale. x (B,T,D), shift/scale (B,D)."""
-    return x * (1 + scale[:, None, :]) + shift[:, None, :]
+    """x·(1 + scale) + shift. x (B, T, D); shift, scale (B, D) per sample or (B, T, D) per token."""
+    return x * (1 + per_token(scale)) + per_token(shift)
 
 
 def check_inputs(
@@ -149,6 +155,13 @@ def check_inputs(
         )
     if not jnp.issubdtype(jnp.asarray(y).dtype, jnp.integer):
         raise ValueError(f"y must be integer class labels, got dtype {jnp.asarray(y).dtype}.")
+
+
+def check_hidden_index(index: int | None, depth: int) -> None:
+    """`return_hidden` must name a block: 1 ≤ index ≤ depth (None: no hidden state)."""
+    if index is not None and not (isinstance(index, int) and 1 <= index <= depth):
+        raise ValueError(f"return_hidden={index!r}: the hidden state after block i exists for "
+                         f"1 <= i <= {depth} (the model's blocks).")
 
 
 class TimestepEmbedder(nnx.Module):
@@ -255,19 +268,26 @@ def rms_norm(num_features: int, axis_name: str | None, rngs: nnx.Rngs) -> nnx.RM
 
 
 def rope_2d(
-    grid: tuple[int, int], head_dim: int, num_prefix: int = 0, theta: float = 10_000.0
+    grid: tuple[int, int], head_dim: int, num_prefix: int = 0, theta: float = 10_000.0,
+    extent: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """cos and sin tables (num_prefix + gh·gw, head_dim) of 2D RoPE (EVA-02 / JiT layout).
 
-    Channels [0, head_dim/2) rotate with the row index i, [head_dim/2, head_dim) with the column
-    index j; inside each half, pair k = (2k, 2k+1) turns by angle pos·θ^(−4k/head_dim).
-    Prefix (in-context) tokens get cos = 1, sin = 0, i.e. no rotation.
+    Channels [0, head_dim/2) rotate with the row position, [head_dim/2, head_dim) with the
+    column position; inside each half, pair k = (2k, 2k+1) turns by angle pos·θ^(−4k/head_dim).
+    Positions are the indices 0..g−1 (JiT), or with `extent` g points evenly spread over
+    [0, extent] (DDT: extent 16 whatever the grid). Prefix (in-context) tokens get cos = 1,
+    sin = 0, i.e. no rotation.
     """
     gh, gw = grid
     half = head_dim // 2
     freqs = 1.0 / theta ** (np.arange(0, half, 2, dtype=np.float64) / half)  # (head_dim/4,)
-    ang_h = np.repeat(np.arange(gh)[:, None] * freqs[None], 2, axis=-1)  # (gh, half) paired
-    ang_w = np.repeat(np.arange(gw)[:, None] * freqs[None], 2, axis=-1)  # (gw, half) paired
+
+    def positions(g: int) -> np.ndarray:
+        return np.arange(g, dtype=np.float64) if extent is None else np.linspace(0.0, extent, g)
+
+    ang_h = np.repeat(positions(gh)[:, None] * freqs[None], 2, axis=-1)  # (gh, half) paired
+    ang_w = np.repeat(positions(gw)[:, None] * freqs[None], 2, axis=-1)  # (gw, half) paired
     ang = np.concatenate(
         [np.broadcast_to(ang_h[:, None], (gh, gw, half)),
          np.broadcast_to(ang_w[None, :], (gh, gw, half))],
@@ -287,14 +307,47 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
 
 
 class SwiGLU(nnx.Module):
-    """w3(SiLU(x w1) ⊙ x w2), w1 and w2 fused as one Linear(D, 2h), h = int(2/3 · mlp_hidden)."""
+    """w3(SiLU(x w1) ⊙ x w2), w1 and w2 fused as one Linear(D, 2h), h = int(2/3 · mlp_hidden);
+    with biases (JiT) or without (LightningDiT / DDT: use_bias=False)."""
 
-    def __init__(self, hidden_size: int, mlp_hidden: int, *, dtype: Dtype, rngs: nnx.Rngs):
+    def __init__(
+        self, hidden_size: int, mlp_hidden: int, *, dtype: Dtype, rngs: nnx.Rngs,
+        use_bias: bool = True,
+    ):
         h = int(mlp_hidden * 2 / 3)
-        self.w12 = dense(hidden_size, 2 * h, ("embed", "mlp"), dtype=dtype, rngs=rngs)
-        self.w3 = dense(h, hidden_size, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+        kw = dict(dtype=dtype, rngs=rngs, use_bias=use_bias)
+        self.w12 = dense(hidden_size, 2 * h, ("embed", "mlp"), **kw)
+        self.w3 = dense(h, hidden_size, ("mlp", "embed"), **kw)
 
     def __call__(self, x: Array) -> Array:
         x1, x2 = jnp.split(self.w12(x), 2, axis=-1)  # 2 × (B, T, h)
         return self.w3(nnx.silu(x1) * x2)  # (B, T, D)
 
+
+
+class RoPEAttention(nnx.Module):
+    """Self-attention with per-head RMSNorm on q and k (learned scale) and 2D RoPE, fused qkv
+    with bias (JiT) or without (LightningDiT / DDT: qkv_bias=False); output projection with
+    bias. q, k are normalized and rotated in float32; the softmax is float32 inside
+    jax.nn.dot_product_attention (cuDNN on GPU for bf16 inputs)."""
+
+    def __init__(
+        self, hidden_size: int, num_heads: int, *, dtype: Dtype, rngs: nnx.Rngs,
+        qkv_bias: bool = True,
+    ):
+        self.num_heads = num_heads
+        self.dtype = dtype
+        head_dim = hidden_size // num_heads
+        self.qkv = dense(hidden_size, 3 * hidden_size, ("embed", "heads"), dtype=dtype, rngs=rngs,
+                         use_bias=qkv_bias)
+        self.q_norm = rms_norm(head_dim, None, rngs)
+        self.k_norm = rms_norm(head_dim, None, rngs)
+        self.proj = dense(hidden_size, hidden_size, ("heads", "embed"), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array, rope: tuple[Array, Array]) -> Array:
+        qkv = self.qkv(x)  # (B, T, 3D)
+        q, k, v = rearrange(qkv, "b t (s n h) -> s b t n h", s=3, n=self.num_heads)  # (B,T,N,Dh)
+        q = apply_rope(self.q_norm(q.astype(jnp.float32)), *rope)  # (B, T, N, Dh) f32
+        k = apply_rope(self.k_norm(k.astype(jnp.float32)), *rope)  # (B, T, N, Dh) f32
+        o = jax.nn.dot_product_attention(q.astype(self.dtype), k.astype(self.dtype), v)
+        return self.proj(rearrange(o, "b t n h -> b t (n h)"))  # (B, T, D)

@@ -1,13 +1,16 @@
 """Model size registry and validation of custom specs.
 
-A spec is a plain dict. Common keys: family ('dit' | 'jit'), depth, hidden_size, num_heads,
-patch_size, mlp_ratio. DiT adds time_scale and time_shift (optional, default 1000 and 0): the
-timestep embedder sees time_scale·t + time_shift, which is how imported checkpoints keep their
-own time convention (vdm_jax.importers.dit); and second_time (bool, default False): MeanFlow's
+A spec is a plain dict. Common keys: family ('dit' | 'jit' | 'ddt'), depth, hidden_size,
+num_heads, patch_size, mlp_ratio; a DDT has encoder_depth and decoder_depth instead of depth.
+DiT adds time_scale and time_shift (optional, default 1000 and 0): the timestep embedder sees
+time_scale·t + time_shift, which is how imported checkpoints keep their own time convention
+(vdm_jax.importers.dit); and second_time (bool, default False): MeanFlow's
 two-time model u(z, r, t). JiT adds bottleneck_dim (width of the p×p patch projection),
 in_context_len (number of class tokens) and in_context_start (index of the first block that sees
-them). Registry sizes follow DiT (Peebles & Xie 2023, Table 1) and JiT (Li & He 2025,
-github.com/LTH14/JiT model_jit.py).
+them). Registry sizes follow DiT (Peebles & Xie 2023, Table 1), JiT (Li & He 2025,
+github.com/LTH14/JiT model_jit.py) and DDT (Wang et al. 2025, github.com/MCG-NJU/DDT
+configs/repa_improved_ddt_xlen22de6_256.yaml: 22 encoder + 6 decoder blocks of width 1152 with
+16 heads; other splits are custom specs).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vdm_jax.nn.ddt import DDT
 from vdm_jax.nn.dit import DiT
 from vdm_jax.nn.jit import JiT
 from vdm_jax.nn.layers import grid_size
@@ -43,9 +47,26 @@ for _size, (_depth, _hidden, _heads, _bneck, _start) in _JIT_SIZES.items():
             mlp_ratio=4.0, bottleneck_dim=_bneck, in_context_len=32, in_context_start=_start,
         )
 
-_COMMON_KEYS = ("family", "depth", "hidden_size", "num_heads", "patch_size", "mlp_ratio")
-_JIT_KEYS = ("bottleneck_dim", "in_context_len", "in_context_start")
-_DIT_KEYS = ("time_scale", "time_shift", "second_time")
+# (encoder_depth, decoder_depth, hidden, heads)
+_DDT_SIZES = {"XL": (22, 6, 1152, 16)}
+for _size, (_enc, _dec, _hidden, _heads) in _DDT_SIZES.items():
+    MODEL_CONFIGS[f"DDT-{_size}/2"] = dict(
+        family="ddt", encoder_depth=_enc, decoder_depth=_dec, hidden_size=_hidden,
+        num_heads=_heads, patch_size=2, mlp_ratio=4.0,
+    )
+
+_COMMON_KEYS = ("family", "hidden_size", "num_heads", "patch_size", "mlp_ratio")
+_FAMILY_KEYS = {
+    "dit": ("depth", "time_scale", "time_shift", "second_time"),
+    "jit": ("depth", "bottleneck_dim", "in_context_len", "in_context_start"),
+    "ddt": ("encoder_depth", "decoder_depth"),
+}
+_REQUIRED = {
+    "dit": ("depth", "hidden_size", "num_heads", "patch_size"),
+    "jit": ("depth", "hidden_size", "num_heads", "patch_size"),
+    "ddt": ("encoder_depth", "decoder_depth", "hidden_size", "num_heads", "patch_size"),
+}
+FAMILIES = tuple(_FAMILY_KEYS)
 
 
 def resolve_spec(name_or_spec: str | Mapping[str, Any]) -> dict[str, Any]:
@@ -68,13 +89,13 @@ def resolve_spec(name_or_spec: str | Mapping[str, Any]) -> dict[str, Any]:
         )
     spec = dict(name_or_spec)
     family = spec.get("family")
-    if family not in ("dit", "jit"):
-        raise ValueError(f"Spec 'family' must be 'dit' or 'jit', got {family!r}.")
-    missing = [k for k in ("depth", "hidden_size", "num_heads", "patch_size") if k not in spec]
+    if family not in FAMILIES:
+        raise ValueError(f"Spec 'family' must be one of {FAMILIES}, got {family!r}.")
+    missing = [k for k in _REQUIRED[family] if k not in spec]
     if missing:
         raise ValueError(f"Model spec is missing {missing}; got keys {sorted(spec)}.")
     spec.setdefault("mlp_ratio", 4.0)
-    allowed = _COMMON_KEYS + (_JIT_KEYS if family == "jit" else _DIT_KEYS)
+    allowed = _COMMON_KEYS + _FAMILY_KEYS[family]
     if family == "jit":
         spec.setdefault("bottleneck_dim", 128)
         spec.setdefault("in_context_len", 32)
@@ -87,8 +108,13 @@ def resolve_spec(name_or_spec: str | Mapping[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def num_blocks(spec: Mapping[str, Any]) -> int:
+    """The blocks REPA may align (a DDT: its encoder's), of a resolved spec."""
+    return spec["encoder_depth"] if spec["family"] == "ddt" else spec["depth"]
+
+
 def _validate(spec: dict[str, Any]) -> None:
-    for key in ("depth", "hidden_size", "num_heads", "patch_size") + (
+    for key in _REQUIRED[spec["family"]] + (
         ("bottleneck_dim",) if spec["family"] == "jit" else ()
     ):
         if not isinstance(spec[key], int) or spec[key] < 1:
@@ -110,10 +136,11 @@ def _validate(spec: dict[str, Any]) -> None:
             raise ValueError(f"Spec {key!r} must be a finite number, got {value!r}.")
     if spec.get("time_scale", 1.0) == 0:
         raise ValueError("Spec 'time_scale' must be nonzero (0 would hide t from the network).")
+    if spec["family"] in ("jit", "ddt") and (d // heads) % 4:
+        # 2D RoPE rotates pairs, half of the head dimension per image axis.
+        raise ValueError(f"{spec['family'].upper()} head dim {d // heads} must be a multiple of 4 "
+                         "(2D RoPE).")
     if spec["family"] == "jit":
-        if (d // heads) % 4:
-            # 2D RoPE rotates pairs, half of the head dimension per image axis.
-            raise ValueError(f"JiT head dim {d // heads} must be a multiple of 4 (2D RoPE).")
         n_ctx, start = spec["in_context_len"], spec["in_context_start"]
         if not isinstance(n_ctx, int) or n_ctx < 0:
             raise ValueError(f"in_context_len must be an int >= 0, got {n_ctx!r}.")
@@ -132,8 +159,8 @@ def build_model(
     learn_sigma: bool = False,
     dtype: Any = jnp.float32,
     rngs: nnx.Rngs,
-) -> DiT | JiT:
-    """Build a registry model ("DiT-XL/2", "JiT-B/16", ...) or a custom spec dict, e.g.
+) -> DiT | JiT | DDT:
+    """Build a registry model ("DiT-XL/2", "JiT-B/16", "DDT-XL/2", ...) or a custom spec dict, e.g.
     {"family": "dit", "depth": 2, "hidden_size": 64, "num_heads": 4, "patch_size": 2}.
 
     input_size: (H, W) or an int for square inputs, each divisible by the patch size.
@@ -150,7 +177,7 @@ def build_model(
         )
     grid_size(input_size, spec["patch_size"])  # divisibility check with a clear message
     family = spec.pop("family")
-    cls = DiT if family == "dit" else JiT
+    cls = {"dit": DiT, "jit": JiT, "ddt": DDT}[family]
     kwargs = dict(
         input_size=input_size, in_channels=in_channels, num_classes=num_classes,
         learn_sigma=learn_sigma, dtype=dtype, rngs=rngs, **spec,

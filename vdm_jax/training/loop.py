@@ -3,7 +3,8 @@
     summary = train(config, workdir, hooks=[...])
 
 1. Prepare (nothing is written yet): validate the config, the mesh against the devices, the
-   batch against the mesh, the dataset and the run directory; build the model and a sharded
+   batch against the mesh, REPA's frozen encoder weights (loaded here, passed to every step as
+   a non-trained input), the dataset and the run directory; build the model and a sharded
    train state; if the run directory holds a run, check that `config` may resume it
    (vdm_jax.config.SAFE_ON_RESUME) and restore its newest readable checkpoint (state and the
    data iterator's position). Any problem is a ValueError / FileNotFoundError naming it.
@@ -61,12 +62,12 @@ from vdm_jax import config as config_lib
 from vdm_jax.checkpoints.manager import Checkpointer, CheckpointWriteError, check_compatible
 from vdm_jax.data import dataset_info, latents, train_iterator
 from vdm_jax.io import read_json, remove_stale_temporaries, write_json
-from vdm_jax.model import DataSpec, DiffusionModel, build
+from vdm_jax.model import DataSpec, DiffusionModel, build, load_target_encoder_for
 from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.rundir import RunDir
 from vdm_jax.training import state as state_lib
 from vdm_jax.training.logs import MetricWriter, RunLog
-from vdm_jax.training.step import jit_train_step
+from vdm_jax.training.step import frozen_shardings, jit_train_step
 
 __all__ = ["DiskFullError", "NonFiniteLossError", "StepContext", "prepare", "train"]
 
@@ -140,7 +141,7 @@ class _Interrupts:
 
 def _host_metrics(metrics: Mapping[str, Any], num_bins: int) -> dict[str, float]:
     m = jax.device_get(metrics)
-    out = {k: float(m[k]) for k in ("loss", "grad_norm", "lr")}
+    out = {k: float(m[k]) for k in ("loss", "grad_norm", "lr", "repa_loss") if k in m}
     for i in range(num_bins):
         if m["bin_count"][i] > 0:
             out[f"loss_t_bin/{i / num_bins:.1f}-{(i + 1) / num_bins:.1f}"] = float(
@@ -192,7 +193,14 @@ def prepare(config: ConfigDict, workdir: str | Path, devices: list | None = None
         rundir.check_unlocked()  # before reading the run (other processes could see ours)
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
     config_lib.check_batch(config, mesh.size, mesh.shape["data"])
+    frozen = load_target_encoder_for(config)  # REPA's frozen encoder: bad weights fail here
     info = dataset_info(config.data)
+    repa = config.get("repa")
+    if repa is not None and repa.enabled and repa.features == "stored" and not getattr(
+            info, "repa_features", None):
+        raise ValueError(f"repa.features='stored' needs a dataset that stores REPA features "
+                         f"beside its examples, and data.name={config.data.name!r} does not; "
+                         "use repa.features='online'")
     if config.eval.at_end and info.num_test == 0:
         raise ValueError(f"eval.at_end needs an evaluation split, and data.name="
                          f"{config.data.name!r} has none here; add one (an ImageFolder's 'val' or "
@@ -233,9 +241,11 @@ def prepare(config: ConfigDict, workdir: str | Path, devices: list | None = None
         state, data_state = restored
         if data_state is not None:  # None: an imported checkpoint, no data position yet
             data_iter.set_state(data_state)
+    if frozen is not None:
+        frozen = jax.device_put(frozen, frozen_shardings(frozen, mesh))
     return dict(mesh=mesh, info=info, data=data, tx=tx, lr_schedule=lr_schedule, model=model,
                 state=state, shardings=shardings, data_iter=data_iter, checkpointer=checkpointer,
-                restored=restored is not None, rundir=rundir)
+                restored=restored is not None, rundir=rundir, frozen=frozen)
 
 
 def _remove_leftovers(rundir: RunDir) -> None:
@@ -366,17 +376,21 @@ def _train(config: ConfigDict, env: dict[str, Any], interrupts: _Interrupts,
     try:
         if env["restored"]:
             say(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}.")
+        frozen = env["frozen"]
         step_fn = jit_train_step(
             model, env["tx"], env["lr_schedule"], tuple(config.optim.ema_decays),
             config.train.micro_batches, env["shardings"], mesh, config.train.num_t_bins,
+            frozen=frozen,
         )
+        extra = () if frozen is None else (frozen,)  # REPA's target encoder: a fixed input
         step = start
         batch = next(data_iter) if step < num_steps else None
         if batch is not None:
             say(f"compiling the train step ({model.image_shape} images, batch "
                 f"{config.train.global_batch_size} over {mesh.size} devices) …")
             t0 = time.perf_counter()
-            step_fn = step_fn.lower(state, batch, state_lib.step_rng(state["rng"], step)).compile()
+            step_fn = step_fn.lower(state, batch, state_lib.step_rng(state["rng"], step),
+                                    *extra).compile()
             say(f"compiled in {time.perf_counter() - t0:.1f} s.")
         progress["what"] = "training"
         interrupts.armed = True
@@ -420,7 +434,8 @@ def _train(config: ConfigDict, env: dict[str, Any], interrupts: _Interrupts,
             while step < num_steps and not interrupts.requested:
                 if batch is None:
                     batch = next(data_iter)
-                state, metrics = step_fn(state, batch, state_lib.step_rng(state["rng"], step))
+                state, metrics = step_fn(state, batch, state_lib.step_rng(state["rng"], step),
+                                         *extra)
                 batch = None
                 flush_pending()  # the previous step's metrics: ready while this step runs
                 step += 1
