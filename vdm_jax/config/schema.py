@@ -38,6 +38,8 @@ def default_config() -> ConfigDict:
         image_size=config_dict.placeholder(int),
         random_flip=False,
         worker_count=0,
+        synthetic_channels=3,  # data.name='synthetic' only (vdm_jax.data)
+        synthetic_classes=10,
     ))
     c.model = ConfigDict(dict(
         spec=dict(family="dit", depth=2, hidden_size=64, num_heads=4, patch_size=2),
@@ -122,6 +124,8 @@ def validate(config: Mapping[str, Any]) -> None:
     _require(d["image_size"] is None or _int(d["image_size"], 1),
              f"data.image_size={d['image_size']!r} must be a positive int (or unset)")
     _require(_int(d["worker_count"], 0), f"data.worker_count={d['worker_count']!r} must be >= 0")
+    for key in ("synthetic_channels", "synthetic_classes"):
+        _require(_int(d[key], 1), f"data.{key}={d[key]!r} must be a positive int")
     # model
     spec = m["spec"].to_dict() if hasattr(m["spec"], "to_dict") else m["spec"]
     try:

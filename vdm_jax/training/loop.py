@@ -59,7 +59,8 @@ from vdm_jax.training import state as state_lib
 from vdm_jax.training.logs import MetricWriter, RunLog
 from vdm_jax.training.step import jit_train_step
 
-__all__ = ["DiskFullError", "NonFiniteLossError", "StepContext", "prepare", "train"]
+__all__ = ["DiskFullError", "NonFiniteLossError", "StepContext", "prepare", "step_function",
+           "train"]
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,15 @@ def prepare(config: ConfigDict, workdir: str | Path, devices: list | None = None
                 restored=restored is not None, rundir=rundir)
 
 
+def step_function(config: ConfigDict, env: Mapping[str, Any]) -> Any:
+    """The jitted train step the loop runs for `config` and `prepare`'s `env` (not yet compiled;
+    benchmarks/train_step.py times this same function)."""
+    return jit_train_step(
+        env["model"], env["tx"], env["lr_schedule"], tuple(config.optim.ema_decays),
+        config.train.micro_batches, env["shardings"], env["mesh"], config.train.num_t_bins,
+    )
+
+
 def _remove_leftovers(rundir: RunDir) -> None:
     """What killed writers left: temporary files and unfinished orbax checkpoints (called under
     the run directory's lock, so no writer is active)."""
@@ -296,10 +306,7 @@ def _train(config: ConfigDict, env: dict[str, Any], interrupts: _Interrupts,
         say(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}.")
     ok = False
     try:
-        step_fn = jit_train_step(
-            model, env["tx"], env["lr_schedule"], tuple(config.optim.ema_decays),
-            config.train.micro_batches, env["shardings"], mesh, config.train.num_t_bins,
-        )
+        step_fn = step_function(config, env)
         step = start
         batch = next(data_iter) if step < num_steps else None
         if batch is not None:
