@@ -60,9 +60,10 @@ def add_model_args(parser: argparse.ArgumentParser, *, batch: str, steps: int) -
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs after compiling")
     parser.add_argument("--peak_size", type=int, default=2048,
                         help="n of the n×n matmul that measures the peak (0: skip)")
-    parser.add_argument("--host_malloc", choices=("retain", "default"), default="retain",
-                        help="'retain': keep freed host memory in the process (see "
-                             "retain_host_memory; it saves XLA:CPU's per-step page faults); "
+    parser.add_argument("--host_malloc", choices=("retain", "default"), default=None,
+                        help="default: the trainer's setting ($VDM_HOST_MALLOC, else 'retain'); "
+                             "'retain': keep freed host memory in the process (it saves "
+                             "XLA:CPU's per-step page faults; vdm_jax.parallel.host); "
                              "'default': glibc's defaults")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
 
@@ -78,14 +79,22 @@ def model_label(model: str | Mapping[str, Any]) -> str:
 
 
 def make_config(args: argparse.Namespace, dtype: str, batch: int) -> Any:
-    """A training config (default_config) for --model/--learn_sigma at `dtype` and `batch`."""
+    """A training config (default_config, i.e. the trainer's defaults) for --model/--learn_sigma
+    at `dtype` and `batch`, on the synthetic dataset of --input_size/--in_channels/--num_classes
+    (what `launch/train.py --config.data.name=synthetic` trains on)."""
     cfg = config_lib.default_config()
+    cfg.data.name = "synthetic"
+    cfg.data.image_size = args.input_size
+    cfg.data.synthetic_channels = args.in_channels
+    cfg.data.synthetic_classes = max(args.num_classes, 1)
     cfg.model.spec = {"name": args.model} if isinstance(args.model, str) else dict(args.model)
     cfg.model.learn_sigma = bool(args.learn_sigma)
     cfg.model.dtype = dtype
     cfg.diffusion.class_conditional = args.num_classes > 0
     cfg.diffusion.timesteps = 1000 if args.learn_sigma else 0
     cfg.train.global_batch_size = batch
+    if getattr(args, "grad_clip", None) is not None:
+        cfg.optim.grad_clip = float(args.grad_clip)
     return cfg
 
 

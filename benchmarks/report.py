@@ -42,6 +42,8 @@ def environment(
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "host_malloc_retain": bool(getattr(args, "host_malloc_applied", False)),
+        "host_settings": getattr(args, "host", None),  # vdm_jax.parallel.host.configure()
+        "hostname": platform.node(),
         "command": " ".join([f"benchmarks/{os.path.basename(script)}", *argv]),
     }
 

@@ -30,7 +30,6 @@ from typing import Any
 import jax
 
 from benchmarks import cli_args, host, memory, report, timing
-from vdm_jax.parallel import mesh as mesh_lib
 
 FSDP_TOLERANCE = 1.1
 COLUMNS = [
@@ -56,8 +55,7 @@ def compiled_argument_bytes(tree: Any, shardings: Any) -> int | None:
 
 def fsdp_state(args: argparse.Namespace, n: int, dtype: str, batch: int) -> dict[str, Any]:
     """timing.train_step_setup on a pure-FSDP (1, n) mesh over the first n devices."""
-    mesh = mesh_lib.make_mesh(data=1, fsdp=n, devices=jax.devices()[:n])
-    return timing.train_step_setup(args, dtype, batch, mesh)
+    return timing.train_step_setup(args, dtype, batch, jax.devices()[:n], (1, n))
 
 
 def state_memory(s: dict[str, Any]) -> dict[str, Any]:
@@ -111,10 +109,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="device counts, comma-separated")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    host.setup_host(args)
-    cli_args.check_dtypes(args.dtype)
     # Virtual devices on a CPU host (only if JAX has not started yet; GPU/TPU ignore it).
-    host.ensure_host_devices(max(args.devices))
+    host.setup_host(args, cpu_devices=max(args.devices))
+    cli_args.check_dtypes(args.dtype)
     available = jax.device_count()
     counts = [n for n in args.devices if n <= available]
     if len(counts) < len(args.devices):

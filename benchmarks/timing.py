@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,10 +21,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from benchmarks import cli_args
 from benchmarks.memory import memory_stats
-from vdm_jax import model as dm
-from vdm_jax.parallel import mesh as mesh_lib
+from vdm_jax.training import loop
 from vdm_jax.training import state as st
-from vdm_jax.training.step import jit_train_step
 
 
 def block(tree: Any) -> Any:
@@ -117,21 +116,23 @@ def time_interleaved(
 
 
 def train_step_setup(
-    args: argparse.Namespace, dtype: str, batch: int, mesh: Any
+    args: argparse.Namespace, dtype: str, batch: int, devices: Sequence[Any] | None = None,
+    mesh_shape: tuple[int, int] = (-1, 1),
 ) -> dict[str, Any]:
-    """The train step the trainer runs, for --model at `dtype` and global `batch` on `mesh`:
-    the model, sharded state and shardings (`create_state`: AdamW from `make_optimizer`, the
-    config's EMAs), the jitted step and a synthetic batch on the mesh."""
+    """The train step the trainer runs, built the trainer's way: `loop.prepare` (model, sharded
+    state, optimizer, EMAs, mesh, data iterator; in a temporary run directory) on the synthetic
+    dataset of the benchmark's shape, then `loop.step_function` (the jitted step `loop.train`
+    compiles). --model at `dtype`, global `batch` over `devices` (default: all, as the trainer)
+    on a (data, fsdp) = `mesh_shape` mesh; one batch from the trainer's iterator is kept."""
     cfg = cli_args.make_config(args, dtype, batch)
-    info = cli_args.data_spec(args)
-    tx, lr = st.make_optimizer(cfg.optim, 1000)
-    ema = tuple(cfg.optim.ema_decays)
-    model, state, shardings = st.create_state(lambda: dm.build(cfg, info, 0), tx, ema, 0, mesh)
+    cfg.mesh.data, cfg.mesh.fsdp = mesh_shape
+    with tempfile.TemporaryDirectory() as workdir:
+        env = loop.prepare(cfg, workdir, None if devices is None else list(devices))
+        env["checkpointer"].close()
     return {
-        "model": model, "state": state, "shardings": shardings, "mesh": mesh,
-        "step_fn": jit_train_step(model, tx, lr, ema, 1, shardings, mesh),
-        "data": jax.device_put(cli_args.synthetic_batch(args, batch),
-                               mesh_lib.batch_sharding(mesh)),
+        "config": cfg, "model": env["model"], "state": env["state"],
+        "shardings": env["shardings"], "mesh": env["mesh"],
+        "step_fn": loop.step_function(cfg, env), "data": next(env["data_iter"]),
     }
 
 

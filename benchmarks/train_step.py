@@ -1,13 +1,15 @@
-"""Training-step throughput and MFU of the real train step (vdm_jax.training.step).
+"""Training-step throughput and MFU of the trainer's own train step, with the trainer's defaults.
 
     .venv/bin/python -m benchmarks.train_step --model=DiT-S/2 --batch=32 --dtype=float32 \
         --out results/train_step.json
 
-For each (batch, dtype) configuration: builds the model and the FSDP train state
-(`create_state`, AdamW with grad clipping, one EMA) on a one-device mesh (or --devices N, pure
-data parallelism), compiles `jit_train_step` ahead of time (compile time = lower + compile), runs
---warmup untimed steps, then times --steps device-synchronized steps on one fixed synthetic batch
-and reports the median:
+For each (batch, dtype) configuration: the host is set up as launch/train.py sets it up
+(vdm_jax.parallel.host: malloc retention, XLA flags, on a CPU host one virtual device per core);
+the run is prepared the trainer's way (`loop.prepare`: the default config with --model, the
+synthetic dataset of the given shape, AdamW with grad clipping, one EMA, the config's mesh over
+all devices) and `loop.step_function`, the jitted step `loop.train` runs, is compiled ahead of
+time (compile time = lower + compile); --warmup untimed steps, then --steps
+device-synchronized steps on one batch from the trainer's iterator, and the median:
 
     step time          median seconds per optimizer step (after compilation)
     images/s           batch / step time
@@ -19,14 +21,9 @@ and reports the median:
                        median of --peak_runs runs interleaved between the timed steps (so both
                        see the same load on a shared host)
 
-On a CPU host, --devices=N splits the batch over N virtual devices (pure data parallelism, the
-same sharded step the trainer runs with XLA_FLAGS=--xla_force_host_platform_device_count=N):
-XLA:CPU runs one program's ops largely one after another, each spread over the cores, and one
-device per core keeps every core busy through the small and memory-bound ops as well.
-
-On a CPU host, --host_malloc=retain (the default) keeps freed memory in the process, so XLA's
-per-step temporary buffers are not page-faulted in afresh every step (benchmarks/
-retain_host_memory; --host_malloc=default measures glibc's defaults).
+--devices=N uses the first N devices (on a CPU host: N virtual devices sharing its cores);
+--host_malloc=default measures glibc's malloc defaults. Without them the figures are the
+trainer's (benchmarks/trainer_speed.py checks that launch/train.py runs at this speed).
 One markdown table row per configuration is printed and everything goes to --out as JSON.
 The step includes everything the trainer runs: label dropout, noise sampling, loss, backward,
 clip, AdamW and the EMA update; only the network's matmuls count as FLOPs.
@@ -42,7 +39,6 @@ from typing import Any
 import jax
 
 from benchmarks import cli_args, host, report, timing
-from vdm_jax.parallel import mesh as mesh_lib
 
 COLUMNS = [
     ("model", "model"), ("batch", "batch"), ("dtype", "dtype"), ("devices", "devices"),
@@ -57,10 +53,9 @@ def run_config(
 ) -> dict[str, Any]:
     """Compile, warm up and time the train step of one (batch, dtype) configuration."""
     load_before = report.load_avg()
-    devices = jax.devices()[: args.devices]
-    mesh = mesh_lib.make_mesh(data=len(devices), fsdp=1, devices=devices)
-    timed_run = timing.time_train_step(timing.train_step_setup(args, dtype, batch, mesh), args,
-                                    peak, args.peak_runs)
+    devices = selected_devices(args)
+    timed_run = timing.time_train_step(timing.train_step_setup(args, dtype, batch, devices),
+                                       args, peak, args.peak_runs)
     stats = timing.summarize(timed_run["walls"])
     memory = timed_run["memory"]
 
@@ -74,7 +69,7 @@ def run_config(
         "batch": batch, "dtype": dtype, "devices": len(devices),
         "params": cost["params"], "forward_macs_per_image": cost["macs"],
         "forward_flops_per_image": cost["flops"], "train_flops_per_step": train_flops,
-        "step_ms": 1e3 * stats["median_s"], "step_time": stats,
+        "step_ms": 1e3 * stats["median_s"], "step_time": stats, "step_walls_s": timed_run["walls"],
         "step_cpu_s": statistics.median(timed_run["cpus"]),
         "images_per_s": batch / stats["median_s"],
         "compile_s": timed_run["compile_s"], "memory": memory,
@@ -97,22 +92,27 @@ def run_config(
     return row
 
 
+def selected_devices(args: argparse.Namespace) -> list[Any]:
+    """All devices (the trainer's default) or the first --devices."""
+    return jax.devices() if args.devices is None else jax.devices()[: args.devices]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli_args.add_model_args(parser, batch="32", steps=20)
     parser.add_argument("--peak_runs", type=int, default=10,
                         help="peak matmuls, interleaved between the timed steps")
-    parser.add_argument("--devices", type=int, default=1,
-                        help="data-parallel devices (on a CPU host: virtual ones sharing its "
-                             "cores; the peak is measured on all of them at once)")
+    parser.add_argument("--devices", type=int, default=None,
+                        help="data-parallel devices (default: the trainer's, all; on a CPU host "
+                             "N virtual ones sharing its cores; the peak is measured on all of "
+                             "them at once)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    host.setup_host(args)
+    host.setup_host(args, cpu_devices=args.devices)  # before JAX starts
     cli_args.check_dtypes(args.dtype)
-    host.ensure_host_devices(args.devices)  # virtual CPU devices (GPU/TPU ignore it)
-    if args.devices > jax.device_count():
+    if args.devices is not None and args.devices > jax.device_count():
         parser.error(f"--devices={args.devices}, but only {jax.device_count()} are available")
-    devices = jax.devices()[: args.devices]
+    devices = selected_devices(args)
 
     rows = []
     for dtype in args.dtype:

@@ -25,6 +25,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from vdm_jax.cli import exit_on_bad_input, quiet_third_party_logs
+from vdm_jax.parallel import host
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints/.")
 _NUM = flags.DEFINE_integer("num_samples", 50_000, "Number of samples N.")
@@ -134,4 +135,8 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    # Before JAX initializes: malloc retention, XLA flags, one virtual CPU device per core
+    # (vdm_jax.parallel.host; VDM_HOST_MALLOC / VDM_CPU_DEVICES / XLA_FLAGS override).
+    with exit_on_bad_input():
+        host.configure()
     app.run(main)

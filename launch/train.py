@@ -24,6 +24,7 @@ import sys
 from absl import app, flags
 
 from vdm_jax.cli import ConfigArgs, exit_on_bad_input, fail, fail_now, quiet_third_party_logs
+from vdm_jax.parallel import host
 
 USAGE = "python launch/train.py --config=configs/<name>.py --workdir=DIR [--config.<key>=VALUE]"
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, samples.")
@@ -73,4 +74,8 @@ def _main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    # Before JAX initializes: malloc retention, XLA flags, one virtual CPU device per core
+    # (vdm_jax.parallel.host; VDM_HOST_MALLOC / VDM_CPU_DEVICES / XLA_FLAGS override).
+    with exit_on_bad_input():
+        host.configure()
     app.run(main, flags_parser=CONFIG.parse)

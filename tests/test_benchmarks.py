@@ -1,14 +1,20 @@
-"""Benchmarks: smoke tests of benchmarks/{train_step,sampling,scaling}.py on a tiny config (they
-run and write JSON with the expected keys; no timing is checked), and the FSDP memory property:
-per-device parameter + optimizer bytes at N devices ≤ 1.1 × bytes(1) / N for N = 2, 4, 8.
-Runs on the 8 virtual CPU devices of tests/conftest.py."""
+"""Benchmarks: smoke tests of benchmarks/{train_step,sampling,scaling,vs_pytorch,trainer_speed}.py
+on a tiny config (they run and write JSON with the expected keys; no timing is checked), the FSDP
+memory property: per-device parameter + optimizer bytes at N devices ≤ 1.1 × bytes(1) / N for
+N = 2, 4, 8, and (with a Python that has torch) that the PyTorch DiT of benchmarks/torch_dit.py
+computes vdm_jax's DiT. Runs on the 8 virtual CPU devices of tests/conftest.py; the worker
+processes of vs_pytorch and trainer_speed get the trainer's own host defaults."""
 
 import argparse
 import importlib
 import json
 import math
+import os
+import subprocess
+from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 from benchmarks import cli_args
@@ -17,6 +23,7 @@ from vdm_jax.nn.cost import model_cost
 from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.training import state as st
 
+ROOT = Path(__file__).resolve().parent.parent
 TINY = '{"family": "dit", "depth": 1, "hidden_size": 32, "num_heads": 2, "patch_size": 2}'
 TINY_ARGS = ["--model", TINY, "--input_size", "8", "--in_channels", "4", "--num_classes", "10",
              "--peak_size", "128", "--host_malloc", "default"]
@@ -141,3 +148,115 @@ def test_fsdp_memory_registry_models(name):
     one = per_device(1)
     for n in (2, 4, 8):
         assert per_device(n) <= 1.1 * one / n, (name, n, per_device(n), one)
+
+
+# ---------------------------------------------------------------------- vs PyTorch, trainer speed
+# The PyTorch side needs a Python with torch (never a vdm_jax dependency; CI has none): set
+# VDM_TORCH_PYTHON to one (e.g. /work/refenv/bin/python) to run those cases, else they skip.
+TORCH_PYTHON = os.environ.get("VDM_TORCH_PYTHON")
+needs_torch = pytest.mark.skipif(not TORCH_PYTHON, reason="VDM_TORCH_PYTHON (a Python with "
+                                 "torch) is not set")
+VS_ARGS = ["--model", TINY, "--input_size", "8", "--num_classes", "10", "--batch", "4",
+           "--sample_batch", "4", "--num_steps", "2", "--guidance", "3", "--rounds", "2",
+           "--steps", "2", "--warmup", "1", "--threads", "1"]
+
+
+def _check_vs_rows(result, sides):
+    rows = result["results"]
+    assert [(r["task"], r["guidance"]) for r in rows] == [("train", 1.0), ("sample DDIM", 3.0)]
+    for r, raw in zip(rows, result["raw"], strict=True):
+        assert len(raw["rounds"]) == 2
+        for side in sides:
+            times = r[f"{side}_all_s"]
+            assert len(times) == 2 * (2 if r["task"] == "train" else 1) and min(times) > 0
+            assert r[f"{side}_s"] == pytest.approx(float(np.median(times)))
+            for rnd in raw["rounds"]:
+                assert rnd[side]["load_before"] is not None
+        # alternating order: round 0 runs the sides as given, round 1 reversed
+        assert list(raw["rounds"][0]) == sides and list(raw["rounds"][1]) == sides[::-1]
+    env = result["environment"]
+    assert env["threads"] == 1 and env["command"].startswith("python -m benchmarks.vs_pytorch")
+    return rows
+
+
+@pytest.fixture
+def trainer_env(monkeypatch):
+    """Worker processes with the trainer's own host defaults (not this session's 8 devices)."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+
+
+def test_vs_pytorch_jax_side(tmp_path, trainer_env):
+    out = tmp_path / "vs.json"
+    result = _load("vs_pytorch").main([*VS_ARGS, "--sides", "jax", "--out", str(out)])
+    rows = _check_vs_rows(result, ["jax"])
+    assert json.loads(out.read_text())["results"][0]["jax_s"] == rows[0]["jax_s"]
+    assert all(r.get("ratio") is None for r in rows)
+    jax_version = f"jax {jax.__version__}"
+    assert jax_version in result["environment"]["versions"]
+
+
+@needs_torch
+def test_vs_pytorch_both_sides(tmp_path, trainer_env):
+    result = _load("vs_pytorch").main([*VS_ARGS, "--torch_python", TORCH_PYTHON])
+    rows = _check_vs_rows(result, ["jax", "torch"])
+    for r in rows:
+        assert r["ratio"] == pytest.approx(r["torch_s"] / r["jax_s"])
+        assert len(r["round_ratios"]) == 2
+    assert any(v.startswith("torch ") for v in result["environment"]["versions"])
+
+
+@needs_torch
+def test_torch_dit_is_vdm_jax_dit(tmp_path):
+    """benchmarks/torch_dit.py computes vdm_jax's DiT function: random weights (every tensor
+    non-zero) saved from the PyTorch model load through vdm_jax.importers.dit, and both give the
+    same ε̂ on the same inputs (t: the PyTorch model's integer step s is t = (s + 1)/1000)."""
+    script = f"""
+import numpy as np, torch
+from benchmarks import torch_dit
+torch.manual_seed(0)
+m = torch_dit.DiT(input_size=8, in_channels=4, patch_size=2, hidden_size=32, depth=2,
+                  num_heads=2, num_classes=10, learn_sigma=True)
+with torch.no_grad():
+    for p in m.parameters():
+        if p.requires_grad:
+            p.normal_(0, 0.1)
+x = torch.randn(3, 4, 8, 8); s = torch.tensor([0, 500, 999]); y = torch.tensor([1, 10, 3])
+out = m(x, s, y).detach().numpy()
+np.savez("{tmp_path}/t.npz", out=out, x=x.numpy(), s=s.numpy(), y=y.numpy(),
+         **{{"sd/" + k: v.numpy() for k, v in m.state_dict().items()}})
+"""
+    subprocess.run([TORCH_PYTHON, "-c", script], check=True, cwd=ROOT,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    from flax import nnx
+
+    from vdm_jax.importers.dit import import_dit
+
+    f = np.load(tmp_path / "t.npz")
+    imported = import_dit({k[3:]: f[k] for k in f.files if k.startswith("sd/")}, format="dit",
+                          num_heads=2)
+    net = imported.build()
+    nnx.update(net, imported.params)
+    out = net(f["x"].transpose(0, 2, 3, 1), (f["s"] + 1) / 1000.0, f["y"].astype(np.int32))
+    ref = f["out"].transpose(0, 2, 3, 1)  # (B, H, W, 2C)
+    np.testing.assert_allclose(np.asarray(out), ref, atol=2e-5 * np.abs(ref).max())
+
+
+def test_trainer_speed(tmp_path, trainer_env):
+    """benchmarks/trainer_speed.py runs launch/train.py on synthetic data and the train-step
+    benchmark in alternating processes and compares their step times (not timed here)."""
+    out = tmp_path / "speed.json"
+    spec = TINY.replace('"', "'")
+    result = _load("trainer_speed").main([
+        "--override", f"model.spec={spec}", "--override", "data.image_size=8",
+        "--override", "data.synthetic_classes=10", "--model", TINY, "--input_size", "8",
+        "--num_classes", "10", "--batch", "4", "--steps", "2", "--warmup", "1", "--rounds", "2",
+        "--out", str(out)])
+    (r,) = result["results"]
+    assert len(r["trainer_all_s"]) == 4 and len(r["benchmark_all_s"]) == 4
+    assert min(r["trainer_all_s"] + r["benchmark_all_s"]) > 0
+    assert r["ratio"] == pytest.approx(r["trainer_s"] / r["benchmark_s"])
+    assert r["within_5pct"] == (abs(r["ratio"] - 1) <= 0.05)
+    assert json.loads(out.read_text())["results"][0]["ratio"] == pytest.approx(r["ratio"])
+    raw = result["raw"]
+    assert "launch/train.py" in raw[0]["trainer"]["command"]
+    assert "benchmarks.train_step" in raw[0]["benchmark"]["command"]

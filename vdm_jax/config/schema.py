@@ -45,6 +45,8 @@ def default_config() -> ConfigDict:
         latent_dir=config_dict.placeholder(str),
         latent_posterior="sample",
         latent_scaling="autoencoder",
+        synthetic_channels=3,  # data.name='synthetic' only (vdm_jax.data)
+        synthetic_classes=10,
     ))
     c.autoencoder = ConfigDict(dict(weights=config_dict.placeholder(str)))
     c.model = ConfigDict(dict(
@@ -161,6 +163,8 @@ def validate(config: Mapping[str, Any]) -> None:
              "data.latent_dir is set but autoencoder.weights is not: the autoencoder that made "
              "the latents decodes the samples; give --config.autoencoder.weights=PATH (the "
              "folder or file launch/encode_latents.py used)")
+    for key in ("synthetic_channels", "synthetic_classes"):
+        _require(_int(d[key], 1), f"data.{key}={d[key]!r} must be a positive int")
     # model
     spec = m["spec"].to_dict() if hasattr(m["spec"], "to_dict") else m["spec"]
     try:

@@ -1,8 +1,10 @@
 """Datasets and the input pipeline (tfds array_record + grain, sharded per host, resumable).
 
 Datasets (`data.name`): "digits" (scikit-learn's 8×8 digits, K = 17 levels, embedded default),
-"imagenet2012" (from data.manual_dir), "cifar10" (from data.manual_dir) and "image_folder"
-(data.image_folder = root/<split>/<label>/<image>). Images are NHWC float32 in [−1, 1] with
+"imagenet2012" (from data.manual_dir), "cifar10" (from data.manual_dir), "image_folder"
+(data.image_folder = root/<split>/<label>/<image>) and "synthetic" (random 8-bit images of
+data.image_size² × data.synthetic_channels and data.synthetic_classes labels, no files: for
+timing the trainer on data of a given shape). Images are NHWC float32 in [−1, 1] with
 x = 2(k + ½)/K − 1 for integer levels k; labels are int32.
 """
 

@@ -22,9 +22,11 @@ Evaluation (`eval_iterator`): one unshuffled pass over the test split; batches a
 carry a boolean `mask`, and every host yields the same number of batches.
 
 Config (`data`): name, data_dir, manual_dir, image_folder, image_size (default: 8 for digits,
-32 for cifar10, required otherwise), random_flip; optional worker_count (grain worker processes,
-default 0) and read_threads (grain reader threads, default 0 for digits, 8 otherwise). The number
-of levels K is a property of the dataset (DatasetInfo.num_levels); `data.num_levels` is not read.
+32 for cifar10 and synthetic, required otherwise), random_flip, synthetic_channels and
+synthetic_classes (data.name='synthetic' only: C and the number of classes); optional
+worker_count (grain worker processes, default 0) and read_threads (grain reader threads, default
+0 for digits, 8 otherwise). The number of levels K is a property of the dataset
+(DatasetInfo.num_levels); `data.num_levels` is not read.
 The digits, 1497 tiny records, are decoded once and served from memory.
 """
 
@@ -47,7 +49,8 @@ from vdm_jax.data import latents as latents_lib
 from vdm_jax.data.pixels import levels_to_unit
 from vdm_jax.data.tfds_utils import DatasetNotFoundError, data_source
 
-DATASETS = ("digits", "imagenet2012", "cifar10", "image_folder")
+DATASETS = ("digits", "imagenet2012", "cifar10", "image_folder", "synthetic")
+SYNTHETIC_EXAMPLES = 65_536  # records of the synthetic dataset (any index is as random as any)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +88,31 @@ class _Dataset:
     read_threads: int  # grain reader threads: worth it only when decoding releases the GIL
     latents: latents_lib.LatentDataset | None = None  # data.latent_dir given
     latent_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (shift, scale)
+    synthetic: SyntheticSource | None = None  # data.name='synthetic': no builder, no files
+
+
+class SyntheticSource:
+    """Random training records of a given shape, for timing the trainer without a dataset
+    (data.name='synthetic'): record i is {"image": (S, S, C) uint8 levels uniform in 0..255,
+    "label": i mod num_classes}, a pure function of i (its rng is seeded with (seed, i)), so
+    shuffling, sharding and resuming behave as with a real source. No evaluation split."""
+
+    def __init__(self, size: int, channels: int, num_classes: int, seed: int = 0,
+                 num_examples: int = SYNTHETIC_EXAMPLES):
+        self.shape, self.num_classes = (size, size, channels), num_classes
+        self.seed, self.num_examples = seed, num_examples
+
+    def __repr__(self) -> str:  # stable: grain checks it on restore
+        return (f"SyntheticSource(shape={self.shape}, num_classes={self.num_classes}, "
+                f"seed={self.seed}, num_examples={self.num_examples})")
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng((self.seed, int(index)))
+        return {"image": rng.integers(0, 256, self.shape, dtype=np.uint8),
+                "label": np.int32(int(index) % self.num_classes)}
 
 
 class InMemorySource:
@@ -141,6 +169,17 @@ def _open_latents(config: Mapping[str, Any]) -> _Dataset:
         read_threads=int(_get(config, "read_threads", 8)), latents=ds,
         latent_norm=(tuple(shift), tuple(scale)),
     )
+def _open_synthetic(config: Mapping[str, Any]) -> _Dataset:
+    size, channels = _get(config, "image_size", 32), _get(config, "synthetic_channels", 3)
+    classes = _get(config, "synthetic_classes", 10)
+    for key, value in (("image_size", size), ("synthetic_channels", channels),
+                       ("synthetic_classes", classes)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"data.{key} must be a positive int for data.name='synthetic' "
+                             f"(got {value!r})")
+    return _Dataset(builder=None, train_split="train", eval_split=None, num_classes=classes,
+                    num_levels=256, channels=channels, image_size=size, in_memory=False,
+                    read_threads=0, synthetic=SyntheticSource(size, channels, classes))
 
 
 def _open(config: Mapping[str, Any]) -> _Dataset:
@@ -149,6 +188,8 @@ def _open(config: Mapping[str, Any]) -> _Dataset:
     if _get(config, "latent_dir"):
         return _open_latents(config)
     name = _get(config, "name", "digits")
+    if name == "synthetic":
+        return _open_synthetic(config)
     if name not in _MODULES:
         raise ValueError(f"Unknown dataset data.name={name!r}; expected one of {DATASETS}.")
     module, native, channels = _MODULES[name]
@@ -190,6 +231,10 @@ def dataset_info(data_config: Mapping[str, Any]) -> DatasetInfo:
             pixel_shape=ds.latents.pixel_shape, latent_shift=ds.latent_norm[0],
             latent_scale=ds.latent_norm[1], autoencoder=ds.latents.metadata["autoencoder"],
         )
+    if ds.synthetic is not None:
+        return DatasetInfo(image_shape=(ds.image_size, ds.image_size, ds.channels),
+                           num_classes=ds.num_classes, num_levels=ds.num_levels,
+                           num_train=len(ds.synthetic), num_test=0)
     splits = ds.builder.info.splits
     return DatasetInfo(
         image_shape=(ds.image_size, ds.image_size, ds.channels),
@@ -205,6 +250,8 @@ def _split_source(ds: _Dataset, split: str) -> Any:
     digits, or a latent dataset's records."""
     if ds.latents is not None:
         return ds.latents.source(split)
+    if ds.synthetic is not None:
+        return ds.synthetic
     source = data_source(ds.builder, split)
     return InMemorySource(source) if ds.in_memory else source
 
@@ -437,6 +484,9 @@ def eval_iterator(
     if split not in ("eval", "train"):
         raise ValueError(f"split must be 'eval' or 'train', got {split!r}.")
     ds = _open(data_config)
+    if split == "eval" and ds.synthetic is not None:
+        raise DatasetNotFoundError("data.name='synthetic' has no evaluation split (it is for "
+                                   "timing the trainer)")
     if split == "eval" and ds.eval_split is None:
         where = (str(ds.latents.root) if ds.latents is not None
                  else f"{ds.builder.name} in {ds.builder.data_dir!r}")

@@ -69,7 +69,8 @@ from vdm_jax.training import state as state_lib
 from vdm_jax.training.logs import MetricWriter, RunLog
 from vdm_jax.training.step import frozen_shardings, jit_train_step
 
-__all__ = ["DiskFullError", "NonFiniteLossError", "StepContext", "prepare", "train"]
+__all__ = ["DiskFullError", "NonFiniteLossError", "StepContext", "prepare", "step_function",
+           "train"]
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +249,16 @@ def prepare(config: ConfigDict, workdir: str | Path, devices: list | None = None
                 restored=restored is not None, rundir=rundir, frozen=frozen)
 
 
+def step_function(config: ConfigDict, env: Mapping[str, Any]) -> Any:
+    """The jitted train step the loop runs for `config` and `prepare`'s `env` (not yet compiled;
+    benchmarks/train_step.py times this same function)."""
+    return jit_train_step(
+        env["model"], env["tx"], env["lr_schedule"], tuple(config.optim.ema_decays),
+        config.train.micro_batches, env["shardings"], env["mesh"], config.train.num_t_bins,
+        frozen=env["frozen"],
+    )
+
+
 def _remove_leftovers(rundir: RunDir) -> None:
     """What killed writers left: temporary files and unfinished orbax checkpoints (called under
     the run directory's lock, so no writer is active)."""
@@ -377,11 +388,7 @@ def _train(config: ConfigDict, env: dict[str, Any], interrupts: _Interrupts,
         if env["restored"]:
             say(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}.")
         frozen = env["frozen"]
-        step_fn = jit_train_step(
-            model, env["tx"], env["lr_schedule"], tuple(config.optim.ema_decays),
-            config.train.micro_batches, env["shardings"], mesh, config.train.num_t_bins,
-            frozen=frozen,
-        )
+        step_fn = step_function(config, env)
         extra = () if frozen is None else (frozen,)  # REPA's target encoder: a fixed input
         step = start
         batch = next(data_iter) if step < num_steps else None
