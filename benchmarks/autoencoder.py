@@ -134,7 +134,10 @@ def torch_worker(args: argparse.Namespace) -> dict[str, Any]:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtypes[0]]
     model = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * levels,
                           up_block_types=("UpDecoderBlock2D",) * levels,
-                          sample_size=args.size, **args.config).eval().to(dtype)
+                          sample_size=args.size, **args.config).eval()
+    # torch.nn.Module.to: diffusers' ModelMixin.to refuses a plain bfloat16 cast of a model built
+    # in memory (it asks for from_pretrained's torch_dtype); every weight is cast, as JAX's is.
+    torch.nn.Module.to(model, dtype)
     f = 2 ** (levels - 1)
     images = (torch.rand(args.batch, 3, args.size, args.size) * 2 - 1).to(dtype)
     latents = torch.randn(args.batch, args.config["latent_channels"], args.size // f,
