@@ -68,7 +68,7 @@ def resolve_config(workdir: str | Path, config_path: str | None,
                              "--config=configs/digits_dit.py)")
         return config_lib.load(config_path, overrides), []
     config, changed = config_lib.resume_config(stored, overrides, str(rundir.root))
-    notes = [f"Continuing the run in {rundir.root} with its stored config."]
+    notes = [f"Resuming the run in {rundir.root} with its stored config."]
     if changed:
         flat = config_lib.flat(config.to_dict())
         notes.append("Changed for this run: " + ", ".join(f"{k}={flat.get(k)!r}"
