@@ -220,7 +220,7 @@ def summarize(task: str, scale: float, batch: int, rounds: list[dict[str, Any]]
     for side in ("jax", "torch"):
         times = [t for r in rounds if side in r for t in r[side]["walls"]]
         row[f"{side}_s"] = statistics.median(times) if times else None
-        row[f"{side}_all_s"] = [round(t, 3) for t in times]
+        row[f"{side}_all_s"] = [float(f"{t:.4g}") for t in times]  # 4 significant digits
     if row["jax_s"] and row["torch_s"]:
         row["ratio"] = row["torch_s"] / row["jax_s"]
         per_round = [statistics.median(r["torch"]["walls"]) / statistics.median(r["jax"]["walls"])

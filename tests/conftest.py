@@ -1,11 +1,22 @@
-"""Shared test setup: 8 virtual CPU devices for sharding tests (set before JAX initializes), and a
-session-wide latent dataset made from real photos by a tiny random SD-VAE-shaped autoencoder."""
+"""Shared test setup: 8 virtual CPU devices for sharding tests and a shared compilation cache (set
+before JAX initializes), and a session-wide latent dataset made from real photos by a tiny random
+SD-VAE-shaped autoencoder."""
 
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent XLA compilation cache for the session, inherited by the xdist workers and every
+# subprocess a test starts (the launch scripts): tests build the same tiny models again and
+# again, and eager ops compile one program each (~0.1 s apiece on this CPU). Every program is
+# cached however fast it compiled; results are those of a fresh compilation.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"vdm_jax_tests_xla_cache_{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 * 2**30))  # LRU-evicted beyond
 
 import fcntl
 

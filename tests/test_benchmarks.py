@@ -161,19 +161,20 @@ VS_ARGS = ["--model", TINY, "--input_size", "8", "--num_classes", "10", "--batch
            "--steps", "2", "--warmup", "1", "--threads", "1"]
 
 
-def _check_vs_rows(result, sides):
+def _check_vs_rows(result, sides, rounds=2):
     rows = result["results"]
     assert [(r["task"], r["guidance"]) for r in rows] == [("train", 1.0), ("sample DDIM", 3.0)]
     for r, raw in zip(rows, result["raw"], strict=True):
-        assert len(raw["rounds"]) == 2
+        assert len(raw["rounds"]) == rounds
         for side in sides:
             times = r[f"{side}_all_s"]
-            assert len(times) == 2 * (2 if r["task"] == "train" else 1) and min(times) > 0
-            assert r[f"{side}_s"] == pytest.approx(float(np.median(times)))
+            assert len(times) == rounds * (2 if r["task"] == "train" else 1) and min(times) > 0
+            # the per-process times are kept to 4 significant digits, the median exactly
+            assert r[f"{side}_s"] == pytest.approx(float(np.median(times)), rel=1e-3)
             for rnd in raw["rounds"]:
                 assert rnd[side]["load_before"] is not None
         # alternating order: round 0 runs the sides as given, round 1 reversed
-        assert list(raw["rounds"][0]) == sides and list(raw["rounds"][1]) == sides[::-1]
+        assert [list(rnd) for rnd in raw["rounds"]] == [sides, sides[::-1]][:rounds]
     env = result["environment"]
     assert env["threads"] == 1 and env["command"].startswith("python -m benchmarks.vs_pytorch")
     return rows
@@ -187,8 +188,9 @@ def trainer_env(monkeypatch):
 
 def test_vs_pytorch_jax_side(tmp_path, trainer_env):
     out = tmp_path / "vs.json"
-    result = _load("vs_pytorch").main([*VS_ARGS, "--sides", "jax", "--out", str(out)])
-    rows = _check_vs_rows(result, ["jax"])
+    result = _load("vs_pytorch").main([*VS_ARGS, "--sides", "jax", "--rounds", "1",
+                                       "--out", str(out)])
+    rows = _check_vs_rows(result, ["jax"], rounds=1)
     assert json.loads(out.read_text())["results"][0]["jax_s"] == rows[0]["jax_s"]
     assert all(r.get("ratio") is None for r in rows)
     jax_version = f"jax {jax.__version__}"
@@ -249,10 +251,10 @@ def test_trainer_speed(tmp_path, trainer_env):
     result = _load("trainer_speed").main([
         "--override", f"model.spec={spec}", "--override", "data.image_size=8",
         "--override", "data.synthetic_classes=10", "--model", TINY, "--input_size", "8",
-        "--num_classes", "10", "--batch", "4", "--steps", "2", "--warmup", "1", "--rounds", "2",
+        "--num_classes", "10", "--batch", "4", "--steps", "2", "--warmup", "1", "--rounds", "1",
         "--out", str(out)])
     (r,) = result["results"]
-    assert len(r["trainer_all_s"]) == 4 and len(r["benchmark_all_s"]) == 4
+    assert len(r["trainer_all_s"]) == 2 and len(r["benchmark_all_s"]) == 2
     assert min(r["trainer_all_s"] + r["benchmark_all_s"]) > 0
     assert r["ratio"] == pytest.approx(r["trainer_s"] / r["benchmark_s"])
     assert r["within_5pct"] == (abs(r["ratio"] - 1) <= 0.05)

@@ -157,11 +157,11 @@ def test_photos_to_latents_to_samples_to_metrics(latent_setup, tmp_path):
     assert trained.returncode == 0, trained.stderr[-3000:]
     grid = sorted((run / "samples").glob("step_*.png"))
     assert grid, "the trainer's grid of decoded samples"
-    sampled = _run("sample.py", f"--workdir={run}", "--num_samples=6", "--batch_size=6",
+    sampled = _run("sample.py", f"--workdir={run}", "--num_samples=10", "--batch_size=10",
                    "--steps=2", f"--out={tmp_path / 's.npz'}")
     assert sampled.returncode == 0, sampled.stderr[-3000:]
     batch = load_samples(tmp_path / "s.npz")
-    assert batch.images.shape == (6, PIXELS, PIXELS, 3) and batch.images.dtype == np.uint8
+    assert batch.images.shape == (10, PIXELS, PIXELS, 3) and batch.images.dtype == np.uint8
     assert batch.images.std() > 0
     settings = json.loads((tmp_path / "s.json").read_text())
     assert settings["latent_shape"] == [PIXELS // 2, PIXELS // 2, 4]
@@ -172,7 +172,7 @@ def test_photos_to_latents_to_samples_to_metrics(latent_setup, tmp_path):
                  "--batch_size=4", f"--out={ref}")
     assert built.returncode == 0, built.stderr[-3000:]
     evaluated = _run("evaluate.py", f"--samples={tmp_path / 's.npz'}", f"--ref={ref}",
-                     "--random_inception", "--batch_size=6")
+                     "--random_inception", "--batch_size=10")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     metrics = json.loads((tmp_path / "s.metrics.json").read_text())["metrics"]
     assert np.isfinite(metrics["fid"])
