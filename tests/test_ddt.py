@@ -1,5 +1,6 @@
 """DDT (vdm_jax.nn.ddt): the XL/2 parameter count of the reference, the encoder/decoder split,
-and encoder sharing at sampling (vdm_jax.core.samplers.ConditionCache through SamplingSpec)."""
+and encoder sharing at sampling (vdm_jax.core.encoder_sharing.ConditionCache through
+SamplingSpec)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from flax import nnx
 from vdm_jax import config as config_lib
 from vdm_jax import model as dm
 from vdm_jax.core import samplers
+from vdm_jax.core.encoder_sharing import sharing_schedule_dp
 from vdm_jax.generation.generate import encoder_sharing_schedule, make_generate_fn
 from vdm_jax.nn.cost import model_cost
 from vdm_jax.nn.ddt import DDT
@@ -168,10 +170,10 @@ def test_sharing_schedule_dp_is_the_least_error_schedule():
         return sum(err[m, j] for j, e in zip(starts, ends, strict=True) for m in range(j, e))
 
     best = min(((0, *rest) for rest in itertools.combinations(range(1, n), k - 1)), key=cost)
-    got = samplers.sharing_schedule_dp(err, k)
+    got = sharing_schedule_dp(err, k)
     assert got == best
-    assert samplers.sharing_schedule_dp(err, 1) == (0,)
-    assert samplers.sharing_schedule_dp(err, n) == tuple(range(n))
+    assert sharing_schedule_dp(err, 1) == (0,)
+    assert sharing_schedule_dp(err, n) == tuple(range(n))
 
 
 def test_encoder_sharing_schedule_of_a_model(tiny):

@@ -58,8 +58,8 @@ from flax import nnx
 
 from vdm_jax.core import elbo as elbo_lib
 from vdm_jax.core import meanflow, objectives
-from vdm_jax.core import samplers as sampler_lib
 from vdm_jax.core import schedules as sch
+from vdm_jax.core.encoder_sharing import ConditionCache
 from vdm_jax.importers.repa import load_target_encoder
 from vdm_jax.nn.encoders.digits import TOKEN_DIM as DIGITS_DIM
 from vdm_jax.nn.encoders.dinov2 import SIZES as DINOV2_SIZES
@@ -160,7 +160,7 @@ class DiffusionModel:
 
     def network(
         self, params: Params, z: Array, t: Array, y: Array, *, return_hidden: int | None = None,
-        cache: sampler_lib.ConditionCache | None = None,
+        cache: ConditionCache | None = None,
     ) -> Array | tuple[Array, Array]:
         """The raw network output (B, H, W, C or 2C with learn_sigma), float32; with
         return_hidden = i also the hidden state after block i (B, T, D) of the same pass.
@@ -179,7 +179,7 @@ class DiffusionModel:
 
     def predict(
         self, params: Params, z: Array, t: Array, y: Array, *,
-        cache: sampler_lib.ConditionCache | None = None,
+        cache: ConditionCache | None = None,
     ) -> Array:
         """The prediction of kind `self.prediction` (B, H, W, C); the variance head is dropped."""
         out = self.network(params, z, t, y, cache=cache)

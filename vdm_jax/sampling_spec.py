@@ -20,8 +20,8 @@ once, when it is made (`ValueError` naming the field and what it accepts). Field
                          encoder_interval k (recompute the condition encoder on steps 0, k,
                          2k, …: ⌈N/k⌉ encoder passes; 1 = no sharing) or encoder_steps (the
                          steps that recompute, from 0: a non-uniform schedule such as
-                         core.samplers.sharing_schedule_dp's); reused in between, inside the
-                         sampler's one lax.scan (core.samplers.ConditionCache)
+                         core.encoder_sharing.sharing_schedule_dp's); reused in between, inside the
+                         sampler's one lax.scan (core.encoder_sharing.ConditionCache)
 
 A spec is frozen and hashable; `replace(**changes)` returns a validated copy, `to_dict()` is what
 results files record, and `slug()` is a file-name fragment that differs whenever any field does.
@@ -39,13 +39,14 @@ from typing import Any
 import numpy as np
 
 from vdm_jax.core import samplers
+from vdm_jax.core.encoder_sharing import sharing_refresh
 
 __all__ = ["COMMON_OPTIONS", "SHARING_OPTIONS", "SamplingSpec"]
 
 # Options every sampler takes (the time grid); the rest are per sampler (SAMPLER_OPTIONS).
 COMMON_OPTIONS = ("spacing", "shift", "t_min", "t_max")
 # Options of the model function rather than the sampler, taken with every sampler: DDT's
-# encoder sharing (the generation layer builds a core.samplers.ConditionCache from them).
+# encoder sharing (the generation layer builds a core.encoder_sharing.ConditionCache from them).
 SHARING_OPTIONS = ("encoder_interval", "encoder_steps")
 
 
@@ -192,14 +193,14 @@ class SamplingSpec:
 
     def encoder_refresh(self) -> np.ndarray | None:
         """(num_steps,) bool: the steps that recompute a shared encoder (DDT), or None when
-        the spec does not share (core.samplers.sharing_refresh)."""
+        the spec does not share (core.encoder_sharing.sharing_refresh)."""
         options = dict(self.options)
         interval, steps = options.get("encoder_interval"), options.get("encoder_steps")
         if interval is None and steps is None:
             return None
         if interval is not None and steps is not None:
             raise ValueError("give encoder_interval or encoder_steps, not both")
-        return samplers.sharing_refresh(self.num_steps, interval=interval, steps=steps)
+        return sharing_refresh(self.num_steps, interval=interval, steps=steps)
 
     @property
     def nfe(self) -> int:

@@ -10,7 +10,7 @@ variance half (models trained with learned σ); every other sampler sees only th
 A MeanFlow model (prediction 'average_velocity') samples with the 'meanflow' sampler, which calls
 its two-time network u(z, r, t); guidance is part of its training, not of sampling.
 A spec with encoder_interval / encoder_steps shares a DDT's condition encoder across steps
-(core.samplers.ConditionCache, inside the sampler's one scan). Used by the trainer's grids,
+(core.encoder_sharing.ConditionCache, inside the sampler's one scan). Used by the trainer's grids,
 `generation.batches` (launch/sample.py) and end-of-run metrics; `encoder_sharing_schedule`
 finds DDT's non-uniform sharing schedule for a trained model.
 """
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm_jax.core import samplers
+from vdm_jax.core.encoder_sharing import ConditionCache, sharing_schedule_dp
 from vdm_jax.model import DiffusionModel
 from vdm_jax.sampling_spec import SamplingSpec
 
@@ -79,7 +80,7 @@ def _sample_fn(
 
     def apply(params: Any, labels: Array, rng: Array) -> tuple[Array, Array | None]:
         # One cache per trace: its value rides in the sampler's scan carry.
-        cache = None if refresh is None else samplers.ConditionCache(refresh, record=record)
+        cache = None if refresh is None else ConditionCache(refresh, record=record)
 
         def forward(*zt_y: Array) -> Array:
             # zt_y = (z, t, y), or (z, r, t, y) for MeanFlow's u(z, r, t). The network's raw
@@ -114,7 +115,7 @@ def encoder_sharing_schedule(
     batch_size: int = 8, seed: int = 0,
 ) -> tuple[int, ...]:
     """DDT's non-uniform sharing schedule for `spec`: the `budget` steps at which recomputing
-    the condition encoder loses least (core.samplers.sharing_schedule_dp), measured as the
+    the condition encoder loses least (core.encoder_sharing.sharing_schedule_dp), measured as the
     reference does on one trajectory of `batch_size` samples (class-balanced labels, seed
     `seed`) that recomputes every step: error[m, j] = 1 − mean over samples (and the guided null
     batch) and tokens of cos(condition at step m, at step j), the condition being SiLU(t_emb + s)
@@ -136,7 +137,7 @@ def encoder_sharing_schedule(
 
     labels = class_balanced_labels(batch_size, model.num_classes)
     sim = np.asarray(similarity(params, labels, jax.random.key(seed)), np.float64)
-    return samplers.sharing_schedule_dp(1.0 - sim, budget)
+    return sharing_schedule_dp(1.0 - sim, budget)
 
 
 def class_balanced_labels(num_samples: int, num_classes: int) -> np.ndarray:
