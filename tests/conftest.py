@@ -6,7 +6,11 @@ import os
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# XLA's backend optimizations (LLVM) take most of a compilation and buy little for the tiny
+# models of the tests: off here and in the subprocesses the tests start (they pass the flag on).
+# Results agree with optimized programs to float rounding; tests compare like with like.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                      "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent XLA compilation cache for the session, inherited by the xdist workers and every
 # subprocess a test starts (the launch scripts): tests build the same tiny models again and

@@ -108,7 +108,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     """Every case's launch/train.py run, started together (the runs mostly import: ~15 s each
     alone on 2 cores), with its directories, expected error and the inputs' snapshot."""
     env = {k: v for k, v in os.environ.items() if k != "VDM_JAX_TRACEBACK"}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=("--xla_force_host_platform_device_count=1"
+                                               " --xla_backend_optimization_level=0"))
     out = {}
     for case, make in CASES.items():
         root = tmp_path_factory.mktemp(case)

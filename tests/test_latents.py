@@ -23,7 +23,7 @@ from vdm_jax.pipelines import encode_latents as encode_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1",
-       "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+       "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"}
 
 
 def _run(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:

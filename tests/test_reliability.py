@@ -100,7 +100,8 @@ def cli_env(shared_dir: Path) -> dict[str, str]:
     """Subprocess environment: one CPU device, the shared compilation cache, tracebacks off."""
     env = {k: v for k, v in os.environ.items() if k != "VDM_JAX_TRACEBACK"}
     env.update(
-        JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        JAX_PLATFORMS="cpu", XLA_FLAGS=("--xla_force_host_platform_device_count=1"
+                                        " --xla_backend_optimization_level=0"),
         PYTHONUNBUFFERED="1", JAX_COMPILATION_CACHE_DIR=str(shared_dir / "jax_cache"),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
@@ -923,7 +924,8 @@ def test_fresh_run_feedback_and_a_run_directory_alone_suffices(tmp_path, cli_env
     home.mkdir()
     env = {k: v for k, v in cli_env.items() if not k.startswith("JAX_PERSISTENT_CACHE")}
     env.pop("JAX_COMPILATION_CACHE_DIR")
-    env.update(HOME=str(home), VDM_JAX_DATA_DIR=str(tmp_path / "not_used"))
+    env.update(HOME=str(home), VDM_JAX_DATA_DIR=str(tmp_path / "not_used"),
+               XLA_FLAGS="--xla_force_host_platform_device_count=1")  # a user's compilation
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     run = subprocess.run(
