@@ -82,12 +82,15 @@ def main(argv: list[str]) -> dict[str, Any]:
             c.repa.projector_dim = args.projector_dim
         start = time.perf_counter()
         summary = pipeline.run(c, root / ("repa" if c.repa.enabled else "baseline"))
+        if "results" not in summary:  # stopped (SIGTERM, Ctrl-C) before the end-of-run metrics
+            raise SystemExit(f"{name}: stopped at step {summary['step']}; rerun the same command "
+                             "to resume it")
         res, metrics = summary["results"], summary["metrics"]
+        (digits,) = [s["digits"] for s in res["samples"]]  # one sampler setting: one batch
         rows.append({
             "run": name, "steps": summary["step"], "bpd": res["bpd"]["total"],
-            "digits_fid": res["digits"]["digits_fid"],
-            "digits_fid_floor": res["digits"]["digits_fid_floor"],
-            "class_accuracy": res["digits"]["class_accuracy"], "loss": metrics.get("loss"),
+            "digits_fid": digits["digits_fid"], "digits_fid_floor": digits["digits_fid_floor"],
+            "class_accuracy": digits["class_accuracy"], "loss": metrics.get("loss"),
             "repa_loss": metrics.get("repa_loss"),
             "wall_min": (time.perf_counter() - start) / 60, "results": res,
         })
