@@ -161,15 +161,19 @@ class RunDir:
         except OSError:  # no lock file (or no run directory): nobody holds it
             return
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-                    raise
-                raise self._locked_error(fd) from None
+            self._flock_or_refuse(fd, fcntl.LOCK_SH)
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+    def _flock_or_refuse(self, fd: int, mode: int) -> None:
+        """flock(fd, mode) without waiting; RunDirLockedError naming the holder if it is held."""
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            raise self._locked_error(fd) from None
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -182,12 +186,7 @@ class RunDir:
         self.create()
         fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-                    raise
-                raise self._locked_error(fd) from None
+            self._flock_or_refuse(fd, fcntl.LOCK_EX)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             try:
