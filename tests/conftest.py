@@ -2,15 +2,28 @@
 before JAX initializes), and a session-wide latent dataset made from real photos by a tiny random
 SD-VAE-shaped autoencoder."""
 
+import fcntl
 import os
 import tempfile
 from pathlib import Path
 
-# XLA's backend optimizations (LLVM) take most of a compilation and buy little for the tiny
-# models of the tests: off here and in the subprocesses the tests start (they pass the flag on).
-# Results agree with optimized programs to float rounding; tests compare like with like.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
-                      "--xla_backend_optimization_level=0")
+import pytest
+from PIL import Image
+
+# Compilation dominates the tests' tiny programs, so the suite compiles cheaply: XLA's backend
+# optimizations (LLVM) off, and XLA:CPU's older elemental emitters instead of its MLIR fusion
+# emitters (a 1-block DiT train step compiles in 1.5 s instead of 5.8 s). Results agree with
+# users' programs to float rounding; tests compare like with like. Subprocesses the tests start
+# get the same flags (`xla_flags`).
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+
+
+def xla_flags(devices: int) -> str:
+    """XLA_FLAGS for a test process or subprocess: `devices` virtual CPU devices, fast compiles."""
+    return f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE_FLAGS}"
+
+
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent XLA compilation cache for the session, inherited by the xdist workers and every
 # subprocess a test starts (the launch scripts): tests build the same tiny models again and
@@ -20,12 +33,9 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     tempfile.gettempdir(), f"vdm_jax_tests_xla_cache_{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 * 2**30))  # LRU-evicted beyond
-
-import fcntl
-
-import pytest
-from PIL import Image
+# No size cap: with one, JAX takes a global file lock and scans the whole cache on every write
+# (seconds per write once it holds thousands of programs). A reader that meets an entry being
+# written fails to read it, warns and compiles afresh.
 
 PHOTO_CROPS = 6  # crops per photo and split: 2 classes × 6 train + 2 × 2 eval images
 PIXELS = 32  # ImageFolder crop size of the latent tests; the tiny VAE halves it (f = 2)

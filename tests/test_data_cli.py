@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import xla_flags
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,8 +109,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     """Every case's launch/train.py run, started together (the runs mostly import: ~15 s each
     alone on 2 cores), with its directories, expected error and the inputs' snapshot."""
     env = {k: v for k, v in os.environ.items() if k != "VDM_JAX_TRACEBACK"}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=("--xla_force_host_platform_device_count=1"
-                                               " --xla_backend_optimization_level=0"))
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
     out = {}
     for case, make in CASES.items():
         root = tmp_path_factory.mktemp(case)

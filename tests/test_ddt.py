@@ -98,7 +98,8 @@ SAMPLERS = ["euler", "heun", "euler_maruyama", "dpm_solver_2m", "ddim"]
 def _as_users_compile_it(fn, *args):
     """fn(*args) compiled with XLA's default backend optimizations (the suite turns them off,
     tests/conftest.py): bit-for-bit equality of two programs is a property of what users run."""
-    return fn.lower(*args).compile(compiler_options={"xla_backend_optimization_level": 3})(*args)
+    return fn.lower(*args).compile(compiler_options={"xla_backend_optimization_level": 3,
+                                                 "xla_cpu_use_fusion_emitters": True})(*args)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)

@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import make_tiny_vae
+from conftest import make_tiny_vae, xla_flags
 from safetensors.numpy import load_file
 
 from vdm_jax.checkpoints.restore import load_for_inference
@@ -22,7 +22,7 @@ from vdm_jax.importers.dit import import_dit
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "dit" / "official_weights.safetensors"
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1",
-       "XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"}
+       "XLA_FLAGS": xla_flags(1)}
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PIXELS, make_tiny_vae, photo_config
+from conftest import PIXELS, make_tiny_vae, photo_config, xla_flags
 from flax import nnx
 
 from vdm_jax.data import latents, train_iterator
@@ -23,7 +23,7 @@ from vdm_jax.pipelines import encode_latents as encode_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1",
-       "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"}
+       "XLA_FLAGS": xla_flags(2)}
 
 
 def _run(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grimp
 import pytest
+from conftest import xla_flags
 
 from vdm_jax import config as config_lib
 from vdm_jax.sampling_spec import SamplingSpec
@@ -106,8 +107,7 @@ def test_trainer_and_sample_py_accept_the_same_guidance_intervals(interval, tmp_
         [sys.executable, str(ROOT / "launch" / "sample.py"), f"--workdir={workdir}",
          f"--guidance_interval={interval[0]},{interval[1]}"],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
-        env={**os.environ, "XLA_FLAGS": ("--xla_force_host_platform_device_count=1"
-                                         " --xla_backend_optimization_level=0")})
+        env={**os.environ, "XLA_FLAGS": xla_flags(1)})
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, proc.stderr[-2000:]

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import xla_flags
 from ml_collections import ConfigDict
 
 from configs import digits_dit
@@ -100,8 +101,7 @@ def cli_env(shared_dir: Path) -> dict[str, str]:
     """Subprocess environment: one CPU device, the shared compilation cache, tracebacks off."""
     env = {k: v for k, v in os.environ.items() if k != "VDM_JAX_TRACEBACK"}
     env.update(
-        JAX_PLATFORMS="cpu", XLA_FLAGS=("--xla_force_host_platform_device_count=1"
-                                        " --xla_backend_optimization_level=0"),
+        JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1),
         PYTHONUNBUFFERED="1", JAX_COMPILATION_CACHE_DIR=str(shared_dir / "jax_cache"),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import xla_flags
 from flax import nnx
 
 from vdm_jax import config as config_lib
@@ -240,8 +241,7 @@ def test_digits_encoder_targets_use_the_cnn_token_grid(tmp_path):
 
 def _train(tmp_path, *overrides):
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": ("--xla_force_host_platform_device_count=1"
-                         " --xla_backend_optimization_level=0"), "PYTHONPATH": str(REPO)}
+           "XLA_FLAGS": xla_flags(1), "PYTHONPATH": str(REPO)}
     workdir = tmp_path / "run"
     if not any(o.startswith("--config.repa.depth=") for o in overrides):
         overrides = ("--config.repa.depth=2", *overrides)  # of the digits DiT's 4 blocks

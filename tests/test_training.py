@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import xla_flags
 
 from vdm_jax import config as config_lib
 from vdm_jax import model as dm
@@ -211,8 +212,7 @@ def test_two_processes_match_the_single_process_run(tmp_path):
     """2 local processes × 4 virtual devices (jax.distributed on 127.0.0.1), each reading its own
     half of the data, end where one process with 8 devices feeding the same global batches does."""
     steps, port = 3, _free_port()
-    env = {**os.environ, "XLA_FLAGS": ("--xla_force_host_platform_device_count=4"
-                                       " --xla_backend_optimization_level=0"),
+    env = {**os.environ, "XLA_FLAGS": xla_flags(4),
            "PYTHONUNBUFFERED": "1"}
     extra = [f"--config.distributed.coordinator_address=127.0.0.1:{port}",
              "--config.distributed.num_processes=2", "--config.train.checkpoint_every=3",

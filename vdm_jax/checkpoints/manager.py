@@ -132,6 +132,18 @@ def check_same_data(saved: Mapping[str, Any] | None, now: Mapping[str, Any],
             "another run.")
 
 
+def _save_replicated_arrays_from_one_replica() -> None:
+    """Turn off orbax's replica-parallel saving (on by default except on GPUs) in a one-process
+    job. It splits each replicated array into one slice per replica so that different hosts
+    write different slices; in one process the slices all go to the same writer, and each
+    distinct slice shape is an eagerly compiled XLA program (120 for a 1-block DiT on 8 CPU
+    devices: 5 s before the first checkpoint is written). Multi-host jobs keep the default."""
+    if jax.process_count() == 1:
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
+            override=True)
+
+
 class Checkpointer:
     """The run's CheckpointManager: save / restore the train state, data state and config.
 
@@ -156,6 +168,8 @@ class Checkpointer:
     def _manager(self, writing: bool) -> ocp.CheckpointManager:
         # A reader neither creates the directory nor removes temporary directories: those may
         # belong to a run that is writing right now.
+        if writing:
+            _save_replicated_arrays_from_one_replica()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=self._keep,
             keep_period=self._keep_period,
