@@ -116,3 +116,14 @@ def photo_config(paths: dict[str, Path], latents: bool = False):
     c.sample.num_steps = 2
     c.eval.at_end = False
     return c
+
+
+@pytest.fixture(scope="session")
+def digits_classifier_cache(tmp_path_factory, worker_id) -> Path:
+    """One directory for the digits metric classifier, shared by the session's xdist workers:
+    the classifier is trained once per session, not once per test (its file name hashes the
+    data, seed and recipe, and it is written atomically, so concurrent writers agree)."""
+    root = tmp_path_factory.getbasetemp()
+    path = (root if worker_id == "master" else root.parent) / "digits_classifier_cache"
+    path.mkdir(exist_ok=True)
+    return path

@@ -16,6 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import FAST_COMPILE_FLAGS
 
 from benchmarks import cli_args
 from vdm_jax import model as dm
@@ -182,8 +183,9 @@ def _check_vs_rows(result, sides, rounds=2):
 
 @pytest.fixture
 def trainer_env(monkeypatch):
-    """Worker processes with the trainer's own host defaults (not this session's 8 devices)."""
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    """Worker processes with the trainer's own host defaults (not this session's 8 devices),
+    compiling as cheaply as the rest of the suite (timings here are not figures)."""
+    monkeypatch.setenv("XLA_FLAGS", FAST_COMPILE_FLAGS)
 
 
 def test_vs_pytorch_jax_side(tmp_path, trainer_env):

@@ -134,10 +134,10 @@ def test_evaluation_gives_every_metric_and_merges_settings(reference, images, in
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
+def digits(tmp_path_factory, digits_classifier_cache):
     """data_dir, classifier cache, and the raw test/train splits (levels 0..16, labels)."""
     data_dir = str(tmp_path_factory.mktemp("tfds"))
-    cache = tmp_path_factory.mktemp("digits_cache")
+    cache = digits_classifier_cache
     builder = load_builder(data_dir)
     splits = {}
     for split in ("train", "test"):

@@ -925,7 +925,10 @@ def test_fresh_run_feedback_and_a_run_directory_alone_suffices(tmp_path, cli_env
     env = {k: v for k, v in cli_env.items() if not k.startswith("JAX_PERSISTENT_CACHE")}
     env.pop("JAX_COMPILATION_CACHE_DIR")
     env.update(HOME=str(home), VDM_JAX_DATA_DIR=str(tmp_path / "not_used"),
-               XLA_FLAGS="--xla_force_host_platform_device_count=1")  # a user's compilation
+               # A fresh compilation of seconds (XLA's fusion emitters, as users compile),
+               # without the LLVM optimizations that would only make it longer.
+               XLA_FLAGS="--xla_force_host_platform_device_count=1 "
+                         "--xla_backend_optimization_level=0")
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     run = subprocess.run(

@@ -114,7 +114,8 @@ def test_killed_sample_job_resumes_to_the_uninterrupted_samples(resumed, run_dir
     assert ref.npz.stat().st_mtime_ns == mtime
 
 
-def test_sample_then_evaluate_reports_every_metric(resumed, run_dir, tmp_path):
+def test_sample_then_evaluate_reports_every_metric(resumed, run_dir, tmp_path,
+                                                  digits_classifier_cache):
     out, _, _ = resumed
     ref = tmp_path / "ref.npz"
     built = _run("build_reference.py", "--dataset=digits", "--split=eval", f"--max_images={N}",
@@ -123,7 +124,7 @@ def test_sample_then_evaluate_reports_every_metric(resumed, run_dir, tmp_path):
     assert built.returncode == 0, built.stderr[-3000:]
     results = tmp_path / "results.json"
     proc = _run("evaluate.py", f"--samples={out}", f"--ref={ref}", "--random_inception",
-                "--digits", f"--workdir={tmp_path / 'cache'}", f"--bpd_workdir={run_dir}",
+                "--digits", f"--workdir={digits_classifier_cache}", f"--bpd_workdir={run_dir}",
                 "--bpd_passes=1", f"--batch_size={N}", f"--out={results}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for row in ("FID", "sFID", "Inception Score", "precision", "recall", "digits-FID",
