@@ -44,6 +44,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Mapping
@@ -63,6 +64,18 @@ ITEMS = (*ARRAY_ITEMS, "data", "config", "data_spec")
 TRASH_DIR = ".deleting"  # retired checkpoints, renamed here atomically, then removed
 UNREADABLE_DIR = "unreadable"  # checkpoints that failed to restore, set aside for inspection
 MANIFEST = "vdm_manifest.json"  # {"files": {relative path: size}} of a finalized checkpoint
+
+
+def _file_sizes(root: Path) -> dict[str, int]:
+    """{path relative to root: size in bytes} of every file under root but the manifest
+    (`os.walk`: a checkpoint holds dozens of files, and pathlib's rglob costs ~60 ms here)."""
+    sizes = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if MANIFEST not in name:
+                path = os.path.join(folder, name)
+                sizes[os.path.relpath(path, root)] = os.stat(path).st_size
+    return dict(sorted(sizes.items()))
 
 
 class DamagedCheckpointError(OSError):
@@ -276,10 +289,7 @@ class Checkpointer:
                     or (step_dir / MANIFEST).exists()):
                 continue
             try:
-                files = {str(p.relative_to(step_dir)): p.stat().st_size
-                         for p in sorted(step_dir.rglob("*"))
-                         if p.is_file() and MANIFEST not in p.name}
-                write_json(step_dir / MANIFEST, {"files": files}, indent=0)
+                write_json(step_dir / MANIFEST, {"files": _file_sizes(step_dir)}, indent=0)
             except OSError as e:  # e.g. retired meanwhile: the manifest is only a diagnostic
                 full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # reported by a save
                 logging.log(logging.INFO if full else logging.WARNING,
