@@ -74,6 +74,7 @@ def test_discrete_kl_term_equals_weighted_eps_form():
         snr = lambda u: jnp.exp(schedule.log_snr(u))
         np.testing.assert_allclose(
             kl, 0.5 * (snr(s) - snr(t)) * jnp.sum((x - x_hat) ** 2, axis=1), rtol=1e-4)
+        kl, eps, eps_hat = np.asarray(kl), np.asarray(eps), np.asarray(eps_hat)  # stay float64
     betas = np.linspace(1e-4, 0.02, T)
     ab = np.cumprod(1 - betas)
     b, ab_t, ab_s = betas[i - 1], ab[i - 1], ab[i - 2]

@@ -12,7 +12,6 @@ need the real command line.
 from __future__ import annotations
 
 import fcntl
-import gc
 import json
 import os
 import random
@@ -45,11 +44,6 @@ from vdm_jax.data import dataset_info
 from vdm_jax.io import write_json
 from vdm_jax.training import loop as trainer
 
-# orbax abandons the other reads of a checkpoint whose first read failed (the manifest-less case
-# in test_every_checkpoint_unreadable_...); they are reported when collected, maybe later.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <coroutine object _read_array_index_and_device_put"
-    ":pytest.PytestUnraisableExceptionWarning")
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 32  # of every fault-test run; checkpoints every 2 steps, the newest 3 kept
 TINY = {
@@ -384,6 +378,10 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path, reference
     _assert_all_checkpoints_readable(workdir)
 
 
+# In process, orbax's abandoned reads of the damaged files finish on a closed event loop (the
+# CLI prints nothing of it; checked by hand with launch/train.py on such a run).
+@pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. None:pytest.PytestUnraisableExceptionWarning")
 def test_every_checkpoint_unreadable_is_an_error_naming_them(tmp_path, reference, caplog):
     """No readable checkpoint at all, and no manifests (orbax's own read fails): a warning per
     checkpoint, then FileNotFoundError (exit 2) listing each step and saying how to start fresh;
@@ -401,7 +399,6 @@ def test_every_checkpoint_unreadable_is_an_error_naming_them(tmp_path, reference
     warned = [r.getMessage() for r in caplog.records if "skipping unreadable" in r.getMessage()]
     assert len(warned) == len(steps)
     assert _snapshot(workdir) == before
-    gc.collect()  # orbax's abandoned reads report here (filtered), not in a later test
 
 
 class _NaNAt:
