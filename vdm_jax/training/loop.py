@@ -14,10 +14,13 @@
    logs (TensorBoard, metrics.jsonl, train.log). The train step is compiled once, timed and
    reported ("compiling the train step … 12.3 s").
 3. Loop: each step's rng is fold_in(seed key, step), so a resumed run draws exactly the noise and
-   batches of an uninterrupted one. The loss of step k is checked on the host while step k + 1
-   runs (no pipeline stall); a non-finite loss or gradient stops the run naming the step,
-   without saving, so the last good checkpoint stays the newest. Images/s exclude compilation
-   and the hooks' time.
+   batches of an uninterrupted one. On GPU/TPU the loss of step k is checked on the host while
+   step k + 1 runs (no pipeline stall). On CPU it is checked before step k + 1 is dispatched:
+   XLA:CPU gains nothing from the overlap, and a step queued behind a running one doubles the
+   host memory and slows both (DiT-S/2, batch 32: 13–19 GB and 1.46× the benchmark's step time
+   against 7.3 GB and its step time, benchmarks/trainer_speed.py). A non-finite loss or gradient
+   stops the run naming the step, without saving, so the last good checkpoint stays the newest.
+   Images/s exclude compilation and the hooks' time.
    After each step every hook is called with a `StepContext` (the pipelines layer adds sample
    grids and end-of-run evaluation this way; the trainer knows nothing of generation).
 4. SIGTERM (preemption) at any time, or a first Ctrl-C once training runs: the current step
@@ -402,6 +405,7 @@ def _train(config: ConfigDict, env: dict[str, Any], interrupts: _Interrupts,
         progress["what"] = "training"
         interrupts.armed = True
         pending: tuple[int, Any] | None = None  # (step, device metrics) checked one step late
+        one_step_in_flight = mesh.devices.flat[0].platform == "cpu"  # see the module docstring
         # images/s count from here (after compiling), without the hooks' time (they sample).
         t_last, steps_since = time.perf_counter(), 0
         bar = tqdm(total=num_steps, initial=start, disable=not is_main, desc="train",
@@ -441,10 +445,12 @@ def _train(config: ConfigDict, env: dict[str, Any], interrupts: _Interrupts,
             while step < num_steps and not interrupts.requested:
                 if batch is None:
                     batch = next(data_iter)
+                if one_step_in_flight:
+                    flush_pending()
                 state, metrics = step_fn(state, batch, state_lib.step_rng(state["rng"], step),
                                          *extra)
                 batch = None
-                flush_pending()  # the previous step's metrics: ready while this step runs
+                flush_pending()  # the previous step's (GPU/TPU: ready while this step runs)
                 step += 1
                 progress["step"] = step
                 steps_since += 1
