@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -164,6 +165,40 @@ def test_checkpoint_restores_on_other_device_counts(tmp_path):
         out = trainer.train(cfg, tmp_path, devices)
         assert (out["start_step"], out["step"]) == (steps - 1, steps)
         assert np.isfinite(out["metrics"]["loss"])
+
+
+def test_on_cpu_a_step_is_dispatched_only_after_the_previous_one_is_checked(tmp_path,
+                                                                         monkeypatch):
+    """XLA:CPU keeps one train step in flight (a step queued behind a running one doubled the host
+    memory; the loop's docstring): step k's metrics are read before step k + 1 is dispatched."""
+    events = []
+    real_step_function, real_host_metrics = trainer.step_function, trainer._host_metrics
+
+    class RecordingStep:
+        def __init__(self, jitted):
+            self.jitted = jitted
+
+        def lower(self, *args):
+            compiled = self.jitted.lower(*args).compile()
+
+            def dispatch(*a):
+                events.append("dispatch")
+                return compiled(*a)
+
+            return SimpleNamespace(compile=lambda: dispatch)
+
+    def check(*args):
+        events.append("check")
+        return real_host_metrics(*args)
+
+    monkeypatch.setattr(trainer, "step_function",
+                        lambda c, e: RecordingStep(real_step_function(c, e)))
+    monkeypatch.setattr(trainer, "_host_metrics", check)
+    cfg = tiny_config(**{"train.num_steps": 3, "train.checkpoint_every": 100,
+                         "train.async_checkpoints": False})
+    out = trainer.train(cfg, tmp_path, jax.devices()[:1])
+    assert out["step"] == 3
+    assert events == ["dispatch", "check"] * 3
 
 
 def test_workdir_of_another_config_is_refused(tmp_path):
