@@ -1,7 +1,10 @@
 """Networks: Flax NNX modules that know nothing of training, data or files.
 
-    layers               blocks shared by the transformer backbones (patchify, sin-cos and
-                         timestep embeddings, AdaLN-Zero, RMSNorm, 2D RoPE, SwiGLU)
+    layers               layers shared by the transformer backbones (patchify, sin-cos and
+                         timestep embeddings, AdaLN modulation, RMSNorm, 2D RoPE, GELU and
+                         SwiGLU MLPs, the final layer)
+    blocks               the one AdaLN-Zero transformer block (norm, attention, MLP chosen by a
+                         BlockSpec) and the backbones' common constructor (`Backbone`)
     dit, jit, ddt        the DiT, JiT and DDT (decoupled encoder/decoder) denoisers
     repa                 REPA's projector head and alignment loss, and the target features of
                          the frozen encoders

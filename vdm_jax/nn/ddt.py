@@ -19,10 +19,9 @@ reference: block 8 of the encoder).
 Blocks are LightningDiT's, as the reference's: RMSNorm (learned scale, eps 1e-6) instead of
 LayerNorm (the final layer keeps DiT's affine-free LayerNorm), attention with RMS-normalized q
 and k and 2D RoPE, fused qkv without bias, SwiGLU MLP without biases (hidden int(2/3 · 4D)),
-AdaLN modulation (shift, scale, gate) × 2; the shared layers of vdm_jax.nn.layers
-(RoPEAttention, SwiGLU, rms_norm, rope_2d). There is no absolute position embedding: positions
-enter through RoPE only, at g points evenly spread over [0, 16] per axis as in the reference
-(`rope_2d(extent=16)`).
+AdaLN modulation (shift, scale, gate) × 2: vdm_jax.nn.blocks's block with DDT_BLOCK parts.
+There is no absolute position embedding: positions enter through RoPE only, at g points evenly
+spread over [0, 16] per axis as in the reference (`rope_2d(extent=16)`).
 
 Differences from the reference (none changes what the network can represent):
   - RoPE channel layout: the reference interleaves column and row pairs (pair 2k: column, pair
@@ -44,30 +43,20 @@ RoPE and the final projection in float32.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vdm_jax.nn.blocks import DDT_BLOCK, Backbone, BackboneArgs
 from vdm_jax.nn.layers import (
-    AdaLNModulation,
-    FinalLayer,
     LabelEmbedder,
-    RoPEAttention,
-    SwiGLU,
     TimestepEmbedder,
-    check_hidden_index,
-    check_inputs,
     dense,
-    grid_size,
     layer_norm,
-    modulate,
-    patchify,
     per_token,
-    rms_norm,
     rope_2d,
-    unpatchify,
 )
 
 Array = jax.Array
@@ -76,31 +65,7 @@ Dtype = Any
 ROPE_EXTENT = 16.0  # the reference spreads RoPE positions over [0, 16] on every grid
 
 
-class DDTBlock(nnx.Module):
-    """LightningDiT block: x ← x + g₁ ⊙ Attn(RMSNorm(x)·(1 + a₁) + b₁), then the same with a
-    SwiGLU MLP; (b, a, g)₁,₂ = Linear(SiLU(c)), c per sample (B, D) or per token (B, T, D)."""
-
-    def __init__(
-        self, hidden_size: int, num_heads: int, mlp_ratio: float, *, dtype: Dtype, rngs: nnx.Rngs
-    ):
-        self.dtype = dtype
-        self.norm1 = rms_norm(hidden_size, "embed", rngs)
-        self.attn = RoPEAttention(hidden_size, num_heads, dtype=dtype, rngs=rngs, qkv_bias=False)
-        self.norm2 = rms_norm(hidden_size, "embed", rngs)
-        self.mlp = SwiGLU(hidden_size, int(hidden_size * mlp_ratio), dtype=dtype, rngs=rngs,
-                          use_bias=False)
-        self.adaLN_modulation = AdaLNModulation(hidden_size, 6, dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: Array, c: Array, rope: tuple[Array, Array]) -> Array:
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c)
-        h = modulate(self.norm1(x.astype(jnp.float32)), shift_msa, scale_msa)  # (B, T, D) f32
-        x = x + per_token(gate_msa) * self.attn(h.astype(self.dtype), rope)  # (B, T, D)
-        h = modulate(self.norm2(x.astype(jnp.float32)), shift_mlp, scale_mlp)  # (B, T, D) f32
-        x = x + per_token(gate_mlp) * self.mlp(h.astype(self.dtype))  # (B, T, D)
-        return x
-
-
-class DDT(nnx.Module):
+class DDT(Backbone):
     """Decoupled diffusion transformer: model(x, t, y) → (B, H, W, C_out) (module docstring).
 
     x: (B, H, W, C) float NHWC; t: (B,) float continuous time in [0, 1] (t = 0 data); y: (B,)
@@ -110,46 +75,22 @@ class DDT(nnx.Module):
     """
 
     def __init__(
-        self,
-        *,
-        input_size: tuple[int, int] | int,
-        in_channels: int,
-        num_classes: int,
-        patch_size: int,
-        hidden_size: int,
-        encoder_depth: int,
-        decoder_depth: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        learn_sigma: bool = False,
-        dtype: Dtype = jnp.float32,
-        rngs: nnx.Rngs,
+        self, *, encoder_depth: int, decoder_depth: int, rngs: nnx.Rngs,
+        **args: Unpack[BackboneArgs],
     ):
-        self.grid = grid_size(input_size, patch_size)
-        self.image_size = (self.grid[0] * patch_size, self.grid[1] * patch_size)
-        self.patch_size = patch_size
-        self.in_channels = in_channels
-        self.out_channels = 2 * in_channels if learn_sigma else in_channels
-        self.num_classes = num_classes
-        self.hidden_size = hidden_size
-        self.head_dim = hidden_size // num_heads
-        self.dtype = dtype
-        p, d = patch_size, hidden_size
-
-        def block() -> DDTBlock:
-            return DDTBlock(d, num_heads, mlp_ratio, dtype=dtype, rngs=rngs)
+        super().__init__(DDT_BLOCK, **args)
+        p, d, dtype = self.patch_size, self.hidden_size, self.dtype
+        in_channels, num_classes = self.in_channels, self.num_classes
 
         # Two patch embeddings (p×p stride-p convs written as Linears): one per half.
         self.s_embedder = dense(p * p * in_channels, d, ("patch", "embed"), dtype=dtype, rngs=rngs)
         self.x_embedder = dense(p * p * in_channels, d, ("patch", "embed"), dtype=dtype, rngs=rngs)
         self.t_embedder = TimestepEmbedder(d, dtype=dtype, rngs=rngs)
         self.y_embedder = LabelEmbedder(num_classes, d, dtype=dtype, rngs=rngs)
-        self.encoder_blocks = nnx.List([block() for _ in range(encoder_depth)])
-        self.decoder_blocks = nnx.List([block() for _ in range(decoder_depth)])
+        self.encoder_blocks = self.make_blocks(encoder_depth, rngs)
+        self.decoder_blocks = self.make_blocks(decoder_depth, rngs)
         # The reference's final norm is an affine-free LayerNorm, not an RMSNorm.
-        self.final_layer = FinalLayer(
-            d, p, self.out_channels, layer_norm(d, rngs), dtype=dtype, rngs=rngs
-        )
+        self.final_layer = self.make_final_layer(layer_norm(d, rngs), rngs)
 
     def rope(self) -> tuple[Array, Array]:
         """2D RoPE tables (T, Dh) on the reference's position extent; constants."""
@@ -161,10 +102,9 @@ class DDT(nnx.Module):
     ) -> Array | tuple[Array, Array]:
         """The self-condition s_t (B, T, D) of (z_t, t, y); with return_hidden = i also the
         encoder's hidden state after its first i blocks (B, T, D) (REPA)."""
-        check_inputs(x, t, y, self.image_size, self.in_channels)
-        check_hidden_index(return_hidden, len(self.encoder_blocks))
+        self.check(x, t, y, return_hidden, len(self.encoder_blocks))
         rope = self.rope()
-        tokens = patchify(x, self.patch_size).astype(self.dtype)  # (B, T, p·p·C)
+        tokens = self.tokens(x)  # (B, T, p·p·C)
         s = self.s_embedder(tokens)  # (B, T, D)
         t_emb = self.t_embedder(t)  # (B, D)
         c = t_emb + self.y_embedder(y)  # (B, D)
@@ -179,13 +119,13 @@ class DDT(nnx.Module):
     def decode(self, x: Array, cond: Array) -> Array:
         """The output (B, H, W, C_out) for z_t = x under the self-condition cond (B, T, D)."""
         rope = self.rope()
-        tokens = patchify(x, self.patch_size).astype(self.dtype)  # (B, T, p·p·C)
+        tokens = self.tokens(x)  # (B, T, p·p·C)
         h = self.x_embedder(tokens)  # (B, T, D)
         cond = cond.astype(self.dtype)  # (B, T, D)
         for block in self.decoder_blocks:
             h = block(h, cond, rope)  # (B, T, D)
         h = self.final_layer(h, cond)  # (B, T, p·p·C_out) f32
-        return unpatchify(h, self.grid, self.patch_size)  # (B, H, W, C_out) f32
+        return self.image(h)  # (B, H, W, C_out) f32
 
     def __call__(
         self, x: Array, t: Array, y: Array, *, return_hidden: int | None = None

@@ -251,7 +251,7 @@ class FinalLayer(nnx.Module):
 
 
 # ------------------------------------------------------------------------------------------------
-# RMSNorm, 2D RoPE and SwiGLU (JiT, DDT)
+# RMSNorm, 2D RoPE and the two MLPs (GELU: DiT; SwiGLU: JiT, DDT)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -306,6 +306,18 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
     return x * cos[None, :, None, :] + rot * sin[None, :, None, :]
 
 
+class Mlp(nnx.Module):
+    """Linear(D, M) → GELU(tanh) → Linear(M, D) (timm's Mlp as used by DiT)."""
+
+    def __init__(self, hidden_size: int, mlp_hidden: int, *, dtype: Dtype, rngs: nnx.Rngs):
+        self.fc1 = dense(hidden_size, mlp_hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+        self.fc2 = dense(mlp_hidden, hidden_size, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        h = nnx.gelu(self.fc1(x), approximate=True)  # (B, T, M)
+        return self.fc2(h)  # (B, T, D)
+
+
 class SwiGLU(nnx.Module):
     """w3(SiLU(x w1) ⊙ x w2), w1 and w2 fused as one Linear(D, 2h), h = int(2/3 · mlp_hidden);
     with biases (JiT) or without (LightningDiT / DDT: use_bias=False)."""
@@ -322,32 +334,3 @@ class SwiGLU(nnx.Module):
     def __call__(self, x: Array) -> Array:
         x1, x2 = jnp.split(self.w12(x), 2, axis=-1)  # 2 × (B, T, h)
         return self.w3(nnx.silu(x1) * x2)  # (B, T, D)
-
-
-
-class RoPEAttention(nnx.Module):
-    """Self-attention with per-head RMSNorm on q and k (learned scale) and 2D RoPE, fused qkv
-    with bias (JiT) or without (LightningDiT / DDT: qkv_bias=False); output projection with
-    bias. q, k are normalized and rotated in float32; the softmax is float32 inside
-    jax.nn.dot_product_attention (cuDNN on GPU for bf16 inputs)."""
-
-    def __init__(
-        self, hidden_size: int, num_heads: int, *, dtype: Dtype, rngs: nnx.Rngs,
-        qkv_bias: bool = True,
-    ):
-        self.num_heads = num_heads
-        self.dtype = dtype
-        head_dim = hidden_size // num_heads
-        self.qkv = dense(hidden_size, 3 * hidden_size, ("embed", "heads"), dtype=dtype, rngs=rngs,
-                         use_bias=qkv_bias)
-        self.q_norm = rms_norm(head_dim, None, rngs)
-        self.k_norm = rms_norm(head_dim, None, rngs)
-        self.proj = dense(hidden_size, hidden_size, ("heads", "embed"), dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: Array, rope: tuple[Array, Array]) -> Array:
-        qkv = self.qkv(x)  # (B, T, 3D)
-        q, k, v = rearrange(qkv, "b t (s n h) -> s b t n h", s=3, n=self.num_heads)  # (B,T,N,Dh)
-        q = apply_rope(self.q_norm(q.astype(jnp.float32)), *rope)  # (B, T, N, Dh) f32
-        k = apply_rope(self.k_norm(k.astype(jnp.float32)), *rope)  # (B, T, N, Dh) f32
-        o = jax.nn.dot_product_attention(q.astype(self.dtype), k.astype(self.dtype), v)
-        return self.proj(rearrange(o, "b t n h -> b t (n h)"))  # (B, T, D)
