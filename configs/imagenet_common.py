@@ -4,6 +4,8 @@ Data: ImageNet-1k from `data.manual_dir` (the original ILSVRC2012 archives, prep
 once), ADM center crop, horizontal flips. AdamW with a constant learning rate 1e-4, no weight
 decay, no gradient clipping, global batch 256, EMA 0.9999, label dropout 0.1 for classifier-free
 guidance, bfloat16 compute with float32 master weights (Peebles & Xie 2023; SiT and REPA keep it).
+The network runs its blocks as one scan over stacked layers with remat 'dots_no_batch' (neither
+changes what is computed).
 """
 
 from ml_collections import ConfigDict
@@ -18,6 +20,10 @@ def imagenet_recipe(image_size: int) -> ConfigDict:
     c.data.random_flip = True
     c.data.worker_count = 8
     c.model.dtype = "bfloat16"
+    # One scanned block whatever the depth (compile time); the Linear layers' outputs are kept
+    # for the backward pass, attention and elementwise work recomputed (vdm_jax.nn.blocks).
+    c.model.scan_layers = True
+    c.model.remat = "dots_no_batch"
     c.diffusion.label_dropout = 0.1
     c.optim.lr = 1e-4
     c.optim.warmup_steps = 0

@@ -19,6 +19,7 @@ SAFE_ON_RESUME = (
     "train.keep_period", "train.async_checkpoints", "train.num_t_bins", "train.micro_batches",
     "sample.", "eval.", "mesh.", "distributed.", "data.data_dir", "data.manual_dir",
     "data.worker_count", "data.latent_dir", "autoencoder.", "optim.", "repa.encoder_path",
+    "model.remat",  # what the backward pass recomputes, not what the parameters are
 )
 
 

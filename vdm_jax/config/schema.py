@@ -14,6 +14,7 @@ from vdm_jax.core import meanflow, objectives, samplers, schedules
 from vdm_jax.data import DATASETS, latents
 from vdm_jax.model import DTYPES as MODEL_DTYPES
 from vdm_jax.model import REPA_FEATURES, build_objective, repa_encoder_dim, schedule_kwargs
+from vdm_jax.nn.blocks import REMAT_POLICIES
 from vdm_jax.nn.encoders.dinov2 import SIZES as DINOV2_SIZES
 from vdm_jax.nn.registry import num_blocks, resolve_spec
 from vdm_jax.nn.repa import ENCODERS as REPA_ENCODERS
@@ -54,6 +55,8 @@ def default_config() -> ConfigDict:
         prediction="eps",
         learn_sigma=False,
         dtype="float32",
+        scan_layers=False,  # blocks stacked on a layer axis, run by one scan (vdm_jax.nn.blocks)
+        remat="none",  # the blocks' jax.checkpoint policy: vdm_jax.nn.blocks.REMAT_POLICIES
     ))
     c.diffusion = ConfigDict(dict(
         schedule="cosine_log_snr",
@@ -174,6 +177,10 @@ def validate(config: Mapping[str, Any]) -> None:
     _require(m["prediction"] in PREDICTIONS,
              f"model.prediction={m['prediction']!r}; expected one of {PREDICTIONS}")
     _require(m["dtype"] in DTYPES, f"model.dtype={m['dtype']!r}; expected one of {DTYPES}")
+    _require(isinstance(m["scan_layers"], bool),
+             f"model.scan_layers={m['scan_layers']!r} must be True or False")
+    _require(m["remat"] in REMAT_POLICIES,
+             f"model.remat={m['remat']!r}; expected one of {REMAT_POLICIES}")
     _require(not m["learn_sigma"] or m["prediction"] == "eps",
              "model.learn_sigma needs model.prediction='eps' (the DiT/IDDPM recipe)")
     # diffusion

@@ -81,6 +81,7 @@ from vdm_jax.importers.common import (
     read_checkpoint,
     strip_prefix,
 )
+from vdm_jax.nn.blocks import stack_layers, unstack_layers
 from vdm_jax.nn.dit import DiT
 from vdm_jax.nn.layers import FREQ_DIM, sincos_2d
 from vdm_jax.nn.registry import MODEL_CONFIGS, build_model, resolve_spec
@@ -159,13 +160,15 @@ class ImportedDiT:
         return dict(input_size=self.input_size, in_channels=self.in_channels,
                     num_classes=self.num_classes, learn_sigma=self.learn_sigma)
 
-    def build(self, dtype: Any = jnp.float32) -> DiT:
-        """The network with the imported parameters (compute in `dtype`, parameters float32)."""
+    def build(self, dtype: Any = jnp.float32, scan_layers: bool = False) -> DiT:
+        """The network with the imported parameters (compute in `dtype`, parameters float32);
+        with scan_layers its blocks stacked on a layer axis (vdm_jax.nn.blocks)."""
         model = nnx.eval_shape(lambda: build_model(
-            self.spec, **self.build_kwargs(), dtype=dtype, rngs=nnx.Rngs(0)
+            self.spec, **self.build_kwargs(), dtype=dtype, scan_layers=scan_layers,
+            rngs=nnx.Rngs(0),
         ))
         state = nnx.state(model)
-        nnx.replace_by_pure_dict(state, self.params)
+        nnx.replace_by_pure_dict(state, stack_layers(self.params) if scan_layers else self.params)
         nnx.update(model, state)
         return model
 
@@ -483,9 +486,10 @@ def export_dit(
     float32 arrays by official name, `pos_embed` included (save with common.save_state_dict).
 
     spec: the model's registry name or spec; params: nnx.to_pure_dict(nnx.state(model)) (or
-    ImportedDiT.params); input_size: the square side H = W the model runs at (the official code
-    supports square inputs only). null_class: False drops the label table's last row (a model
-    to load with class_dropout_prob=0, e.g. one imported with null_class_trained False).
+    ImportedDiT.params), its blocks per block or stacked (model.scan_layers); input_size: the
+    square side H = W the model runs at (the official code supports square inputs only).
+    null_class: False drops the label table's last row (a model to load with
+    class_dropout_prob=0, e.g. one imported with null_class_trained False).
     The network must predict what the format's code expects (CONVENTIONS: ε for 'dit', u for
     'sit'); that is not in the weights and is the caller's to ensure. 'sit' always writes 2C
     output channels (SiT's code builds learn_sigma=True by default); a model without a variance
@@ -506,7 +510,8 @@ def export_dit(
     if not isinstance(input_size, int):
         raise ValueError(f"input_size must be an int (the official code supports square inputs "
                          f"only), got {input_size!r}.")
-    flat = {path: np.asarray(v) for path, v in _flatten(params).items()}
+    # A scanned model's stacked blocks in the official per-block layout.
+    flat = {path: np.asarray(v) for path, v in _flatten(unstack_layers(params)).items()}
     p, d = spec["patch_size"], spec["hidden_size"]
     try:
         in_channels = flat[("x_embedder", "kernel")].shape[0] // (p * p)

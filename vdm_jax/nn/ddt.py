@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vdm_jax.nn.blocks import DDT_BLOCK, Backbone, BackboneArgs
+from vdm_jax.nn.blocks import DDT_BLOCK, Backbone, BackboneArgs, num_layers
 from vdm_jax.nn.layers import (
     LabelEmbedder,
     TimestepEmbedder,
@@ -102,17 +102,13 @@ class DDT(Backbone):
     ) -> Array | tuple[Array, Array]:
         """The self-condition s_t (B, T, D) of (z_t, t, y); with return_hidden = i also the
         encoder's hidden state after its first i blocks (B, T, D) (REPA)."""
-        self.check(x, t, y, return_hidden, len(self.encoder_blocks))
+        self.check(x, t, y, return_hidden, num_layers(self.encoder_blocks))
         rope = self.rope()
         tokens = self.tokens(x)  # (B, T, p·p·C)
         s = self.s_embedder(tokens)  # (B, T, D)
         t_emb = self.t_embedder(t)  # (B, D)
         c = t_emb + self.y_embedder(y)  # (B, D)
-        hidden = None
-        for i, block in enumerate(self.encoder_blocks):
-            s = block(s, c, rope)  # (B, T, D)
-            if i + 1 == return_hidden:
-                hidden = s  # (B, T, D) after i + 1 encoder blocks
+        s, hidden = self.run_with_hidden(self.encoder_blocks, s, c, rope, return_hidden)  # (B,T,D)
         cond = per_token(t_emb) + s  # (B, T, D): the decoder's per-token conditioning
         return cond if return_hidden is None else (cond, hidden)
 
@@ -122,8 +118,7 @@ class DDT(Backbone):
         tokens = self.tokens(x)  # (B, T, p·p·C)
         h = self.x_embedder(tokens)  # (B, T, D)
         cond = cond.astype(self.dtype)  # (B, T, D)
-        for block in self.decoder_blocks:
-            h = block(h, cond, rope)  # (B, T, D)
+        h = self.run_blocks(self.decoder_blocks, h, cond, rope)  # (B, T, D)
         h = self.final_layer(h, cond)  # (B, T, p·p·C_out) f32
         return self.image(h)  # (B, H, W, C_out) f32
 

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vdm_jax.nn.blocks import DIT_BLOCK, Backbone, BackboneArgs
+from vdm_jax.nn.blocks import DIT_BLOCK, Backbone, BackboneArgs, num_layers
 from vdm_jax.nn.layers import (
     TIME_SCALE,
     LabelEmbedder,
@@ -97,7 +97,7 @@ class DiT(Backbone):
         """The output (B, H, W, C_out); with return_hidden = i also the hidden state after the
         first i blocks (B, T, D), 1 ≤ i ≤ depth (REPA's encoder_depth: what it aligns), from
         the same forward pass."""
-        self.check(x, t, y, return_hidden, len(self.blocks))
+        self.check(x, t, y, return_hidden, num_layers(self.blocks))
         if r is not None and self.h_embedder is None:
             raise ValueError("This DiT takes one time; build it with spec 'second_time': True "
                              "to pass a second time r.")
@@ -109,11 +109,7 @@ class DiT(Backbone):
         if self.h_embedder is not None:
             h = jnp.zeros_like(t) if r is None else t - r  # (B,) interval h = t − r
             c = c + self.h_embedder(h)  # (B, D)
-        hidden = None
-        for i, block in enumerate(self.blocks):
-            x = block(x, c)  # (B, T, D)
-            if i + 1 == return_hidden:
-                hidden = x  # (B, T, D) after i + 1 blocks
+        x, hidden = self.run_with_hidden(self.blocks, x, c, None, return_hidden)  # 2 × (B,T,D)
         x = self.final_layer(x, c)  # (B, T, p·p·C_out) f32
         out = self.image(x)  # (B, H, W, C_out) f32
         return out if return_hidden is None else (out, hidden)

@@ -23,6 +23,7 @@ the objective; what its output means (x, ε, v, u) is a config field of the trai
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Unpack
 
 import jax
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vdm_jax.nn.blocks import JIT_BLOCK, Backbone, BackboneArgs
+from vdm_jax.nn.blocks import JIT_BLOCK, Backbone, BackboneArgs, num_layers
 from vdm_jax.nn.layers import (
     LabelEmbedder,
     TimestepEmbedder,
@@ -97,7 +98,8 @@ class JiT(Backbone):
     ) -> Array | tuple[Array, Array]:
         """The output (B, H, W, C_out); with return_hidden = i also the image tokens' hidden
         state after the first i blocks (B, T, D) (REPA), from the same forward pass."""
-        self.check(x, t, y, return_hidden, len(self.blocks))
+        depth = num_layers(self.blocks)
+        self.check(x, t, y, return_hidden, depth)
         n_ctx = self.in_context_len
         rope_img = tuple(map(jnp.asarray, rope_2d(self.grid, self.head_dim)))  # 2 × (T, Dh)
         rope_ctx = tuple(map(jnp.asarray, rope_2d(self.grid, self.head_dim, n_ctx)))  # (L+T, Dh)
@@ -106,13 +108,17 @@ class JiT(Backbone):
         x = self.x_embedder(x) + self.pos_embed().astype(self.dtype)  # (B, T, D)
         y_emb = self.y_embedder(y)  # (B, D)
         c = self.t_embedder(t) + y_emb  # (B, D)
-        for i, block in enumerate(self.blocks):
-            if n_ctx > 0 and i == self.in_context_start:
+        # Runs of blocks between the points where the sequence changes (the class tokens
+        # join) or the hidden state is read; a scanned stack splits there.
+        start = self.in_context_start if n_ctx > 0 else depth
+        bounds = sorted({0, start, depth} | ({return_hidden} if return_hidden else set()))
+        for lo, hi in itertools.pairwise(bounds):
+            if lo == start:
                 ctx = y_emb[:, None, :] + self.in_context_posemb[...].astype(self.dtype)  # (B,L,D)
                 x = jnp.concatenate([ctx, x], axis=1)  # (B, L + T, D)
-            with_ctx = n_ctx > 0 and i >= self.in_context_start
-            x = block(x, c, rope_ctx if with_ctx else rope_img)  # (B, [L +] T, D)
-            if i + 1 == return_hidden:
+            with_ctx = lo >= start
+            x = self.run_blocks(self.blocks, x, c, rope_ctx if with_ctx else rope_img, lo, hi)
+            if hi == return_hidden:
                 hidden = x[:, n_ctx:] if with_ctx else x  # (B, T, D) image tokens
         x = x[:, n_ctx:] if n_ctx > 0 else x  # (B, T, D)
         x = self.final_layer(x, c)  # (B, T, p·p·C_out) f32

@@ -158,6 +158,8 @@ def build_model(
     num_classes: int,
     learn_sigma: bool = False,
     dtype: Any = jnp.float32,
+    scan_layers: bool = False,
+    remat: str = "none",
     rngs: nnx.Rngs,
 ) -> DiT | JiT | DDT:
     """Build a registry model ("DiT-XL/2", "JiT-B/16", "DDT-XL/2", ...) or a custom spec dict, e.g.
@@ -165,7 +167,9 @@ def build_model(
 
     input_size: (H, W) or an int for square inputs, each divisible by the patch size.
     num_classes: number of real classes (0 = unconditional); the label table has one more row,
-    the null class. dtype: compute dtype (parameters are always float32).
+    the null class. dtype: compute dtype (parameters are always float32). scan_layers: blocks
+    stacked on a layer axis and run by one scan; remat: the blocks' rematerialization policy
+    (vdm_jax.nn.blocks.REMAT_POLICIES); neither changes the function computed.
     Use under `nnx.eval_shape(lambda: build_model(...))` to get shapes without allocating.
     """
     spec = resolve_spec(name_or_spec)
@@ -180,7 +184,8 @@ def build_model(
     cls = {"dit": DiT, "jit": JiT, "ddt": DDT}[family]
     kwargs = dict(
         input_size=input_size, in_channels=in_channels, num_classes=num_classes,
-        learn_sigma=learn_sigma, dtype=dtype, rngs=rngs, **spec,
+        learn_sigma=learn_sigma, dtype=dtype, scan_layers=scan_layers, remat=remat, rngs=rngs,
+        **spec,
     )
     if jax.sharding.get_abstract_mesh().empty:
         # No mesh to shard onto: create plain arrays but keep the logical-axis metadata.

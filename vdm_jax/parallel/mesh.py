@@ -6,8 +6,10 @@ parameters are split over 'fsdp' along the dimension whose logical axis name the
 replicated over 'data'. With fsdp = 1 this is plain data parallelism; with data = 1 pure FSDP.
 
 Logical axis names come from the models (`vdm_jax.nn.logical_axes`): 'embed' (width D), 'mlp',
-'heads', 'patch', 'vocab', 'cond'. `FSDP_RULES` shards 'embed', the axis every large kernel has;
-a dimension the fsdp size does not divide stays replicated rather than failing.
+'heads', 'patch', 'vocab', 'cond', and 'layers' (the leading axis of stacked blocks with
+model.scan_layers, never sharded: every chip runs every layer). `FSDP_RULES` shards 'embed',
+the axis every large kernel has; a dimension the fsdp size does not divide stays replicated
+rather than failing.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ FSDP_RULES: tuple[tuple[str, str | None], ...] = (
     ("patch", None),
     ("vocab", None),
     ("cond", None),
+    ("layers", None),  # the stacked blocks' layer axis (model.scan_layers): each chip scans all
 )
 
 

@@ -32,6 +32,7 @@ from vdm_jax.importers.dit import FORMATS, export_dit, import_dit
 from vdm_jax.importers.sd_vae import describe_weights
 from vdm_jax.io import write_json
 from vdm_jax.model import DataSpec, build
+from vdm_jax.nn.blocks import stack_layers
 from vdm_jax.rundir import RunDir
 from vdm_jax.training import state as state_lib
 
@@ -87,7 +88,9 @@ def import_run(checkpoint: str | os.PathLike, config: ConfigDict, workdir: str |
         return params
 
     abstract = jax.eval_shape(built)
-    params = {"denoiser": imported.params}
+    # The importer writes the official per-block layout; a scanned network stacks it.
+    params = {"denoiser": stack_layers(imported.params) if config.model.scan_layers
+              else imported.params}
     got = jax.tree.map(lambda a: tuple(np.shape(a)), params)
     want = jax.tree.map(lambda a: tuple(a.shape), abstract)
     if got != want:
