@@ -231,7 +231,7 @@ def test_learned_variance_term_is_finite_and_non_negative():
     batch = {"image": jnp.asarray(rng.uniform(-1, 1, (8, 8, 8, 1)), jnp.float32),
              "label": jnp.asarray(rng.integers(0, 10, (8,)), jnp.int32)}
     loss, aux = model.loss(params, batch, jax.random.key(0))
-    assert np.isfinite(float(loss)) and float(aux["vlb"]) >= 0.0
+    assert np.isfinite(float(loss)) and float(aux["terms"]["vlb_loss"]) >= 0.0
 
 
 def _free_port() -> int:

@@ -65,12 +65,12 @@ from vdm_jax import config as config_lib
 from vdm_jax.checkpoints.manager import Checkpointer, CheckpointWriteError, check_compatible
 from vdm_jax.data import dataset_info, latents, train_iterator
 from vdm_jax.io import read_json, remove_stale_temporaries, write_json
-from vdm_jax.model import DataSpec, DiffusionModel, build, load_target_encoder_for
+from vdm_jax.model import DataSpec, DiffusionModel, build, check_data, load_term_inputs
 from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.rundir import RunDir
 from vdm_jax.training import state as state_lib
 from vdm_jax.training.logs import MetricWriter, RunLog
-from vdm_jax.training.step import frozen_shardings, jit_train_step
+from vdm_jax.training.step import jit_train_step, term_input_shardings
 
 __all__ = ["DiskFullError", "NonFiniteLossError", "StepContext", "prepare", "step_function",
            "train"]
@@ -145,7 +145,9 @@ class _Interrupts:
 
 def _host_metrics(metrics: Mapping[str, Any], num_bins: int) -> dict[str, float]:
     m = jax.device_get(metrics)
-    out = {k: float(m[k]) for k in ("loss", "grad_norm", "lr", "repa_loss") if k in m}
+    first = ("loss", "grad_norm", "lr")  # then the loss terms' metrics (e.g. 'repa_loss')
+    out = {k: float(m[k]) for k in first}
+    out.update({k: float(v) for k, v in m.items() if k not in (*first, "bin_sum", "bin_count")})
     for i in range(num_bins):
         if m["bin_count"][i] > 0:
             out[f"loss_t_bin/{i / num_bins:.1f}-{(i + 1) / num_bins:.1f}"] = float(
@@ -197,14 +199,9 @@ def prepare(config: ConfigDict, workdir: str | Path, devices: list | None = None
         rundir.check_unlocked()  # before reading the run (other processes could see ours)
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
     config_lib.check_batch(config, mesh.size, mesh.shape["data"])
-    frozen = load_target_encoder_for(config)  # REPA's frozen encoder: bad weights fail here
+    term_inputs = load_term_inputs(config)  # the loss terms' (frozen networks): bad files fail here
     info = dataset_info(config.data)
-    repa = config.get("repa")
-    if repa is not None and repa.enabled and repa.features == "stored" and not getattr(
-            info, "repa_features", None):
-        raise ValueError(f"repa.features='stored' needs a dataset that stores REPA features "
-                         f"beside its examples, and data.name={config.data.name!r} does not; "
-                         "use repa.features='online'")
+    check_data(config, info)
     if config.eval.at_end and info.num_test == 0:
         raise ValueError(f"eval.at_end needs an evaluation split, and data.name="
                          f"{config.data.name!r} has none here; add one (an ImageFolder's 'val' or "
@@ -245,11 +242,11 @@ def prepare(config: ConfigDict, workdir: str | Path, devices: list | None = None
         state, data_state = restored
         if data_state is not None:  # None: an imported checkpoint, no data position yet
             data_iter.set_state(data_state)
-    if frozen is not None:
-        frozen = jax.device_put(frozen, frozen_shardings(frozen, mesh))
+    if term_inputs:
+        term_inputs = jax.device_put(term_inputs, term_input_shardings(model, term_inputs, mesh))
     return dict(mesh=mesh, info=info, data=data, tx=tx, lr_schedule=lr_schedule, model=model,
                 state=state, shardings=shardings, data_iter=data_iter, checkpointer=checkpointer,
-                restored=restored is not None, rundir=rundir, frozen=frozen)
+                restored=restored is not None, rundir=rundir, term_inputs=term_inputs)
 
 
 def step_function(config: ConfigDict, env: Mapping[str, Any]) -> Any:
@@ -258,7 +255,7 @@ def step_function(config: ConfigDict, env: Mapping[str, Any]) -> Any:
     return jit_train_step(
         env["model"], env["tx"], env["lr_schedule"], tuple(config.optim.ema_decays),
         config.train.micro_batches, env["shardings"], env["mesh"], config.train.num_t_bins,
-        frozen=env["frozen"],
+        term_inputs=env["term_inputs"],
     )
 
 
@@ -390,9 +387,8 @@ def _train(config: ConfigDict, env: dict[str, Any], interrupts: _Interrupts,
     try:
         if env["restored"]:
             say(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}.")
-        frozen = env["frozen"]
         step_fn = step_function(config, env)
-        extra = () if frozen is None else (frozen,)  # REPA's target encoder: a fixed input
+        extra = (env["term_inputs"],) if env["term_inputs"] else ()
         step = start
         batch = next(data_iter) if step < num_steps else None
         if batch is not None:
