@@ -56,7 +56,7 @@ def train_step(
     rng: this step's key (the loop passes fold_in(base, step), so a resumed run draws the same
     noise). term_inputs: the loss terms' inputs (module docstring), or None. Metrics: loss,
     grad_norm, lr, per-t-bin loss sums/counts ('bin_sum', 'bin_count'), and each loss term's
-    metrics (e.g. 'repa_loss'), averaged over the micro-batches.
+    metrics ('<name>_loss'), averaged over the micro-batches.
     """
     grad_fn = jax.value_and_grad(model.loss, has_aux=True)
 
