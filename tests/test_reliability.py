@@ -43,6 +43,7 @@ from vdm_jax.config import ema_name
 from vdm_jax.data import dataset_info
 from vdm_jax.io import write_json
 from vdm_jax.training import loop as trainer
+from vdm_jax.training import setup as run_setup
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 32  # of every fault-test run; checkpoints every 2 steps, the newest 3 kept
@@ -424,11 +425,11 @@ class _NaNAt:
 @pytest.mark.slow
 def test_nan_batch_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     """A NaN in the k-th batch stops training with NonFiniteLossError naming step k (the k-th
-    update, see vdm_jax/training/trainer.py); no checkpoint of step k is written although k is a
+    update, see vdm_jax/training/loop.py); no checkpoint of step k is written although k is a
     checkpoint step, and the newest one (k - 2) restores with finite parameters."""
     k = 4
-    real = trainer.train_iterator
-    monkeypatch.setattr(trainer, "train_iterator", lambda *a, **kw: _NaNAt(real(*a, **kw), k))
+    real = run_setup.train_iterator
+    monkeypatch.setattr(run_setup, "train_iterator", lambda *a, **kw: _NaNAt(real(*a, **kw), k))
     config = _tiny_config(**{"train.async_checkpoints": True})
     devices = jax.devices()[:1]
     with pytest.raises(trainer.NonFiniteLossError,
@@ -436,7 +437,7 @@ def test_nan_batch_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path,
         trainer.train(config, tmp_path, devices)
     assert _finalized_steps(tmp_path) == [k - 2]
     assert _logged_steps(tmp_path) == list(range(1, k))
-    monkeypatch.setattr(trainer, "train_iterator", real)
+    monkeypatch.setattr(run_setup, "train_iterator", real)
     setup = trainer.set_up(config, tmp_path, devices)
     setup.checkpointer.close()
     assert setup.restored and int(setup.state["step"]) == k - 2
