@@ -28,7 +28,7 @@ import fcntl
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,9 +208,10 @@ class PreemptionSignals:
     next step boundary and a second SIGINT raises KeyboardInterrupt at once (the caller does not
     wait for a save in flight). Before (while preparing data, restoring or compiling: nothing
     new to save), SIGINT raises KeyboardInterrupt at once and SIGTERM requests the stop.
-    `announce`: whether this process says so on stderr (one process of a multi-host job)."""
+    `announce()`: whether this process says so on stderr (one process of a multi-host job;
+    asked when a signal comes, so entering starts nothing, not even the JAX backend)."""
 
-    def __init__(self, announce: bool = True) -> None:
+    def __init__(self, announce: Callable[[], bool] = lambda: True) -> None:
         self.announce = announce
         self.requested: str | None = None
         self.armed = False
@@ -230,7 +231,7 @@ class PreemptionSignals:
         if self.requested is None:
             name = signal.Signals(signum).name
             again = " (Ctrl-C again to abort at once)" if signum == signal.SIGINT else ""
-            if self.announce:  # os.write: no lock a signal handler could deadlock on
+            if self.announce():  # os.write: no lock a signal handler could deadlock on
                 os.write(sys.stderr.fileno(), f"\n{name}: finishing the current step, saving it "
                          f"and stopping{again} …\n".encode())
             self.requested = name

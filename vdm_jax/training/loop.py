@@ -129,7 +129,6 @@ def _check_finite(metrics: Mapping[str, float], step: int, last_saved: int | Non
         )
 
 
-
 def step_function(config: ConfigDict, setup: RunSetup) -> Any:
     """The jitted train step the loop runs for `config` and `set_up`'s `setup` (not yet
     compiled; benchmarks/train_step.py times this same function)."""
@@ -161,15 +160,14 @@ def train(config: ConfigDict, workdir: str | Path, devices: list | None = None,
     logged metrics, whether it was preempted (and by which signal), and the final state, model,
     mesh, data spec and dataset info.
     """
-    is_main = jax.process_index() == 0
     # From the start: SIGTERM while compiling is a preemption.
-    with PreemptionSignals(announce=is_main) as signals:
+    with PreemptionSignals(announce=lambda: jax.process_index() == 0) as signals:
         setup = set_up(config, workdir, devices)
         loop = _Loop(config, setup, signals, hooks)
-        lock = setup.rundir.lock() if is_main else contextlib.nullcontext()
+        lock = setup.rundir.lock() if loop.is_main else contextlib.nullcontext()
         try:
             with lock:
-                if is_main:
+                if loop.is_main:
                     _remove_leftovers(setup.rundir)
                 summary = loop.run()
         except KeyboardInterrupt:
@@ -249,6 +247,7 @@ class _Loop:
         return self.summary()
 
     def open_logs(self) -> None:
+        """config.json, train.log, metrics.jsonl and TensorBoard (step 2)."""
         rundir = self.setup.rundir
         if self.is_main:
             write_json(rundir.config_json, self.config.to_dict())
@@ -256,7 +255,8 @@ class _Loop:
         self.writer = MetricWriter(rundir.tensorboard, rundir.metrics_jsonl, self.is_main)
 
     def close_logs(self, quiet: bool = False) -> None:
-        self.writer.close(quiet=True) if quiet else self.writer.close()
+        """quiet: another error is on its way (MetricWriter.close)."""
+        self.writer.close(quiet=quiet)
         self.run_log.close()
 
     def train_steps(self) -> None:
