@@ -1,4 +1,4 @@
-"""REPA's target features, online or stored: what each costs (the choice in vdm_jax.model).
+"""REPA's target features, online or stored: what each costs (vdm_jax.model.terms.repa chooses).
 
     .venv/bin/python -m benchmarks.repa_features --batch=4 --out results/repa_features.json
 

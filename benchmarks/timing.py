@@ -119,7 +119,7 @@ def train_step_setup(
     args: argparse.Namespace, dtype: str, batch: int, devices: Sequence[Any] | None = None,
     mesh_shape: tuple[int, int] = (-1, 1),
 ) -> dict[str, Any]:
-    """The train step the trainer runs, built the trainer's way: `loop.prepare` (model, sharded
+    """The train step the trainer runs, built the trainer's way: `loop.set_up` (model, sharded
     state, optimizer, EMAs, mesh, data iterator; in a temporary run directory) on the synthetic
     dataset of the benchmark's shape, then `loop.step_function` (the jitted step `loop.train`
     compiles). --model at `dtype`, global `batch` over `devices` (default: all, as the trainer)
@@ -127,12 +127,12 @@ def train_step_setup(
     cfg = cli_args.make_config(args, dtype, batch)
     cfg.mesh.data, cfg.mesh.fsdp = mesh_shape
     with tempfile.TemporaryDirectory() as workdir:
-        env = loop.prepare(cfg, workdir, None if devices is None else list(devices))
-        env["checkpointer"].close()
+        setup = loop.set_up(cfg, workdir, None if devices is None else list(devices))
+        setup.checkpointer.close()
     return {
-        "config": cfg, "model": env["model"], "state": env["state"],
-        "shardings": env["shardings"], "mesh": env["mesh"],
-        "step_fn": loop.step_function(cfg, env), "data": next(env["data_iter"]),
+        "config": cfg, "model": setup.model, "state": setup.state,
+        "shardings": setup.shardings, "mesh": setup.mesh,
+        "step_fn": loop.step_function(cfg, setup), "data": next(setup.data_iter),
     }
 
 

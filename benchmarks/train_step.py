@@ -5,7 +5,7 @@
 
 For each (batch, dtype) configuration: the host is set up as launch/train.py sets it up
 (vdm_jax.parallel.host: malloc retention, XLA flags, on a CPU host one virtual device per core);
-the run is prepared the trainer's way (`loop.prepare`: the default config with --model, the
+the run is prepared the trainer's way (`loop.set_up`: the default config with --model, the
 synthetic dataset of the given shape, AdamW with grad clipping, one EMA, the config's mesh over
 all devices) and `loop.step_function`, the jitted step `loop.train` runs, is compiled ahead of
 time (compile time = lower + compile); --warmup untimed steps, then --steps

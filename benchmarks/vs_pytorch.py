@@ -14,7 +14,7 @@ and without classifier-free guidance (--guidance; w ≠ 1 doubles the batch of e
 
 vdm_jax runs as the trainer and launch/sample.py run it: host settings from
 vdm_jax.parallel.host (malloc retention, XLA flags, one CPU device unless VDM_CPU_DEVICES says
-otherwise), the trainer's step (`loop.prepare` + `loop.step_function`,
+otherwise), the trainer's step (`loop.set_up` + `loop.step_function`,
 benchmarks.timing.train_step_setup) and the sampler's program (`make_generate_fn`, batch
 sharded over all devices).
 

@@ -119,6 +119,7 @@ def test_loss_is_core_meanflow_of_the_two_time_network():
     per_dim = np.asarray(want_aux["sq_error"]) / 64
     np.testing.assert_allclose(aux["bin_sum"], np.bincount(bins, per_dim, 10), rtol=1e-5)
     np.testing.assert_array_equal(aux["bin_count"], np.bincount(bins, minlength=10))
+    assert aux.pop("terms") == {}  # MeanFlow is the objective: no loss term adds to it
     assert {k: v.shape for k, v in aux.items()} == {
         **{k: (B,) for k in ("per_example", "r", "t", "sq_error", "weight")},
         "bin_sum": (10,), "bin_count": (10,)}

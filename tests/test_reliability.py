@@ -43,6 +43,7 @@ from vdm_jax.config import ema_name
 from vdm_jax.data import dataset_info
 from vdm_jax.io import write_json
 from vdm_jax.training import loop as trainer
+from vdm_jax.training import setup as run_setup
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 32  # of every fault-test run; checkpoints every 2 steps, the newest 3 kept
@@ -395,7 +396,7 @@ def test_every_checkpoint_unreadable_is_an_error_naming_them(tmp_path, reference
     before = _snapshot(workdir)
     with pytest.raises(FileNotFoundError, match=r"No readable checkpoint.*step \d+:.*"
                                                 r"start fresh"):
-        trainer.prepare(_tiny_config(), workdir, jax.devices()[:1])
+        trainer.set_up(_tiny_config(), workdir, jax.devices()[:1])
     warned = [r.getMessage() for r in caplog.records if "skipping unreadable" in r.getMessage()]
     assert len(warned) == len(steps)
     assert _snapshot(workdir) == before
@@ -424,11 +425,11 @@ class _NaNAt:
 @pytest.mark.slow
 def test_nan_batch_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     """A NaN in the k-th batch stops training with NonFiniteLossError naming step k (the k-th
-    update, see vdm_jax/training/trainer.py); no checkpoint of step k is written although k is a
+    update, see vdm_jax/training/loop.py); no checkpoint of step k is written although k is a
     checkpoint step, and the newest one (k - 2) restores with finite parameters."""
     k = 4
-    real = trainer.train_iterator
-    monkeypatch.setattr(trainer, "train_iterator", lambda *a, **kw: _NaNAt(real(*a, **kw), k))
+    real = run_setup.train_iterator
+    monkeypatch.setattr(run_setup, "train_iterator", lambda *a, **kw: _NaNAt(real(*a, **kw), k))
     config = _tiny_config(**{"train.async_checkpoints": True})
     devices = jax.devices()[:1]
     with pytest.raises(trainer.NonFiniteLossError,
@@ -436,11 +437,11 @@ def test_nan_batch_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path,
         trainer.train(config, tmp_path, devices)
     assert _finalized_steps(tmp_path) == [k - 2]
     assert _logged_steps(tmp_path) == list(range(1, k))
-    monkeypatch.setattr(trainer, "train_iterator", real)
-    env = trainer.prepare(config, tmp_path, devices)
-    env["checkpointer"].close()
-    assert env["restored"] and int(env["state"]["step"]) == k - 2
-    for leaf in jax.tree.leaves(jax.device_get(env["state"]["params"])):
+    monkeypatch.setattr(run_setup, "train_iterator", real)
+    setup = trainer.set_up(config, tmp_path, devices)
+    setup.checkpointer.close()
+    assert setup.restored and int(setup.state["step"]) == k - 2
+    for leaf in jax.tree.leaves(jax.device_get(setup.state["params"])):
         assert np.isfinite(leaf).all()
 
 
@@ -554,8 +555,8 @@ def test_workdir_of_another_config_without_checkpoints_is_refused(tmp_path, caps
                       rf"model\.prediction: checkpoint '{ours}', now '{theirs}'.*"
                       r"new --workdir")
     assert _snapshot(workdir) == before
-    env = trainer.prepare(_tiny_config(**{"train.num_steps": 99}), workdir, jax.devices()[:1])
-    env["checkpointer"].close()  # the same configuration (with a safe change) is accepted
+    setup = trainer.set_up(_tiny_config(**{"train.num_steps": 99}), workdir, jax.devices()[:1])
+    setup.checkpointer.close()  # the same configuration (with a safe change) is accepted
 
 
 # ============================================================ issue 18: reliability, 2nd pass
@@ -609,11 +610,11 @@ def test_an_added_ema_starts_from_the_restored_parameters(tmp_path, reference, c
     parameters of the resume step exactly. No checkpoint is called unreadable."""
     workdir = _copy_run(reference, tmp_path / "run")
     config = _tiny_config(**{"optim.ema_decays": (0.999, 0.5), "optim.grad_clip": 0.0})
-    env = trainer.prepare(config, workdir, jax.devices()[:1])
-    env["checkpointer"].close()
-    assert env["restored"] and int(env["state"]["step"]) == STEPS
+    setup = trainer.set_up(config, workdir, jax.devices()[:1])
+    setup.checkpointer.close()
+    assert setup.restored and int(setup.state["step"]) == STEPS
     assert not [r for r in caplog.records if "unreadable" in r.getMessage()]
-    state = jax.device_get(env["state"])
+    state = jax.device_get(setup.state)
     added, trained = state["ema"][ema_name(0.5)], state["ema"][ema_name(0.999)]
     params = jax.tree.leaves(state["params"])
     for a, p in zip(jax.tree.leaves(added), params, strict=True):
@@ -672,14 +673,14 @@ def test_image_folder_that_gained_a_class_is_refused_naming_it(tmp_path, capsys,
     root, workdir = tmp_path / "images", tmp_path / "run"
     _image_tree(root, ["cat", "dog"])
     config = _folder_config(root, tmp_path / "tfds")
-    env = trainer.prepare(config, workdir, jax.devices()[:1])  # a run: its step-0 checkpoint
+    setup = trainer.set_up(config, workdir, jax.devices()[:1])  # a run: its step-0 checkpoint
     try:
-        env["checkpointer"].save(env["state"], env["data_iter"].get_state(), config,
-                                 env["data"].to_dict())
-        env["checkpointer"].wait()
+        setup.checkpointer.save(setup.state, setup.data_iter.get_state(), config,
+                                setup.data.to_dict())
+        setup.checkpointer.wait()
     finally:
-        env["checkpointer"].close()
-    assert env["data"].num_classes == 2 and _finalized_steps(workdir) == [0]
+        setup.checkpointer.close()
+    assert setup.data.num_classes == 2 and _finalized_steps(workdir) == [0]
     _image_tree(root, ["ant"])
     assert dataset_info(config.data).num_classes == 3  # prepared again (its lines not checked)
     capsys.readouterr()

@@ -1,6 +1,6 @@
-"""REPA (vdm_jax.nn.repa, vdm_jax.model): the alignment loss against its closed form, where its
-gradient goes, the sharded train step with the frozen encoder as an input, what sampling and
-exports see, and bad input on the command line."""
+"""REPA (vdm_jax.nn.repa, vdm_jax.model.terms.repa): the alignment loss against its closed form,
+where its gradient goes, the sharded train step with the frozen encoder as the term's input,
+what sampling and exports see, and bad input on the command line."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from vdm_jax.nn.repa import alignment_loss
 from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.sampling_spec import SamplingSpec
 from vdm_jax.training import state as st
-from vdm_jax.training.step import frozen_shardings, jit_train_step
+from vdm_jax.training.step import jit_train_step, term_input_shardings
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_DINOV2 = REPO / "tests" / "fixtures" / "dinov2" / "hf_dinov2"  # D = 16, 2 blocks, random
@@ -126,7 +126,7 @@ def test_model_loss_adds_the_closed_form():
     assert hidden.shape == (8, 16, 32)
     np.testing.assert_allclose(out, out_plain, rtol=1e-6)  # return_hidden: the same pass
     expected = closed_form(np_projector(params["repa"], hidden), batch["repa_features"])  # (B,)
-    np.testing.assert_allclose(float(aux["repa"]), expected.mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(aux["terms"]["repa_loss"]), expected.mean(), rtol=1e-5)
     np.testing.assert_allclose(float(loss), float(np.mean(base + 0.5 * expected)), rtol=1e-5)
 
 
@@ -134,7 +134,7 @@ def _grads_of_repa_term(c):
     model, params = dm.build(c, DATA, 0)
     params = perturbed(params)
     batch = batch_of()
-    term = lambda p: model.loss(p, batch, jax.random.key(0))[1]["repa"]
+    term = lambda p: model.loss(p, batch, jax.random.key(0))[1]["terms"]["repa_loss"]
     return jax.jit(jax.grad(term))(params)
 
 
@@ -178,21 +178,21 @@ def test_sharded_repa_step_matches_one_device(shape):
     the 1-device steps (losses, REPA losses, parameters) to 1e-5."""
     c = repa_config(features="online", encoder="dinov2", encoder_path=str(TINY_DINOV2),
                     encoder_size="", encoder_dim=16)
-    frozen = dm.load_target_encoder_for(c)
+    inputs = dm.load_term_inputs(c)  # {"repa": the frozen DINOv2}
     tx, lr = st.make_optimizer(c.optim, 10)
     batches = [{k: v for k, v in batch_of(16, seed=i).items() if k != "repa_features"}
                for i in range(2)]
 
     def run(mesh):
         model, state, sh = st.create_state(lambda: dm.build(c, DATA, 0), tx, (0.9,), 0, mesh)
-        step = jit_train_step(model, tx, lr, (0.9,), 2, sh, mesh, frozen=frozen)
-        enc = jax.device_put(frozen, frozen_shardings(frozen, mesh))
+        step = jit_train_step(model, tx, lr, (0.9,), 2, sh, mesh, term_inputs=inputs)
+        placed = jax.device_put(inputs, term_input_shardings(model, inputs, mesh))
         out = []
         for i, b in enumerate(batches):
             b = jax.device_put(b, mesh_lib.batch_sharding(mesh))
-            state, m = step(state, b, st.step_rng(state["rng"], i), enc)
+            state, m = step(state, b, st.step_rng(state["rng"], i), placed)
             out.append((float(m["loss"]), float(m["repa_loss"])))
-        return out, enc, state
+        return out, placed["repa"], state
 
     ref, _, ref_state = run(mesh_lib.make_mesh(1, 1, jax.devices()[:1]))
     got, enc, state = run(mesh_lib.make_mesh(*shape))
@@ -228,12 +228,12 @@ def test_digits_encoder_targets_use_the_cnn_token_grid(tmp_path):
     write_npz(tmp_path / "cnn.npz", to_arrays(cnn))
     c = repa_config(features="online", encoder="digits", encoder_path=str(tmp_path / "cnn.npz"),
                     encoder_dim=0)
-    frozen = dm.load_target_encoder_for(c)
+    encoder = dm.load_target_encoder_for(c)
     x = jnp.asarray(batch_of()["image"])
-    tokens = frozen.tokens(x, (4, 4))
+    tokens = encoder.tokens(x, (4, 4))
     np.testing.assert_allclose(tokens, cnn.feature_map(x).reshape(8, 16, 64), rtol=1e-6)
     with pytest.raises(ValueError, match="4×4 grid"):
-        frozen.tokens(x, (2, 2))
+        encoder.tokens(x, (2, 2))
 
 
 # ------------------------------------------------------------------------- command line

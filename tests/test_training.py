@@ -155,12 +155,12 @@ def test_checkpoint_restores_on_other_device_counts(tmp_path):
     for n, steps in ((1, 3), (2, 4)):
         cfg.train.num_steps = steps
         devices = jax.devices()[:n]
-        env = trainer.prepare(cfg, tmp_path, devices)
-        assert int(env["state"]["step"]) == steps - 1
-        leaf = jax.tree.leaves(env["state"]["params"])[0]
+        setup = trainer.set_up(cfg, tmp_path, devices)
+        assert int(setup.state["step"]) == steps - 1
+        leaf = jax.tree.leaves(setup.state["params"])[0]
         assert set(leaf.sharding.device_set) <= set(devices)
         if n == 1:
-            for a, b in zip(_flat(env["state"]["params"]), _flat(saved), strict=True):
+            for a, b in zip(_flat(setup.state["params"]), _flat(saved), strict=True):
                 np.testing.assert_array_equal(a, b)
         out = trainer.train(cfg, tmp_path, devices)
         assert (out["start_step"], out["step"]) == (steps - 1, steps)
@@ -207,7 +207,7 @@ def test_workdir_of_another_config_is_refused(tmp_path):
     other = tiny_config(**{"train.num_steps": 2})
     other.model.spec.hidden_size = 64
     with pytest.raises(ckpt_lib.CheckpointMismatchError, match=r"(?s)hidden_size.*new --workdir"):
-        trainer.prepare(other, tmp_path)
+        trainer.set_up(other, tmp_path)
 
 
 def test_config_validation_names_the_field():
@@ -231,7 +231,7 @@ def test_learned_variance_term_is_finite_and_non_negative():
     batch = {"image": jnp.asarray(rng.uniform(-1, 1, (8, 8, 8, 1)), jnp.float32),
              "label": jnp.asarray(rng.integers(0, 10, (8,)), jnp.int32)}
     loss, aux = model.loss(params, batch, jax.random.key(0))
-    assert np.isfinite(float(loss)) and float(aux["vlb"]) >= 0.0
+    assert np.isfinite(float(loss)) and float(aux["terms"]["vlb_loss"]) >= 0.0
 
 
 def _free_port() -> int:

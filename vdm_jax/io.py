@@ -9,13 +9,19 @@ its temporary file and leaves `path` as it was.
 
 Temporary names are `.<name>.<random>.tmp` (hidden, and ignored by readers of the directory);
 `remove_stale_temporaries` deletes those a killed writer left behind.
+
+A write refused for lack of room (ENOSPC, EDQUOT, or EFBIG: a file-size limit) is diagnosed by
+`disk_full_error`: one line naming the disk, the path, the free space and what a rerun does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import resource
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -137,3 +143,67 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
                     p.unlink()
                     removed.append(p)
     return removed
+
+
+class DiskFullError(OSError):
+    """A checkpoint or log could not be written for lack of room (ENOSPC, EDQUOT, or EFBIG: a
+    file-size limit); the message names the disk, the path, the step and the free space."""
+
+
+def _mount_point(path: Path) -> Path:
+    node = path.absolute()
+    while not node.exists() and node.parent != node:
+        node = node.parent
+    while not os.path.ismount(node) and node.parent != node:
+        node = node.parent
+    return node
+
+
+def storage_errno(error: BaseException) -> int | None:
+    """ENOSPC / EDQUOT / EFBIG when `error` (or an error it was raised from) is a write refused
+    for lack of room, else None. orbax's TensorStore writes report the OS error in the text."""
+    texts = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded",
+             errno.EFBIG: "File too large"}
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in texts:
+            return e.errno
+        for code, text in texts.items():
+            if text in str(e):
+                return code
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def disk_full_error(error: BaseException, root: str | os.PathLike, what: str, step: int,
+                    resumes_from: int | None) -> DiskFullError | None:
+    """A DiskFullError (one line: the disk, the path, the step, the free space, what to do) when
+    `error` is a write refused for lack of room while `what` at `step` of the run in `root`
+    (the path named when the error names none), else None; `resumes_from`: the checkpoint a
+    rerun resumes from (None: it starts over)."""
+    code = storage_errno(error)
+    if code is None:
+        return None
+    path = getattr(error, "path", None) or getattr(error, "filename", None) or root
+    mount = _mount_point(Path(path))
+    try:
+        free = f"{shutil.disk_usage(mount).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    resume = (f"the run resumes from its newest complete checkpoint, step {resumes_from}"
+              if resumes_from is not None else "no checkpoint was completed: the run starts over")
+    if code == errno.EFBIG:
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        limit = (f"this process may write files of at most {soft} bytes (ulimit -f)"
+                 if soft != resource.RLIM_INFINITY else "the file system refuses files this large")
+        message = (f"file too large while {what} at step {step}: {path}: {limit}; the disk "
+                   f"mounted at {mount} has {free}. Raise the limit and rerun: {resume}.")
+    else:
+        kind = "disk quota exceeded" if code == errno.EDQUOT else "disk full"
+        message = (f"{kind} while {what} at step {step}: {path} (disk mounted at {mount}, {free})."
+                   f" Free space on that disk and rerun: {resume}.")
+    full = DiskFullError(message)
+    full.errno = code
+    return full

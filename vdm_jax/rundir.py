@@ -15,7 +15,8 @@
       .lock                       held (flock) by the process training in this directory
 
 Nothing here touches the file system except `create` and `lock`; paths are `pathlib.Path`s and
-`~` is expanded.
+`~` is expanded `PreemptionSignals` turns SIGTERM / Ctrl-C into a request to save the run
+and stop at the next step boundary.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ import dataclasses
 import errno
 import fcntl
 import os
-from collections.abc import Iterator
+import signal
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["RunDir", "RunDirLockedError"]
+__all__ = ["PreemptionSignals", "RunDir", "RunDirLockedError"]
 
 
 class RunDirLockedError(ValueError):
@@ -197,3 +201,43 @@ class RunDir:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+class PreemptionSignals:
+    """Once training runs (`armed`), SIGTERM and a first SIGINT request a save-and-stop at the
+    next step boundary and a second SIGINT raises KeyboardInterrupt at once (the caller does not
+    wait for a save in flight). Before (while preparing data, restoring or compiling: nothing
+    new to save), SIGINT raises KeyboardInterrupt at once and SIGTERM requests the stop.
+    `announce()`: whether this process says so on stderr (one process of a multi-host job;
+    asked when a signal comes, so entering starts nothing, not even the JAX backend)."""
+
+    def __init__(self, announce: Callable[[], bool] = lambda: True) -> None:
+        self.announce = announce
+        self.requested: str | None = None
+        self.armed = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> PreemptionSignals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (tests running train in a thread)
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and (self.requested == "SIGINT" or not self.armed):
+            raise KeyboardInterrupt  # abort now
+        if self.requested is None:
+            name = signal.Signals(signum).name
+            again = " (Ctrl-C again to abort at once)" if signum == signal.SIGINT else ""
+            if self.announce():  # os.write: no lock a signal handler could deadlock on
+                os.write(sys.stderr.fileno(), f"\n{name}: finishing the current step, saving it "
+                         f"and stopping{again} …\n".encode())
+            self.requested = name
+        elif signum == signal.SIGINT:
+            self.requested = "SIGINT"  # after SIGTERM, a Ctrl-C still may abort
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

@@ -10,6 +10,7 @@ training, FSDP over the mesh's 'fsdp' axis).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any
 
@@ -20,11 +21,14 @@ from ml_collections import ConfigDict
 from vdm_jax import config as config_lib
 from vdm_jax.checkpoints.manager import Checkpointer
 from vdm_jax.data import dataset_info
+from vdm_jax.io import read_json
 from vdm_jax.model import DataSpec, DiffusionModel, build
 from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.rundir import RunDir
 
-__all__ = ["Restored", "load_for_inference"]
+__all__ = ["Restored", "load_for_inference", "stored_config"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,3 +97,20 @@ def load_for_inference(
     finally:
         checkpointer.close()
     return Restored(model, params, config, restored_step, choice, data, mesh, rundir)
+
+
+def stored_config(rundir: RunDir) -> dict[str, Any] | None:
+    """The config of the run in `rundir`: its newest readable checkpoint's, else its
+    config.json (a run killed before its first checkpoint), else None."""
+    if rundir.checkpoints.is_dir():
+        checkpointer = Checkpointer(rundir.checkpoints, async_save=False)
+        try:
+            for step in checkpointer.steps():
+                try:
+                    return checkpointer.saved_config(step)
+                except Exception as e:  # unreadable: the restore reports it; try the previous
+                    log.warning("cannot read the config of checkpoint %d: %s", step, e)
+        finally:
+            checkpointer.close()
+    saved = read_json(rundir.config_json)
+    return saved if isinstance(saved, dict) else None

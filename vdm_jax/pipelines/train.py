@@ -32,6 +32,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from vdm_jax import config as config_lib
+from vdm_jax.checkpoints.restore import stored_config
 from vdm_jax.data.adm_npz import save_samples
 from vdm_jax.data.pixels import unit_to_uint8
 from vdm_jax.evaluation import likelihood
@@ -39,7 +40,7 @@ from vdm_jax.evaluation.digits import digits_metrics
 from vdm_jax.generation.decode import make_decoder, output_shape
 from vdm_jax.generation.generate import class_balanced_labels, make_generate_fn
 from vdm_jax.generation.grids import grid_upscale, image_grid, save_grid
-from vdm_jax.io import read_json, write_json
+from vdm_jax.io import disk_full_error, read_json, write_json
 from vdm_jax.model import BPD_NOT_APPLICABLE, DataSpec
 from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.rundir import RunDir
@@ -61,7 +62,7 @@ def resolve_config(workdir: str | Path, config_path: str | None,
     rundir.check_writable()
     if jax.process_index() == 0:  # a run in progress: say so, before reading its checkpoints
         rundir.check_unlocked()  # (process 0 takes the lock: others could see their own)
-    stored = loop.stored_config(rundir) if rundir.has_run() else None
+    stored = stored_config(rundir) if rundir.has_run() else None
     if stored is None:
         if not config_path:
             raise ValueError("--config=FILE is required to start a run (e.g. "
@@ -126,14 +127,14 @@ class SampleGridHook:
         params = ctx.state["params"] if self.ema is None else ctx.state["ema"][self.ema]
         first, self.drawn = not self.drawn, True
         if first:
-            ctx.say(f"compiling the sampler of the sample grids ({self.spec.describe()}) …")
+            ctx.run_log(f"compiling the sampler of the sample grids ({self.spec.describe()}) …")
             t0 = time.perf_counter()
         images = self.fn(params, self.labels, self.key)
         if self.decode is not None:
             images = self.decode(images)
         images = unit_to_uint8(np.asarray(mesh_lib.to_host(images)), ctx.model.num_levels)
         if first:
-            ctx.say(f"compiled and drew the first grid in {time.perf_counter() - t0:.1f} s.")
+            ctx.run_log(f"compiled and drew the first grid in {time.perf_counter() - t0:.1f} s.")
         if jax.process_index() != 0:
             return
         self.last = save_grid(images, ctx.rundir.sample_grid(ctx.step), self.cols, self.upscale)
@@ -158,8 +159,8 @@ def run(config: ConfigDict, workdir: str | Path, devices: list | None = None
         try:
             summary["results"] = evaluate_at_end(summary, config)
         except Exception as e:
-            full = loop.disk_full_error(e, summary["rundir"], "writing the end-of-run evaluation",
-                                        summary["step"], summary["step"])
+            full = disk_full_error(e, summary["rundir"].root, "writing the end-of-run evaluation",
+                                   summary["step"], summary["step"])
             if full is None:
                 raise
             raise full from None

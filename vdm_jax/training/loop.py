@@ -2,35 +2,36 @@
 
     summary = train(config, workdir, hooks=[...])
 
-1. Prepare (nothing is written yet): validate the config, the mesh against the devices, the
-   batch against the mesh, REPA's frozen encoder weights (loaded here, passed to every step as
-   a non-trained input), the dataset and the run directory; build the model and a sharded
-   train state; if the run directory holds a run, check that `config` may resume it
+1. Set up (vdm_jax.training.setup: `set_up` → a `RunSetup`; nothing is written yet): validate
+   the config, the mesh against the devices, the batch against the mesh, the loss terms' inputs
+   (a frozen encoder's weights: loaded here, passed to every step as a non-trained input) and
+   what the terms need of the dataset, the dataset and the run directory; build the model and a
+   sharded train state; if the run directory holds a run, check that `config` may resume it
    (vdm_jax.config.SAFE_ON_RESUME) and restore its newest readable checkpoint (state and the
    data iterator's position). Any problem is a ValueError / FileNotFoundError naming it.
-2. Start: process 0 takes the run directory's lock (a second trainer gets one line naming the
-   holder's pid, from `prepare` already, before it reads the run), removes what killed writers
-   left behind (temporary files, unfinished orbax checkpoints), writes config.json and opens the
-   logs (TensorBoard, metrics.jsonl, train.log). The train step is compiled once, timed and
-   reported ("compiling the train step … 12.3 s").
-3. Loop: each step's rng is fold_in(seed key, step), so a resumed run draws exactly the noise and
-   batches of an uninterrupted one. On GPU/TPU the loss of step k is checked on the host while
-   step k + 1 runs (no pipeline stall). On CPU it is checked before step k + 1 is dispatched:
-   XLA:CPU gains nothing from the overlap, and a step queued behind a running one doubles the
-   host memory and slows both (DiT-S/2, batch 32: 13–19 GB and 1.46× the benchmark's step time
-   against 7.3 GB and its step time, benchmarks/trainer_speed.py). A non-finite loss or gradient
-   stops the run naming the step, without saving, so the last good checkpoint stays the newest.
-   Images/s exclude compilation and the hooks' time.
+2. Start (`_Loop.open_logs`, `_Loop.compile`): process 0 takes the run directory's lock (a
+   second trainer gets one line naming the holder's pid, from `set_up` already, before it reads
+   the run), removes what killed writers left behind (temporary files, unfinished orbax
+   checkpoints), writes config.json and opens the logs (TensorBoard, metrics.jsonl, train.log).
+   The train step is compiled once, timed and reported ("compiling the train step … 12.3 s").
+3. Loop (`_Loop.run_steps`): each step's rng is fold_in(seed key, step), so a resumed run draws
+   exactly the noise and batches of an uninterrupted one. On GPU/TPU the loss of step k is checked
+   on the host while step k + 1 runs (no pipeline stall). On CPU it is checked before step k + 1
+   is dispatched: XLA:CPU gains nothing from the overlap, and a step queued behind a running one
+   holds a second step's host memory and slows both (the README's trainer-speed table). A
+   non-finite loss or gradient stops the run naming the step, without saving, so the last good
+   checkpoint stays the newest. Images/s exclude compilation and the hooks' time.
    After each step every hook is called with a `StepContext` (the pipelines layer adds sample
    grids and end-of-run evaluation this way; the trainer knows nothing of generation).
-4. SIGTERM (preemption) at any time, or a first Ctrl-C once training runs: the current step
-   finishes, is saved, and `train` returns with summary["preempted"] = True and the signal's
-   name; a second Ctrl-C (or one while preparing or compiling) raises KeyboardInterrupt at once,
-   without waiting for a save in flight (its temporary directory is removed at the next start).
+4. SIGTERM (preemption) at any time, or a first Ctrl-C once training runs
+   (vdm_jax.rundir.PreemptionSignals): the current step finishes, is saved, and `train` returns
+   with summary["preempted"] = True and the signal's name; a second Ctrl-C (or one while
+   setting up or compiling) raises KeyboardInterrupt at once, without waiting for a save in flight
+   (its temporary directory is removed at the next start).
 5. A full disk (ENOSPC, EDQUOT, or EFBIG: a file-size limit) while saving a checkpoint or
-   writing the logs: `DiskFullError`, one line naming the disk, the path, the step, the free space
-   and the checkpoint a rerun resumes from; the last finalized checkpoint stays the newest and
-   readable, and the unfinished one is removed at the next start.
+   writing the logs: `DiskFullError` (vdm_jax.io.disk_full_error), one line naming the disk, the
+   path, the step, the free space and the checkpoint a rerun resumes from; the last finalized
+   checkpoint stays the newest and readable, and the unfinished one is removed at the next start.
 
 Step numbering: step k is the k-th optimizer update (k = 1, 2, ...). It consumes the k-th batch
 the run draws (counting from the start of training, across restarts), logs its metrics under
@@ -43,14 +44,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import logging
 import math
-import os
-import resource
 import shutil
-import signal
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -61,30 +57,29 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from vdm_jax import config as config_lib
-from vdm_jax.checkpoints.manager import Checkpointer, CheckpointWriteError, check_compatible
-from vdm_jax.data import dataset_info, latents, train_iterator
-from vdm_jax.io import read_json, remove_stale_temporaries, write_json
-from vdm_jax.model import DataSpec, DiffusionModel, build, load_target_encoder_for
-from vdm_jax.parallel import mesh as mesh_lib
-from vdm_jax.rundir import RunDir
+from vdm_jax.checkpoints.manager import Checkpointer, CheckpointWriteError
+from vdm_jax.io import (
+    DiskFullError,
+    disk_full_error,
+    remove_stale_temporaries,
+    storage_errno,
+    write_json,
+)
+from vdm_jax.model import DataSpec, DiffusionModel
+from vdm_jax.rundir import PreemptionSignals, RunDir
 from vdm_jax.training import state as state_lib
 from vdm_jax.training.logs import MetricWriter, RunLog
-from vdm_jax.training.step import frozen_shardings, jit_train_step
+from vdm_jax.training.setup import RunSetup, set_up
+from vdm_jax.training.step import jit_train_step
 
-__all__ = ["DiskFullError", "NonFiniteLossError", "StepContext", "prepare", "step_function",
-           "train"]
+__all__ = ["DiskFullError", "NonFiniteLossError", "RunSetup", "StepContext", "set_up",
+           "step_function", "train"]
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or Inf; the message names the step."""
-
-
-class DiskFullError(OSError):
-    """A checkpoint or log could not be written for lack of room (ENOSPC, EDQUOT, or EFBIG: a
-    file-size limit); the message names the disk, the path, the step and the free space."""
 
 
 @dataclasses.dataclass
@@ -100,52 +95,17 @@ class StepContext:
     config: ConfigDict
     rundir: RunDir
     writer: MetricWriter
-    say: RunLog
+    run_log: RunLog
 
 
 Hook = Callable[[StepContext], None]
 
 
-class _Interrupts:
-    """Once training runs (`armed`), SIGTERM and a first SIGINT request a save-and-stop at the
-    next step boundary and a second SIGINT raises KeyboardInterrupt at once (the caller does not
-    wait for a save in flight). Before (while preparing data, restoring or compiling: nothing
-    new to save), SIGINT raises KeyboardInterrupt at once and SIGTERM requests the stop."""
-
-    def __init__(self) -> None:
-        self.requested: str | None = None
-        self.armed = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _Interrupts:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (tests running train in a thread)
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and (self.requested == "SIGINT" or not self.armed):
-            raise KeyboardInterrupt  # abort now
-        if self.requested is None:
-            name = signal.Signals(signum).name
-            again = " (Ctrl-C again to abort at once)" if signum == signal.SIGINT else ""
-            if jax.process_index() == 0:  # os.write: no lock a signal handler could deadlock on
-                os.write(sys.stderr.fileno(), f"\n{name}: finishing the current step, saving it "
-                         f"and stopping{again} …\n".encode())
-            self.requested = name
-        elif signum == signal.SIGINT:
-            self.requested = "SIGINT"  # after SIGTERM, a Ctrl-C still may abort
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def _host_metrics(metrics: Mapping[str, Any], num_bins: int) -> dict[str, float]:
     m = jax.device_get(metrics)
-    out = {k: float(m[k]) for k in ("loss", "grad_norm", "lr", "repa_loss") if k in m}
+    first = ("loss", "grad_norm", "lr")  # then the loss terms' metrics
+    out = {k: float(m[k]) for k in first}
+    out.update({k: float(v) for k, v in m.items() if k not in (*first, "bin_sum", "bin_count")})
     for i in range(num_bins):
         if m["bin_count"][i] > 0:
             out[f"loss_t_bin/{i / num_bins:.1f}-{(i + 1) / num_bins:.1f}"] = float(
@@ -169,96 +129,13 @@ def _check_finite(metrics: Mapping[str, float], step: int, last_saved: int | Non
         )
 
 
-def stored_config(rundir: RunDir) -> dict[str, Any] | None:
-    """The config of the run in `rundir`: its newest readable checkpoint's, else its
-    config.json (a run killed before its first checkpoint), else None."""
-    if rundir.checkpoints.is_dir():
-        checkpointer = Checkpointer(rundir.checkpoints, async_save=False)
-        try:
-            for step in checkpointer.steps():
-                try:
-                    return checkpointer.saved_config(step)
-                except Exception as e:  # unreadable: the restore reports it; try the previous
-                    log.warning("cannot read the config of checkpoint %d: %s", step, e)
-        finally:
-            checkpointer.close()
-    saved = read_json(rundir.config_json)
-    return saved if isinstance(saved, dict) else None
-
-
-def prepare(config: ConfigDict, workdir: str | Path, devices: list | None = None
-            ) -> dict[str, Any]:
-    """Everything the loop needs, validated, with the state restored if the run directory has
-    one (step 1 of the module docstring). devices: the mesh's devices (default: all)."""
-    config_lib.validate(config)
-    rundir = RunDir(workdir)
-    rundir.check_writable()
-    if jax.process_index() == 0:  # the lock's holder-to-be: a second trainer stops here,
-        rundir.check_unlocked()  # before reading the run (other processes could see ours)
-    mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
-    config_lib.check_batch(config, mesh.size, mesh.shape["data"])
-    frozen = load_target_encoder_for(config)  # REPA's frozen encoder: bad weights fail here
-    info = dataset_info(config.data)
-    repa = config.get("repa")
-    if repa is not None and repa.enabled and repa.features == "stored" and not getattr(
-            info, "repa_features", None):
-        raise ValueError(f"repa.features='stored' needs a dataset that stores REPA features "
-                         f"beside its examples, and data.name={config.data.name!r} does not; "
-                         "use repa.features='online'")
-    if config.eval.at_end and info.num_test == 0:
-        raise ValueError(f"eval.at_end needs an evaluation split, and data.name="
-                         f"{config.data.name!r} has none here; add one (an ImageFolder's 'val' or "
-                         "'test' folder) or set --config.eval.at_end=false")
-    if info.autoencoder is not None:  # latents: the config's autoencoder must have made them
-        latents.check_matches({"autoencoder": info.autoencoder,
-                               "crop": {"image_size": info.pixel_shape[0]}},
-                              weights=config.autoencoder.weights,
-                              image_size=config.data.image_size,
-                              where=f"latent dataset {config.data.latent_dir}")
-    data = DataSpec.from_info(info)
-    tx, lr_schedule = state_lib.make_optimizer(config.optim, config.train.num_steps)
-    decays = tuple(config.optim.ema_decays)
-    model, state, shardings = state_lib.create_state(
-        lambda: build(config, data, config.seed), tx, decays, config.seed, mesh
-    )
-    data_iter = train_iterator(
-        config.data, global_batch_size=config.train.global_batch_size, seed=config.seed,
-        mesh_sharding=mesh_lib.batch_sharding(mesh),
-    )
-    # Reads only (it writes from its first save): an existing run is checked to be ours first.
-    checkpointer = Checkpointer(
-        rundir.checkpoints, config.train.keep_checkpoints, config.train.keep_period,
-        config.train.async_checkpoints,
-    )
-    try:
-        restored = checkpointer.restore_latest(state, config, data.to_dict())
-        if restored is None and rundir.config_json.is_file():
-            # A run killed before its first checkpoint still owns the run directory.
-            saved = read_json(rundir.config_json)
-            if isinstance(saved, dict):
-                check_compatible(saved, config, f"{rundir.root} holds a run of another "
-                                 "configuration (its config.json, no checkpoint yet)")
-    except BaseException:
-        checkpointer.close()
-        raise
-    if restored is not None:
-        state, data_state = restored
-        if data_state is not None:  # None: an imported checkpoint, no data position yet
-            data_iter.set_state(data_state)
-    if frozen is not None:
-        frozen = jax.device_put(frozen, frozen_shardings(frozen, mesh))
-    return dict(mesh=mesh, info=info, data=data, tx=tx, lr_schedule=lr_schedule, model=model,
-                state=state, shardings=shardings, data_iter=data_iter, checkpointer=checkpointer,
-                restored=restored is not None, rundir=rundir, frozen=frozen)
-
-
-def step_function(config: ConfigDict, env: Mapping[str, Any]) -> Any:
-    """The jitted train step the loop runs for `config` and `prepare`'s `env` (not yet compiled;
-    benchmarks/train_step.py times this same function)."""
+def step_function(config: ConfigDict, setup: RunSetup) -> Any:
+    """The jitted train step the loop runs for `config` and `set_up`'s `setup` (not yet
+    compiled; benchmarks/train_step.py times this same function)."""
     return jit_train_step(
-        env["model"], env["tx"], env["lr_schedule"], tuple(config.optim.ema_decays),
-        config.train.micro_batches, env["shardings"], env["mesh"], config.train.num_t_bins,
-        frozen=env["frozen"],
+        setup.model, setup.tx, setup.lr_schedule, tuple(config.optim.ema_decays),
+        config.train.micro_batches, setup.shardings, setup.mesh, config.train.num_t_bins,
+        term_inputs=setup.term_inputs,
     )
 
 
@@ -273,61 +150,7 @@ def _remove_leftovers(rundir: RunDir) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def _mount_point(path: Path) -> Path:
-    node = path.absolute()
-    while not node.exists() and node.parent != node:
-        node = node.parent
-    while not os.path.ismount(node) and node.parent != node:
-        node = node.parent
-    return node
-
-
-def _storage_errno(error: BaseException) -> int | None:
-    """ENOSPC / EDQUOT / EFBIG when `error` (or an error it was raised from) is a write refused
-    for lack of room, else None. orbax's TensorStore writes report the OS error in the text."""
-    texts = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded",
-             errno.EFBIG: "File too large"}
-    seen: set[int] = set()
-    e: BaseException | None = error
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in texts:
-            return e.errno
-        for code, text in texts.items():
-            if text in str(e):
-                return code
-        e = e.__cause__ or e.__context__
-    return None
-
-
-def disk_full_error(error: BaseException, rundir: RunDir, what: str, step: int,
-                    resumes_from: int | None) -> DiskFullError | None:
-    """A DiskFullError (one line: the disk, the path, the step, the free space, what to do) when
-    `error` is a write refused for lack of room while `what` at `step`, else None."""
-    code = _storage_errno(error)
-    if code is None:
-        return None
-    path = getattr(error, "path", None) or getattr(error, "filename", None) or rundir.root
-    mount = _mount_point(Path(path))
-    try:
-        free = f"{shutil.disk_usage(mount).free / 2**20:.1f} MiB free"
-    except OSError:
-        free = "free space unknown"
-    resume = (f"the run resumes from its newest complete checkpoint, step {resumes_from}"
-              if resumes_from is not None else "no checkpoint was completed: the run starts over")
-    if code == errno.EFBIG:
-        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
-        limit = (f"this process may write files of at most {soft} bytes (ulimit -f)"
-                 if soft != resource.RLIM_INFINITY else "the file system refuses files this large")
-        message = (f"file too large while {what} at step {step}: {path}: {limit}; the disk "
-                   f"mounted at {mount} has {free}. Raise the limit and rerun: {resume}.")
-    else:
-        kind = "disk quota exceeded" if code == errno.EDQUOT else "disk full"
-        message = (f"{kind} while {what} at step {step}: {path} (disk mounted at {mount}, {free})."
-                   f" Free space on that disk and rerun: {resume}.")
-    full = DiskFullError(message)
-    full.errno = code
-    return full
+# ------------------------------------------------------------------------------ train
 
 
 def train(config: ConfigDict, workdir: str | Path, devices: list | None = None,
@@ -337,163 +160,222 @@ def train(config: ConfigDict, workdir: str | Path, devices: list | None = None,
     logged metrics, whether it was preempted (and by which signal), and the final state, model,
     mesh, data spec and dataset info.
     """
-    with _Interrupts() as interrupts:  # from the start: SIGTERM while compiling is a preemption
-        env = prepare(config, workdir, devices)
-        rundir: RunDir = env["rundir"]
-        checkpointer: Checkpointer = env["checkpointer"]
-        is_main = jax.process_index() == 0
-        lock = rundir.lock() if is_main else contextlib.nullcontext()
-        progress = {"step": int(jax.device_get(env["state"]["step"])), "what": "starting"}
+    # From the start: SIGTERM while compiling is a preemption.
+    with PreemptionSignals(announce=lambda: jax.process_index() == 0) as signals:
+        setup = set_up(config, workdir, devices)
+        loop = _Loop(config, setup, signals, hooks)
+        lock = setup.rundir.lock() if loop.is_main else contextlib.nullcontext()
         try:
             with lock:
-                if is_main:
-                    _remove_leftovers(rundir)
-                summary = _train(config, env, interrupts, hooks, progress)
+                if loop.is_main:
+                    _remove_leftovers(setup.rundir)
+                summary = loop.run()
         except KeyboardInterrupt:
             raise  # a second Ctrl-C: abort at once, without waiting for a save in flight
         except BaseException as e:
-            try:
-                checkpointer.close()
-            except Exception as closing:  # never mask the error that ended the run
-                log.warning("while closing the checkpoints: %s", closing)
+            _close_after_error(setup.checkpointer)
             if isinstance(e, Exception) and not isinstance(e, DiskFullError):
-                if isinstance(e, CheckpointWriteError):
-                    step, what = e.step, "saving the checkpoint"
-                else:
-                    step, what = progress["step"], progress["what"]
-                resumes = next(iter(checkpointer.finalized_steps()), None)
-                if (full := disk_full_error(e, rundir, what, step, resumes)) is not None:
+                full = _disk_full(e, setup, loop)
+                if full is not None:
                     raise full from None
             raise
-        checkpointer.close()
+        setup.checkpointer.close()
         return summary
 
 
-def _train(config: ConfigDict, env: dict[str, Any], interrupts: _Interrupts,
-           hooks: Sequence[Hook], progress: dict[str, Any]) -> dict[str, Any]:
-    """The loop (steps 2-4 of the module docstring); `progress` tells the caller the step and
-    what was being done, for the message of an error (a full disk)."""
-    mesh, model, state, data_iter = env["mesh"], env["model"], env["state"], env["data_iter"]
-    checkpointer: Checkpointer = env["checkpointer"]
-    rundir: RunDir = env["rundir"]
-    data_spec = env["data"].to_dict()
-    is_main = jax.process_index() == 0
-    if is_main:
-        write_json(rundir.config_json, config.to_dict())
-    say = RunLog(rundir.train_log, is_main)
-    writer = MetricWriter(rundir.tensorboard, rundir.metrics_jsonl, is_main)
-    start = int(jax.device_get(state["step"]))
-    last_saved = start if env["restored"] else None
-    num_steps = config.train.num_steps
-    summary: dict[str, Any] = {"start_step": start, "preempted": False, "signal": None}
-    last_logged: dict[str, float] = {}
+def _close_after_error(checkpointer: Checkpointer) -> None:
     try:
-        if env["restored"]:
-            say(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}.")
-        frozen = env["frozen"]
-        step_fn = step_function(config, env)
-        extra = () if frozen is None else (frozen,)  # REPA's target encoder: a fixed input
-        step = start
-        batch = next(data_iter) if step < num_steps else None
-        if batch is not None:
-            say(f"compiling the train step ({model.image_shape} images, batch "
-                f"{config.train.global_batch_size} over {mesh.size} devices) …")
-            t0 = time.perf_counter()
-            step_fn = step_fn.lower(state, batch, state_lib.step_rng(state["rng"], step),
-                                    *extra).compile()
-            say(f"compiled in {time.perf_counter() - t0:.1f} s.")
-        progress["what"] = "training"
-        interrupts.armed = True
-        pending: tuple[int, Any] | None = None  # (step, device metrics) checked one step late
-        one_step_in_flight = mesh.devices.flat[0].platform == "cpu"  # see the module docstring
-        # images/s count from here (after compiling), without the hooks' time (they sample).
-        t_last, steps_since = time.perf_counter(), 0
-        bar = tqdm(total=num_steps, initial=start, disable=not is_main, desc="train",
-                   unit="step", dynamic_ncols=True)
+        checkpointer.close()
+    except Exception as closing:  # never mask the error that ended the run
+        log.warning("while closing the checkpoints: %s", closing)
 
-        def flush_pending() -> None:
-            nonlocal pending, last_logged, t_last, steps_since
-            if pending is None:
-                return
-            k, dev_metrics = pending
-            pending = None
-            m = _host_metrics(dev_metrics, config.train.num_t_bins)
-            _check_finite(m, k, last_saved, checkpointer.directory)
-            if k % config.train.log_every == 0 or k == num_steps:
-                now = time.perf_counter()
-                m["images_per_sec"] = steps_since * config.train.global_batch_size / (now - t_last)
-                t_last, steps_since = now, 0
-                writer.scalars(k, m)
-                bar.set_postfix(loss=f"{m['loss']:.4f}")
-                last_logged = m
 
-        def save(k: int) -> None:
-            nonlocal last_saved
-            checkpointer.save(state, data_iter.get_state(), config, data_spec)
-            last_saved = k
+def _disk_full(error: Exception, setup: RunSetup, loop: _Loop) -> DiskFullError | None:
+    """A DiskFullError naming what the loop was doing when `error` is a write refused for lack
+    of room, else None."""
+    if isinstance(error, CheckpointWriteError):
+        step, what = error.step, "saving the checkpoint"
+    else:
+        step, what = loop.step, loop.doing
+    resumes = next(iter(setup.checkpointer.finalized_steps()), None)
+    return disk_full_error(error, setup.rundir.root, what, step, resumes)
 
-        def call_hooks(k: int, final: bool) -> None:
-            nonlocal t_last
-            t0 = time.perf_counter()
-            context = StepContext(k, final, state, model, env["data"], mesh, config, rundir,
-                                  writer, say)
-            for hook in hooks:
-                hook(context)
-            t_last += time.perf_counter() - t0
 
+class _Loop:
+    """Steps 2–4 of the module docstring over a `RunSetup`. Its fields are what moves between
+    steps: `step` (the last step taken), `doing` (for the message of an error), the metrics of
+    the step not yet checked (`pending`), the last logged ones, the last saved step and the
+    images/s clock."""
+
+    def __init__(self, config: ConfigDict, setup: RunSetup, signals: PreemptionSignals,
+                 hooks: Sequence[Hook]):
+        self.config, self.setup, self.signals, self.hooks = config, setup, signals, hooks
+        self.state = setup.state
+        self.step = int(jax.device_get(setup.state["step"]))
+        self.start = self.step
+        self.doing = "starting"
+        self.last_saved: int | None = self.step if setup.restored else None
+        self.pending: tuple[int, Any] | None = None  # (step, device metrics) checked one late
+        self.last_logged: dict[str, float] = {}
+        self.preempted_by: str | None = None
+        self.is_main = jax.process_index() == 0
+        # The loss terms' inputs: a fixed extra argument of every step, when there are any.
+        self.step_inputs = (setup.term_inputs,) if setup.term_inputs else ()
+        self.run_log: RunLog | None = None
+        self.writer: MetricWriter | None = None
+        self.bar: tqdm | None = None
+        self.clock, self.steps_since = time.perf_counter(), 0
+
+    # --------------------------------------------------------------------------- run
+    def run(self) -> dict[str, Any]:
+        """Steps 2–4; the logs are closed on every way out."""
+        self.open_logs()
         try:
-            while step < num_steps and not interrupts.requested:
-                if batch is None:
-                    batch = next(data_iter)
-                if one_step_in_flight:
-                    flush_pending()
-                state, metrics = step_fn(state, batch, state_lib.step_rng(state["rng"], step),
-                                         *extra)
-                batch = None
-                flush_pending()  # the previous step's (GPU/TPU: ready while this step runs)
-                step += 1
-                progress["step"] = step
-                steps_since += 1
-                pending = (step, metrics)
-                bar.update(1)
-                if step % config.train.checkpoint_every == 0 or step == num_steps:
-                    flush_pending()  # never checkpoint a non-finite state
-                    save(step)
-                if hooks and step != num_steps:
-                    call_hooks(step, final=False)
-            if interrupts.requested and step < num_steps:  # preemption: save where we are
-                if last_saved != step:
-                    flush_pending()
-                    save(step)
-                checkpointer.wait()
-                say(f"{interrupts.requested}: saved step {step}, stopping.")
-                summary.update(preempted=True, signal=interrupts.requested)
-            flush_pending()
-            progress["what"] = "finishing"
-            checkpointer.wait()
-            interrupts.armed = False  # all saved: a Ctrl-C from here on aborts at once
+            self.train_steps()
+            if self.preempted_by is None and self.hooks:
+                self.doing = "running the end-of-run hooks"
+                self.call_hooks(final=True)
+        except KeyboardInterrupt:  # a second Ctrl-C: no waiting for a save in flight
+            self.close_logs(quiet=True)
+            raise
+        except BaseException as e:
+            if not isinstance(e, CheckpointWriteError):  # a pending save finishes (e not masked)
+                self.wait_for_saves_after(e)
+            self.close_logs(quiet=True)
+            raise
+        self.close_logs()
+        return self.summary()
+
+    def open_logs(self) -> None:
+        """config.json, train.log, metrics.jsonl and TensorBoard (step 2)."""
+        rundir = self.setup.rundir
+        if self.is_main:
+            write_json(rundir.config_json, self.config.to_dict())
+        self.run_log = RunLog(rundir.train_log, self.is_main)
+        self.writer = MetricWriter(rundir.tensorboard, rundir.metrics_jsonl, self.is_main)
+
+    def close_logs(self, quiet: bool = False) -> None:
+        """quiet: another error is on its way (MetricWriter.close)."""
+        self.writer.close(quiet=quiet)
+        self.run_log.close()
+
+    def train_steps(self) -> None:
+        """Compile, run the steps until num_steps or a signal, save where a signal stopped."""
+        num_steps = self.config.train.num_steps
+        if self.setup.restored:
+            self.run_log(f"Resuming from the checkpoint at step {self.start} in "
+                         f"{self.setup.checkpointer.directory}.")
+        batch = next(self.setup.data_iter) if self.step < num_steps else None
+        step_fn = self.compile(batch)
+        self.doing = "training"
+        self.signals.armed = True
+        self.bar = tqdm(total=num_steps, initial=self.start, disable=not self.is_main,
+                        desc="train", unit="step", dynamic_ncols=True)
+        try:
+            self.run_steps(step_fn, batch)
+            if self.signals.requested and self.step < num_steps:
+                self.save_on_signal()
+            self.check_pending()
+            self.doing = "finishing"
+            self.setup.checkpointer.wait()
+            self.signals.armed = False  # all saved: a Ctrl-C from here on aborts at once
         finally:
-            bar.close()
-        if not summary["preempted"] and hooks:
-            progress["what"] = "running the end-of-run hooks"
-            call_hooks(step, final=True)
-    except KeyboardInterrupt:  # a second Ctrl-C: no waiting for a save in flight
-        writer.close(quiet=True)
-        say.close()
-        raise
-    except BaseException as e:
-        if not isinstance(e, CheckpointWriteError):  # let a pending save finish (not masking e)
-            try:
-                checkpointer.wait()
-            except Exception as failed:  # reported, unless it repeats e's full disk
-                same = _storage_errno(failed) is not None and _storage_errno(e) is not None
-                log.log(logging.INFO if same else logging.WARNING,
-                        "an asynchronous checkpoint did not finish: %s", failed)
-        writer.close(quiet=True)
-        say.close()
-        raise
-    writer.close()
-    say.close()
-    summary.update(step=int(jax.device_get(state["step"])), metrics=last_logged, state=state,
-                   model=model, mesh=mesh, data=env["data"], info=env["info"], rundir=rundir)
-    return summary
+            self.bar.close()
+
+    def compile(self, batch: Any) -> Any:
+        """The train step, compiled ahead of time on `batch` (None: nothing left to train)."""
+        step_fn = step_function(self.config, self.setup)
+        if batch is None:
+            return step_fn
+        self.run_log(f"compiling the train step ({self.setup.model.image_shape} images, batch "
+                     f"{self.config.train.global_batch_size} over {self.setup.mesh.size} "
+                     "devices) …")
+        t0 = time.perf_counter()
+        step_fn = step_fn.lower(self.state, batch, self.rng(), *self.step_inputs).compile()
+        self.run_log(f"compiled in {time.perf_counter() - t0:.1f} s.")
+        return step_fn
+
+    def rng(self) -> jax.Array:
+        """The key of the next step: fold_in(seed key, step)."""
+        return state_lib.step_rng(self.state["rng"], self.step)
+
+    def run_steps(self, step_fn: Any, batch: Any) -> None:
+        """Step 3 of the module docstring, until num_steps or a signal."""
+        train = self.config.train
+        # On CPU step k is checked before step k + 1 is dispatched (the module docstring).
+        one_step_in_flight = self.setup.mesh.devices.flat[0].platform == "cpu"
+        self.clock, self.steps_since = time.perf_counter(), 0  # images/s: after compiling
+        while self.step < train.num_steps and not self.signals.requested:
+            if batch is None:
+                batch = next(self.setup.data_iter)
+            if one_step_in_flight:
+                self.check_pending()
+            self.state, metrics = step_fn(self.state, batch, self.rng(), *self.step_inputs)
+            batch = None
+            self.check_pending()  # the previous step's (GPU/TPU: ready while this step runs)
+            self.step += 1
+            self.steps_since += 1
+            self.pending = (self.step, metrics)
+            self.bar.update(1)
+            if self.step % train.checkpoint_every == 0 or self.step == train.num_steps:
+                self.check_pending()  # never checkpoint a non-finite state
+                self.save()
+            if self.hooks and self.step != train.num_steps:
+                self.call_hooks(final=False)
+
+    def check_pending(self) -> None:
+        """Read the pending step's metrics on the host: stop on a non-finite loss, log them."""
+        if self.pending is None:
+            return
+        (k, device_metrics), self.pending = self.pending, None
+        train = self.config.train
+        m = _host_metrics(device_metrics, train.num_t_bins)
+        _check_finite(m, k, self.last_saved, self.setup.checkpointer.directory)
+        if k % train.log_every == 0 or k == train.num_steps:
+            now = time.perf_counter()
+            m["images_per_sec"] = self.steps_since * train.global_batch_size / (now - self.clock)
+            self.clock, self.steps_since = now, 0
+            self.writer.scalars(k, m)
+            self.bar.set_postfix(loss=f"{m['loss']:.4f}")
+            self.last_logged = m
+
+    def save(self) -> None:
+        self.setup.checkpointer.save(self.state, self.setup.data_iter.get_state(), self.config,
+                                     self.setup.data.to_dict())
+        self.last_saved = self.step
+
+    def save_on_signal(self) -> None:
+        """Preemption: save where we are, wait for it, say so."""
+        if self.last_saved != self.step:
+            self.check_pending()
+            self.save()
+        self.setup.checkpointer.wait()
+        self.run_log(f"{self.signals.requested}: saved step {self.step}, stopping.")
+        self.preempted_by = self.signals.requested
+
+    def call_hooks(self, final: bool) -> None:
+        """Every hook on this step; their time does not count in images/s."""
+        t0 = time.perf_counter()
+        s = self.setup
+        context = StepContext(self.step, final, self.state, s.model, s.data, s.mesh,
+                              self.config, s.rundir, self.writer, self.run_log)
+        for hook in self.hooks:
+            hook(context)
+        self.clock += time.perf_counter() - t0
+
+    def wait_for_saves_after(self, error: BaseException) -> None:
+        """Let an asynchronous save in flight finish after `error`, reporting (not raising) its
+        own failure unless it repeats the full disk of `error`."""
+        try:
+            self.setup.checkpointer.wait()
+        except Exception as failed:
+            same = storage_errno(failed) is not None and storage_errno(error) is not None
+            log.log(logging.INFO if same else logging.WARNING,
+                    "an asynchronous checkpoint did not finish: %s", failed)
+
+    def summary(self) -> dict[str, Any]:
+        s = self.setup
+        return {"start_step": self.start, "preempted": self.preempted_by is not None,
+                "signal": self.preempted_by, "step": int(jax.device_get(self.state["step"])),
+                "metrics": self.last_logged, "state": self.state, "model": s.model,
+                "mesh": s.mesh, "data": s.data, "info": s.info, "rundir": s.rundir}

@@ -1,20 +1,22 @@
 """The training step: one pure function under `jax.jit`,
 
-    (state, batch, rng[, frozen]) -> (state, metrics)
+    (state, batch, rng[, term_inputs]) -> (state, metrics)
 
 which splits the global batch into `micro_batches` (gradient accumulation with `lax.scan`, so
 the global batch does not depend on memory), averages gradients, applies the optimizer, and
 updates every EMA (vdm_jax.training.state). Shardings are explicit: the batch over every
-device, the state as `state.state_shardings` gives, and the old state donated. `frozen` is
-REPA's target encoder (vdm_jax.model.TargetEncoder): parameters that enter the loss but are
-never trained, checkpointed or donated, sharded like the model's (FSDP by logical axes).
+device, the state as `state.state_shardings` gives, and the old state donated. `term_inputs`
+{term name: pytree} are the non-trained inputs of the model's loss terms
+(vdm_jax.model.load_term_inputs): arrays that enter the loss but are never trained, checkpointed
+or donated, sharded like the model's parameters (FSDP by the logical axes the terms give). The
+step knows no term by name: the model's loss sums them, and their metrics are passed on.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,11 +24,12 @@ import optax
 from jax.sharding import Mesh
 
 from vdm_jax.config import ema_name
-from vdm_jax.model import DiffusionModel, TargetEncoder
+from vdm_jax.model import DiffusionModel
 from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.training.state import State
 
 Array = jax.Array
+TermInputs = Mapping[str, Any]  # {loss term name: its non-trained inputs (a pytree)}
 
 
 def _split_micro(batch: Mapping[str, Array], n: int) -> dict[str, Array]:
@@ -46,43 +49,45 @@ def train_step(
     state: State,
     batch: Mapping[str, Array],
     rng: Array,
-    frozen: TargetEncoder | None = None,
+    term_inputs: TermInputs | None = None,
 ) -> tuple[State, dict[str, Array]]:
     """One optimizer step on a global batch {"image": (B,H,W,C), "label": (B,)}.
 
     rng: this step's key (the loop passes fold_in(base, step), so a resumed run draws the same
-    noise). frozen: REPA's target encoder (online features), or None. Metrics: loss, grad_norm,
-    lr, per-t-bin loss sums/counts ('bin_sum', 'bin_count'), and with REPA 'repa_loss' (the
-    alignment term's mean before its weight).
+    noise). term_inputs: the loss terms' inputs (module docstring), or None. Metrics: loss,
+    grad_norm, lr, per-t-bin loss sums/counts ('bin_sum', 'bin_count'), and each loss term's
+    metrics ('<name>_loss'), averaged over the micro-batches.
     """
     grad_fn = jax.value_and_grad(model.loss, has_aux=True)
-    repa = model.repa is not None
 
     if micro_batches == 1:
-        (loss, aux), grads = grad_fn(state["params"], batch, rng, num_bins, frozen)
-        bin_sum, bin_count = aux["bin_sum"], aux["bin_count"]
-        repa_loss = aux["repa"] if repa else None
+        (loss, aux), grads = grad_fn(state["params"], batch, rng, num_bins, term_inputs)
+        bin_sum, bin_count, term_metrics = aux["bin_sum"], aux["bin_count"], aux["terms"]
     else:
         micro = _split_micro(batch, micro_batches)
+        keys = jax.random.split(rng, micro_batches)
         zeros = jax.tree.map(jnp.zeros_like, state["params"])
+        # The terms' metrics (their names and shapes): the loss traced once, abstractly.
+        first = jax.tree.map(lambda v: v[0], micro)
+        loss_fn = functools.partial(model.loss, num_bins=num_bins, term_inputs=term_inputs)
+        shapes = jax.eval_shape(loss_fn, state["params"], first, keys[0])[1]["terms"]
 
         def accumulate(carry, xs):
-            g_acc, l_acc, s_acc, c_acc, r_acc = carry
+            g_acc, l_acc, s_acc, c_acc, m_acc = carry
             mb, key = xs
-            (mb_loss, a), g = grad_fn(state["params"], mb, key, num_bins, frozen)
+            (mb_loss, a), g = grad_fn(state["params"], mb, key, num_bins, term_inputs)
             g_acc = jax.tree.map(jnp.add, g_acc, g)
-            r_acc = r_acc + a["repa"] if repa else r_acc
+            m_acc = jax.tree.map(jnp.add, m_acc, a["terms"])
             return (g_acc, l_acc + mb_loss, s_acc + a["bin_sum"], c_acc + a["bin_count"],
-                    r_acc), None
+                    m_acc), None
 
-        keys = jax.random.split(rng, micro_batches)
         init = (zeros, jnp.zeros(()), jnp.zeros((num_bins,)), jnp.zeros((num_bins,)),
-                jnp.zeros(()))
-        (grads, loss, bin_sum, bin_count, repa_loss), _ = jax.lax.scan(
+                jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+        (grads, loss, bin_sum, bin_count, term_metrics), _ = jax.lax.scan(
             accumulate, init, (micro, keys))
         grads = jax.tree.map(lambda g: g / micro_batches, grads)
         loss = loss / micro_batches
-        repa_loss = repa_loss / micro_batches if repa else None
+        term_metrics = jax.tree.map(lambda m: m / micro_batches, term_metrics)
 
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
@@ -100,9 +105,8 @@ def train_step(
         "lr": lr_schedule(state["step"]),
         "bin_sum": bin_sum,
         "bin_count": bin_count,
+        **term_metrics,
     }
-    if repa:
-        metrics["repa_loss"] = repa_loss
     return new_state, metrics
 
 
@@ -115,19 +119,19 @@ def jit_train_step(
     shardings: State,
     mesh: Mesh,
     num_bins: int = 10,
-    frozen: TargetEncoder | None = None,
+    term_inputs: TermInputs | None = None,
 ):
     """`train_step` under jax.jit with explicit in/out shardings and the old state donated:
-    fn(state, batch, rng), or fn(state, batch, rng, frozen) when `frozen` (REPA's target
-    encoder, whose shardings come from its logical axes) is given."""
+    fn(state, batch, rng), or fn(state, batch, rng, term_inputs) when the model's loss terms
+    have inputs (`term_inputs`, placed with `term_input_shardings`)."""
     batch_sh = mesh_lib.batch_sharding(mesh)
     repl = mesh_lib.replicated(mesh)
     fn = functools.partial(
         train_step, model, tx, lr_schedule, tuple(ema_decays), micro_batches, num_bins
     )
     in_shardings = (shardings, batch_sh, repl)
-    if frozen is not None:
-        in_shardings += (frozen_shardings(frozen, mesh),)
+    if term_inputs:
+        in_shardings += (term_input_shardings(model, term_inputs, mesh),)
     return jax.jit(
         fn,
         in_shardings=in_shardings,
@@ -136,9 +140,9 @@ def jit_train_step(
     )
 
 
-def frozen_shardings(frozen: TargetEncoder, mesh: Mesh) -> TargetEncoder:
-    """NamedShardings of a target encoder's parameters (FSDP over 'fsdp' by logical axes, as the
-    model's), in the TargetEncoder pytree; `jax.device_put(frozen, frozen_shardings(...))`
-    places it."""
-    params = mesh_lib.param_shardings(frozen.specs(), frozen.params, mesh)
-    return dataclasses.replace(frozen, params=params)
+def term_input_shardings(model: DiffusionModel, term_inputs: TermInputs, mesh: Mesh
+                         ) -> dict[str, Any]:
+    """NamedShardings of the loss terms' inputs (FSDP over 'fsdp' by their logical axes, as the
+    model's), the same pytree; `jax.device_put(term_inputs, term_input_shardings(...))` places
+    them."""
+    return mesh_lib.param_shardings(model.term_input_specs(term_inputs), term_inputs, mesh)
