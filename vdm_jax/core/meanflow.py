@@ -339,7 +339,7 @@ def sample_loop(
     evaluations of u_fn."""
     if sharding is not None:
         z = jax.lax.with_sharding_constraint(z, sharding)
-    return samplers.meanflow(u_fn, None, z, ts, sharding=sharding)
+    return samplers.meanflow(samplers.SamplingModel(u_fn, sharding), None, z, ts).samples
 
 
 def sample(
