@@ -56,7 +56,8 @@ t → 1: prefer the ODE samplers (or 'ddpm', 'ddim') for it.
 The initial noise is z_{t_max} ~ N(0, (α² + σ²) I) at t_max: N(0, I) for 'vp', ≈ σ_max² for 've'.
 Entry points: `sample` (returns `SampleOutput(samples, nfe)`), `make_sampler` (jitted
 fn(params, rng)), `nfe`, `time_grid`, `ddpm_respaced_indices`, `ddpm_mean_log_variance`,
-`ddim_invert`, `classifier_free_guidance`; the samplers themselves map (z_{t_max}, ts) to
+`ddim_invert`, and, re-exported, `core.guidance.classifier_free_guidance` and
+`core.time_grid`'s functions; the samplers themselves map (z_{t_max}, ts) to
 z_{t_min}. What a sampler samples with is one value: a model function, or a `SamplingModel`
 that adds the batch's sharding (kept on z through the loop) and DDT's encoder sharing
 (`core.encoder_sharing.SharedEncoder`: a condition recomputed only on the steps of its mask and
@@ -79,10 +80,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from vdm_jax.core.diffusion import expand_to, posterior_coefficients, q_transition
+from vdm_jax.core.diffusion import posterior_coefficients, q_transition
 from vdm_jax.core.encoder_sharing import SharedEncoder
+from vdm_jax.core.guidance import classifier_free_guidance as classifier_free_guidance
+from vdm_jax.core.guidance import guided_inputs as guided_inputs
 from vdm_jax.core.parameterizations import PREDICTIONS, from_x_eps, to_x_eps
 from vdm_jax.core.schedules import (
     Schedule,
@@ -90,6 +92,10 @@ from vdm_jax.core.schedules import (
     alpha_sigma_from_log_snr,
     log_snr_and_derivative,
 )
+from vdm_jax.core.time_grid import SPACINGS as SPACINGS
+from vdm_jax.core.time_grid import T_MAX_IF_SINGULAR as T_MAX_IF_SINGULAR
+from vdm_jax.core.time_grid import ddpm_respaced_indices as ddpm_respaced_indices
+from vdm_jax.core.time_grid import default_t_max, initial_noise, time_grid
 
 Array = jax.Array
 ModelFn = Callable[[Array, Array], Array]
@@ -97,9 +103,7 @@ SAMPLERS = ("ddpm", "ddim", "euler", "heun", "euler_maruyama", "dpm_solver_2m", 
 # The prediction of a MeanFlow network u(z, r, t): the average velocity over [r, t]. It has two
 # times, so it is no function of (x̂, ε̂) at one time: only the 'meanflow' sampler reads it.
 AVERAGE_VELOCITY = "average_velocity"
-SPACINGS = ("uniform", "quadratic", "shifted", "ddpm_respaced")
 VARIANCES = ("posterior", "forward", "learned")
-T_MAX_IF_SINGULAR = 1.0 - 1e-3  # default t_max where λ(1) is not finite
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["samples", "conditions"],
@@ -139,91 +143,6 @@ def nfe(sampler: str, num_steps: int) -> int:
     """Model evaluations of `sampler` with `num_steps` steps: N, or 2N − 1 for 'heun'."""
     _check_sampler(sampler)
     return 2 * num_steps - 1 if sampler == "heun" else num_steps
-
-
-def time_grid(
-    num_steps: int,
-    spacing: str = "uniform",
-    *,
-    t_min: float | Array = 0.0,
-    t_max: float | Array = 1.0,
-    shift: float = 3.0,
-    num_train_steps: int | None = None,
-    dtype: Any = None,
-) -> Array:
-    """(num_steps + 1,) times decreasing from t_max to t_min: t_i = t_min + (t_max − t_min) r(u_i),
-    u_i = 1 − i/N, with r(u) =
-        'uniform'    u
-        'quadratic'  u²                          (DDIM's; more steps near the data)
-        'shifted'    shift u / (1 + (shift − 1) u)   (SD3's time shift; more steps at high noise
-                                                      for shift > 1)
-    or 'ddpm_respaced': the N levels that guided-diffusion / DiT keep of a T = num_train_steps
-    DDPM (`ddpm_respaced_indices`, 0-based k_0 < … < k_{N−1} = T − 1), read as t = (k + 1)/T,
-    then 0: (k_{N−1} + 1)/T = 1, …, (k_0 + 1)/T, 0. DiT's index k is our level k + 1 (its
-    ᾱ_k = Π_{j≤k} (1 − β_j) is our α²((k + 1)/T)), so with `ddpm_linear(T)` this grid is the
-    respaced process exactly; t_min and t_max are not used.
-    """
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
-    if spacing not in SPACINGS:
-        raise ValueError(f"Unknown spacing {spacing!r}; expected one of {SPACINGS}.")
-    if spacing == "shifted" and shift <= 0:
-        raise ValueError(f"shift must be positive, got {shift}.")
-    dtype = dtype or jnp.result_type(float)
-    if spacing == "ddpm_respaced":
-        if num_train_steps is None:
-            raise ValueError("spacing 'ddpm_respaced' needs num_train_steps (the T of the "
-                             "DDPM schedule, e.g. 1000 for DiT).")
-        kept = ddpm_respaced_indices(num_train_steps, num_steps)
-        # linspace: the same float values as `ddpm_linear`'s knots, so λ is read exactly there.
-        levels = np.linspace(0.0, 1.0, num_train_steps + 1)[kept[::-1] + 1]
-        return jnp.asarray(np.append(levels, 0.0), dtype)
-    u = 1.0 - jnp.arange(num_steps + 1, dtype=dtype) / num_steps
-    if spacing == "quadratic":
-        r = u**2
-    elif spacing == "shifted":
-        r = shift * u / (1 + (shift - 1) * u)
-    else:
-        r = u
-    t_min, t_max = jnp.asarray(t_min, dtype), jnp.asarray(t_max, dtype)
-    ts = t_min + (t_max - t_min) * r
-    return ts.at[0].set(t_max).at[-1].set(t_min)  # exact endpoints
-
-
-def ddpm_respaced_indices(num_train_steps: int, num_steps: int) -> np.ndarray:
-    """The 0-based DDPM steps k_0 < … < k_{N−1} kept by guided-diffusion's (and DiT's)
-    `space_timesteps(T, "N")`: k_i = round(i (T − 1)/(N − 1)), rounded half to even, so k_0 = 0
-    and k_{N−1} = T − 1 (k = [0] for N = 1). (N,) int64.
-
-    As there, i (T − 1)/(N − 1) is the float64 running sum of i strides, not the exact product:
-    where the product is a half-integer the sum's rounding error decides the step (for T = 1000,
-    283 of the N ≤ 1000 differ from exact rounding, N = 250 does not).
-    """
-    if not 1 <= num_steps <= num_train_steps:
-        raise ValueError(f"Cannot respace {num_train_steps} DDPM steps to {num_steps}: need "
-                         f"1 <= num_steps <= num_train_steps.")
-    if num_steps == 1:
-        return np.zeros((1,), np.int64)
-    stride = (num_train_steps - 1) / (num_steps - 1)
-    # add.accumulate is a left-to-right running sum, the reference's `cur_idx += stride`.
-    positions = np.add.accumulate(np.append(0.0, np.full(num_steps - 1, stride)))
-    return np.round(positions).astype(np.int64)  # np.round: half to even, as Python's round
-
-
-def default_t_max(schedule: Schedule, dtype: Any = None) -> Array:
-    """1 where λ(1) is finite, else `T_MAX_IF_SINGULAR` (a traced scalar: works for learned λ)."""
-    one = jnp.ones((), dtype or jnp.result_type(float))
-    return jnp.where(jnp.isfinite(schedule.log_snr(one)), one, T_MAX_IF_SINGULAR).astype(one.dtype)
-
-
-def initial_noise(
-    schedule: Schedule, shape: tuple[int, ...], rng: Array, t_max: float | Array = 1.0,
-    dtype: Any = None,
-) -> Array:
-    """z_{t_max} ~ N(0, (α² + σ²) I): the marginal at t_max for zero-mean, unit-variance data."""
-    dtype = dtype or jnp.result_type(float)
-    alpha, sigma = alpha_sigma(schedule, jnp.asarray(t_max, dtype))
-    return jnp.sqrt(alpha**2 + sigma**2) * jax.random.normal(rng, shape, dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -701,53 +620,3 @@ def ddim_invert(
         return (jax.lax.fori_loop(0, fixed_point_iters, refine, z_t),)
 
     return scan_steps(step, (x,), ts, None, as_sampling_model(model)).samples
-
-
-# ----------------------------------------------------------------------------------------------
-# Classifier-free guidance.
-# ----------------------------------------------------------------------------------------------
-
-
-def classifier_free_guidance(
-    model_fn: Callable[..., Array], labels: Array, null_label: int,
-    scale: float | Array, interval: tuple[float, float] | None = None, *,
-    channels: int | None = None,
-) -> Callable[..., Array]:
-    """Guided model (z, t, *extra) ↦ p̂(∅) + w (p̂(c) − p̂(∅)) from a conditional
-    model_fn(z, t, y, *extra) (extra: e.g. a shared condition of the 2B batch, `guided_inputs`).
-
-    The conditional (y = labels, (B,)) and null (y = null_label) batches run as ONE forward pass
-    of size 2B. The combination is in the model's own parameterization; all conversions are
-    affine in the prediction at fixed (z, t), so it is the same guidance in ε, x, v or u.
-    w = scale for t ∈ [t_lo, t_hi] = interval (Kynkäänniemi et al. 2024) and w = 1 (plain
-    conditional) outside; the 2B pass runs at every t, keeping one compiled step. w = 1 is the
-    conditional model, w = 0 the unconditional one.
-    channels = k guides only the first k channels of the last axis; channels ≥ k (e.g. the 4th
-    latent channel and a learned-variance half) are the conditional output. DiT's
-    `forward_with_cfg` is channels=3 on its (B, H, W, 8) output. None guides every channel.
-    """
-    labels = jnp.asarray(labels)
-    if channels is not None and (not isinstance(channels, int) or channels < 1):
-        raise ValueError(f"channels must be a positive int (or None for all), got {channels!r}.")
-
-    def guided(z: Array, t: Array, *extra: Any) -> Array:
-        b = z.shape[0]
-        out = model_fn(*guided_inputs(z, t, labels, null_label), *extra)
-        cond, uncond = out[:b], out[b:]
-        w = jnp.broadcast_to(jnp.asarray(scale, out.dtype), t.shape)
-        if interval is not None:
-            t_lo, t_hi = interval
-            w = jnp.where((t >= t_lo) & (t <= t_hi), w, jnp.ones_like(w))
-        mixed = uncond + expand_to(w, cond) * (cond - uncond)
-        if channels is None:
-            return mixed
-        return jnp.concatenate([mixed[..., :channels], cond[..., channels:]], axis=-1)
-
-    return guided
-
-
-def guided_inputs(z: Array, t: Array, labels: Array, null_label: int) -> tuple[Array, Array, Array]:
-    """The one 2B batch of classifier-free guidance: ([z; z], [t; t], [labels; ∅])."""
-    labels = jnp.asarray(labels)
-    y = jnp.concatenate([labels, jnp.full_like(labels, null_label)])
-    return jnp.concatenate([z, z]), jnp.concatenate([t, t]), y

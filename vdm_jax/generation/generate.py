@@ -26,6 +26,7 @@ import numpy as np
 
 from vdm_jax.core import samplers
 from vdm_jax.core.encoder_sharing import SharedEncoder, sharing_schedule_dp
+from vdm_jax.core.guidance import classifier_free_guidance, guided_inputs
 from vdm_jax.model import DiffusionModel
 from vdm_jax.sampling_spec import SamplingSpec
 
@@ -91,12 +92,12 @@ def _sample_fn(
         fn = forward if refresh is None else decode
         if guided:
             extra = {"channels": spec.guidance_channels} if spec.guidance_channels else {}
-            model_fn = samplers.classifier_free_guidance(
+            model_fn = classifier_free_guidance(
                 fn, labels, model.num_classes, spec.guidance_scale, spec.guidance_interval,
                 **extra,
             )
             encode = lambda z, t: model.encode(
-                params, *samplers.guided_inputs(z, t, labels, model.num_classes))
+                params, *guided_inputs(z, t, labels, model.num_classes))
         else:
             y = labels if model.num_classes else model.null_labels(batch_size)
 
