@@ -1,4 +1,4 @@
-"""Samplers: pure, jit-compiled functions (model, schedule, shape, rng, options) -> samples.
+"""Samplers: pure functions (model, schedule, shape, rng, options) -> samples, for jax.jit.
 
 A model function maps (z_t: (B, ...), t: (B,)) to a prediction of one kind in
 `parameterizations.PREDICTIONS` ('eps', 'x', 'v', 'score', 'flow'); every sampler reads it through
