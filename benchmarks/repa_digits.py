@@ -28,8 +28,8 @@ import numpy as np
 from benchmarks import report
 from configs import digits_dit
 from vdm_jax.data import digits as digits_data
-from vdm_jax.data.pipeline import InMemorySource
 from vdm_jax.data.pixels import levels_to_unit
+from vdm_jax.data.records import InMemorySource
 from vdm_jax.data.tfds_utils import data_source
 from vdm_jax.evaluation.digits_classifier import train_or_load_digits_classifier
 from vdm_jax.io import write_npz

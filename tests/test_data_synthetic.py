@@ -9,7 +9,7 @@ from ml_collections import ConfigDict
 
 from vdm_jax import config as config_lib
 from vdm_jax.data import DatasetNotFoundError, dataset_info, eval_iterator, train_iterator
-from vdm_jax.data.pipeline import SyntheticSource
+from vdm_jax.data.records import SyntheticSource
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """DDT (vdm_jax.nn.ddt): the XL/2 parameter count of the reference, the encoder/decoder split,
-and encoder sharing at sampling (vdm_jax.core.encoder_sharing.ConditionCache through
+and encoder sharing at sampling (vdm_jax.core.encoder_sharing.SharedEncoder through
 SamplingSpec)."""
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from vdm_jax.importers.common import WeightMismatchError
-from vdm_jax.importers.dinov2 import load_dinov2
+from vdm_jax.importers.dinov2 import dinov2_config_from_hf, load_dinov2
 from vdm_jax.nn.encoders.dinov2 import (
     SIZES,
     DinoV2,
@@ -198,13 +198,13 @@ def test_abstract_model_equals_eval_shape_of_the_model():
 def test_configs_from_files_and_names():
     for name, regs in (("dinov2", 0), ("dinov2_reg", 4)):
         hf = json.loads((FIX / f"hf_{name}" / "config.json").read_text())
-        cfg = DinoV2Config.from_hf_config(hf)
+        cfg = dinov2_config_from_hf(hf)
         assert (cfg.hidden_size, cfg.num_layers, cfg.num_heads) == (16, 2, 2)
         assert (cfg.num_registers, cfg.pos_grid, cfg.patch_size) == (regs, 4, 14)
         assert cfg.pos_antialias == bool(regs) and cfg.pos_offset == 0.0
         assert load_dinov2(FIX / f"hf_{name}").cfg == cfg
-    swiglu = DinoV2Config.from_hf_config(json.loads((FIX / "hf_dinov2_swiglu/config.json")
-                                                    .read_text()))
+    swiglu = dinov2_config_from_hf(json.loads((FIX / "hf_dinov2_swiglu/config.json")
+                                              .read_text()))
     assert swiglu.swiglu and swiglu.ffn_hidden == 48  # ⌈⌊64·2/3⌋ / 8⌉·8
     hub = DinoV2Config.for_size("vitg14", interpolation="hub")
     assert (hub.pos_antialias, hub.pos_offset, hub.pos_grid) == (False, 0.1, 37)

@@ -183,7 +183,7 @@ def _order(schedule, model, prediction, sampler, t_max, steps=(32, 64, 128, 256)
     fn = fast_jit(functools.partial(getattr(smp, sampler), model, schedule, prediction=prediction))
     errors = []
     for n in steps:
-        out = fn(z, smp.time_grid(n, t_max=t_max, dtype=jnp.float64))
+        out = fn(z, smp.time_grid(n, t_max=t_max, dtype=jnp.float64)).samples
         errors.append(float(jnp.sqrt(jnp.mean((out - exact) ** 2))))
     return -np.polyfit(np.log(steps), np.log(errors), 1)[0], errors
 
@@ -290,7 +290,7 @@ def test_final_step_to_infinite_log_snr_returns_x_hat():
     z = jax.random.normal(jax.random.PRNGKey(7), (32, 2))
     ts = jnp.array([0.3, 0.0])
     expected = optimal_x_hat(schedule, GAUSSIAN, z, jnp.full((32,), 0.3))
-    outs = fast_jit(lambda z, key: [getattr(smp, sampler)(model, schedule, z, ts, key)
+    outs = fast_jit(lambda z, key: [getattr(smp, sampler)(model, schedule, z, ts, key).samples
                                     for sampler in ("ddpm", "ddim", "dpm_solver_2m")])
     for out in outs(z, jax.random.PRNGKey(0)):
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
@@ -488,8 +488,8 @@ def test_batch_sharded_over_a_device_mesh():
     model = functools.partial(optimal_model(schedule, "eps"), GAUSSIAN)
     shape = (8 * len(devices), 2)
     kwargs = dict(sampler="ddpm", num_steps=20, prediction="eps")
-    sharded = fast_jit(functools.partial(smp.sample, model, schedule, shape, sharding=sharding,
-                                         **kwargs))
+    sharded = fast_jit(functools.partial(smp.sample, smp.SamplingModel(model, sharding),
+                                         schedule, shape, **kwargs))
     out = sharded(jax.random.PRNGKey(0)).samples
     assert out.sharding.is_equivalent_to(sharding, 2)
     ref = fast_jit(functools.partial(smp.sample, model, schedule, shape, **kwargs))

@@ -125,7 +125,7 @@ def test_full_learned_sampling_matches_the_iddpm_loop():
     @fast_jit
     def run(z):
         xi = jax.vmap(lambda k: jax.random.normal(k, shape))(jax.random.split(key, N))
-        return smp.ddpm(model_fn, schedule, z, ts, key, variance="learned"), xi
+        return smp.ddpm(model_fn, schedule, z, ts, key, variance="learned").samples, xi
 
     ours, xi = run(jnp.asarray(z0, jnp.float32))
     tab, kept = iddpm_respaced(dit_kept_steps(T, N)), dit_kept_steps(T, N)
@@ -210,9 +210,9 @@ def test_clip_denoised():
     @fast_jit
     def run(z):
         to_zero, step = jnp.array([t, 0.0]), jnp.array([t, s])
-        return (smp.ddpm(model, schedule, z, to_zero, key, clip_denoised=True),
-                smp.ddpm(model, schedule, z, to_zero, key),
-                smp.ddim(model, schedule, z, step, clip_denoised=True))
+        return (smp.ddpm(model, schedule, z, to_zero, key, clip_denoised=True).samples,
+                smp.ddpm(model, schedule, z, to_zero, key).samples,
+                smp.ddim(model, schedule, z, step, clip_denoised=True).samples)
 
     ddpm_clipped, ddpm_plain, ddim_clipped = run(z)
     np.testing.assert_allclose(ddpm_clipped, jnp.clip(x_hat, -1, 1), rtol=1e-5, atol=1e-5)

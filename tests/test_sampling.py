@@ -11,12 +11,15 @@ import sys
 import time
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from vdm_jax.checkpoints.restore import load_for_inference
 from vdm_jax.data.adm_npz import load_samples
+from vdm_jax.data.pixels import unit_to_uint8
 from vdm_jax.generation.batches import generate_samples
+from vdm_jax.generation.images import ImageSampler
 from vdm_jax.rundir import RunDir
 from vdm_jax.sampling_spec import SamplingSpec
 
@@ -169,3 +172,19 @@ def test_bad_input_exits_2_and_writes_nothing(case, run_dir, tmp_path):
     assert len(errors) == 1 and re.search(expected, errors[0]), proc.stderr[-3000:]
     assert not (tmp_path / "out").exists() and not (tmp_path / "empty").exists()
     assert sorted(run_dir.rglob("*")) == before
+
+
+def test_image_sampler_is_generate_then_decode_then_uint8():
+    """generation.images.ImageSampler, the one path from samples to host pixels: fetch(draw) is
+    unit_to_uint8 of the decoded samples (decode skipped for a pixel model), and __call__ is the
+    two halves in order."""
+    z = np.random.default_rng(0).uniform(-1.2, 1.2, (3, 4, 4, 1)).astype(np.float32)
+    generate = lambda params, labels, rng: jnp.asarray(z) * params
+    decode = lambda x: jnp.tanh(2 * x)
+    half = jnp.asarray(z) * 0.5
+    for dec, expected in ((None, half), (decode, jnp.tanh(2 * half))):
+        images = ImageSampler(generate, dec, 17)
+        out = images(jnp.float32(0.5), None, None)
+        assert out.dtype == np.uint8 and out.shape == z.shape
+        np.testing.assert_array_equal(out, unit_to_uint8(np.asarray(expected, np.float32), 17))
+        np.testing.assert_array_equal(out, images.fetch(images.draw(jnp.float32(0.5), None, None)))

@@ -21,7 +21,7 @@ once, when it is made (`ValueError` naming the field and what it accepts). Field
                          2k, …: ⌈N/k⌉ encoder passes; 1 = no sharing) or encoder_steps (the
                          steps that recompute, from 0: a non-uniform schedule such as
                          core.encoder_sharing.sharing_schedule_dp's); reused in between, inside the
-                         sampler's one lax.scan (core.encoder_sharing.ConditionCache)
+                         sampler's one lax.scan (core.encoder_sharing.SharedEncoder)
 
 A spec is frozen and hashable; `replace(**changes)` returns a validated copy, `to_dict()` is what
 results files record, and `slug()` is a file-name fragment that differs whenever any field does.
@@ -46,7 +46,7 @@ __all__ = ["COMMON_OPTIONS", "SHARING_OPTIONS", "SamplingSpec"]
 # Options every sampler takes (the time grid); the rest are per sampler (SAMPLER_OPTIONS).
 COMMON_OPTIONS = ("spacing", "shift", "t_min", "t_max")
 # Options of the model function rather than the sampler, taken with every sampler: DDT's
-# encoder sharing (the generation layer builds a core.encoder_sharing.ConditionCache from them).
+# encoder sharing (the generation layer builds a core.encoder_sharing.SharedEncoder from them).
 SHARING_OPTIONS = ("encoder_interval", "encoder_steps")
 
 
@@ -59,14 +59,9 @@ def _number(value: Any, name: str) -> float:
 def _check_option(sampler: str, key: str, value: Any) -> Any:
     """A validated, JSON-plain value of sampler option `key`."""
     if key == "eta":
-        eta = _number(value, "sampler option eta")
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"DDIM needs eta in [0, 1], got {eta}")
-        return eta
+        return samplers.check_eta(_number(value, "sampler option eta"))
     if key == "variance":
-        if value not in samplers.VARIANCES:
-            raise ValueError(f"DDPM variance {value!r}; expected one of {samplers.VARIANCES}")
-        return value
+        return samplers.check_variance(value)
     if key in ("lower_order_final", "clip_denoised"):
         if not isinstance(value, bool):
             raise ValueError(f"sampler option {key} must be true or false, got {value!r}")
@@ -206,6 +201,17 @@ class SamplingSpec:
     def nfe(self) -> int:
         """Network evaluations per sample (a guided evaluation runs a 2B batch)."""
         return samplers.nfe(self.sampler, self.num_steps)
+
+    def check_prediction(self, prediction: str) -> None:
+        """The one check that the sampler suits a model of `prediction`: a MeanFlow model
+        ('average_velocity') samples with 'meanflow', and only it does."""
+        is_meanflow = prediction == samplers.AVERAGE_VELOCITY
+        if is_meanflow and self.sampler != "meanflow":
+            raise ValueError(f"a MeanFlow model samples with sampler 'meanflow' (e.g. --sampler="
+                             f"meanflow --steps=1), not {self.sampler!r}")
+        if self.sampler == "meanflow" and not is_meanflow:
+            raise ValueError(f"sampler 'meanflow' needs a MeanFlow model (diffusion.objective="
+                             f"'meanflow'); this one predicts {prediction!r}")
 
     def guided(self, num_classes: int) -> bool:
         """Whether sampling a model with `num_classes` classes runs classifier-free guidance."""

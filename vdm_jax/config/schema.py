@@ -291,9 +291,11 @@ def _check_meanflow(config: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
              f"{diff['objective']!r}: MeanFlow's network predicts the average velocity, so "
              f"prediction {samplers.AVERAGE_VELOCITY!r} goes with objective "
              f"{meanflow.OBJECTIVE!r} and only with it")
-    _require(is_mf == (sampler == "meanflow"),
-             f"sample.sampler={sampler!r} with diffusion.objective={diff['objective']!r}: a "
-             "MeanFlow model samples with sampler 'meanflow' and only it")
+    try:
+        SamplingSpec(sampler=sampler).check_prediction(m["prediction"])
+    except ValueError as err:
+        raise ValueError(f"sample.sampler={sampler!r} with diffusion.objective="
+                         f"{diff['objective']!r}: {err}") from None
     if not is_mf:
         return
     _require(spec["family"] == "dit" and spec.get("second_time", False),

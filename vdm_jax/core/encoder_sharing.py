@@ -1,14 +1,15 @@
 """Encoder sharing while sampling (DDT, Wang et al. 2025): a part of the network computed on some
 sampling steps and reused on the others, inside a sampler's one `lax.scan`.
 
-    ConditionCache        the value carried through the scan (core.samplers' `cache=` argument)
+    SharedEncoder         the shared part of a model function and where it is recomputed (it
+                          travels in core.samplers.SamplingModel; its value rides in the carry)
     sharing_refresh       where it is recomputed: every k-th step, or an explicit step list
     sharing_schedule_dp   DDT's statistical dynamic programming for that list
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,80 +20,49 @@ import numpy as np
 Array = jax.Array
 
 
-class ConditionCache:
-    """Encoder sharing (DDT, Wang et al. 2025): a part of the network — DDT's condition encoder —
-    computed on the sampling steps i where refresh[i] and reused on the others, inside the
-    sampler's one `lax.scan` (the reused value is carried from step to step).
+@dataclasses.dataclass(frozen=True, eq=False)
+class SharedEncoder:
+    """Encoder sharing (DDT, Wang et al. 2025): the part of a model function that sampling may
+    compute on some steps only — DDT's condition encoder c = encode(z_t, t) — and the steps that
+    recompute it.
 
-    The network function asks for the part with `cache(compute)`, compute() → the value (any
-    array). On step i every request returns lax.cond(refresh[i], compute, reuse the carried
-    value): a recompute step recomputes at each of its model evaluations (Heun: predictor and
-    corrector), a reuse step reuses at each; the value of the step's first request is carried
-    on. So an all-True mask computes exactly what the model computes without a cache, and a
-    mask with K True entries runs the encoder K times with one evaluation per step. Outside a
-    sampler's scan, `cache(compute)` is compute(). refresh: (N,) bool with refresh[0] True
-    (`sharing_refresh`). record=True keeps every step's carried value: after sampling, `history`
-    holds them (N, ...) (`sharing_schedule_dp` measures a schedule from them).
+    With a `SharedEncoder` the sampler's model function is the decoder (z, t, c) -> output, and
+    the value c rides in the sampler's `lax.scan` carry. On step i every evaluation of the model
+    (Heun: predictor and corrector) reads
+        c_i = encode(z, t)  where refresh[i],  else the carried c_{i−1},
+    and the value at the step's first evaluation (z_{t_i}, t_i) is carried on. So an all-True
+    mask computes exactly what the model computes without sharing, and a mask with K True
+    entries runs the encoder K times with one evaluation per step. The carry starts from zeros
+    of encode's abstract output (`jax.eval_shape`); step 0 always recomputes.
 
-    The value's shape and dtype come from an abstract trace of one step (no computation), and
-    the carry starts from zeros of them; step 0 always recomputes. The samplers here make every
-    step's first model call at the step's top level (a first call inside a nested branch would
-    carry a value out of its trace).
+    encode: (z (B, ...), t (B,)) -> c (any array, e.g. DDT's (B, T, D)).
+    refresh: (N,) bool with refresh[0] True (`sharing_refresh`).
+    record: keep every step's carried c: the sampler's output then holds them, (N, ...)
+    (`SampleOutput.conditions`; `sharing_schedule_dp` measures a schedule from them).
     """
 
-    def __init__(self, refresh: Any, *, record: bool = False):
-        refresh = np.asarray(refresh, bool)
+    encode: Callable[[Array, Array], Array]
+    refresh: np.ndarray
+    record: bool = False
+
+    def __post_init__(self) -> None:
+        refresh = np.asarray(self.refresh, bool)
         if refresh.ndim != 1 or not refresh.size or not refresh[0]:
             raise ValueError("refresh must be a non-empty (N,) bool mask with refresh[0] True "
                              "(the first step has nothing to reuse).")
-        self.refresh = refresh
-        self.record = record
-        self.history: Array | None = None
-        self.value: Array | None = None
-        self._mode: str | None = None
-        self._carried: Array | None = None
-        self._fresh: Array | None = None
-        self._first = False
-        self._struct: jax.ShapeDtypeStruct | None = None
+        object.__setattr__(self, "refresh", refresh)
 
-    def __call__(self, compute: Callable[[], Array]) -> Array:
-        if self._mode is None:
-            return compute()
-        if self._mode == "discover":
-            value = compute()
-            self._struct = jax.ShapeDtypeStruct(value.shape, value.dtype)
-            return value
-        carried = self._carried
-        value = jax.lax.cond(self._fresh, compute, lambda: carried)
-        if self._first:  # the step's first request: what the next step may reuse
-            self._first, self.value = False, value
-        return value
-
-    def initial(self, one_step: Callable[[], Any], num_steps: int) -> Array:
-        """Zeros of the value's shape and dtype, from an abstract trace of `one_step`."""
+    def initial(self, z: Array, t: Array, num_steps: int) -> Array:
+        """The carry's first c: zeros of encode(z, t)'s shape and dtype (no computation)."""
         if self.refresh.shape != (num_steps,):
             raise ValueError(f"the encoder-sharing mask covers {self.refresh.shape[0]} steps, "
                              f"the sampler runs {num_steps}.")
-        self._mode, self._struct = "discover", None
-        try:
-            jax.eval_shape(one_step)
-        finally:
-            self._mode = None
-        if self._struct is None:
-            raise ValueError("encoder sharing was requested, but the model function never asks "
-                             "the ConditionCache for a value (only DDT models share an encoder).")
-        return jnp.zeros(self._struct.shape, self._struct.dtype)
+        struct = jax.eval_shape(self.encode, z, t)
+        return jnp.zeros(struct.shape, struct.dtype)
 
-    @contextlib.contextmanager
-    def stepping(self, value: Array, fresh: Array):
-        """Within one scan step: `value` carried in, `fresh` = refresh[i]; afterwards
-        `self.value` is the value to carry out."""
-        self._mode, self._carried, self.value = "step", value, value
-        self._fresh, self._first = fresh, True
-        try:
-            yield self
-        finally:
-            self._mode, self._carried, self._fresh, self._first = None, None, None, False
+    def read(self, fresh: Array, carried: Array, z: Array, t: Array) -> Array:
+        """c at (z, t) on a step: encode(z, t) where `fresh` (refresh[i]), else `carried`."""
+        return jax.lax.cond(fresh, lambda: self.encode(z, t), lambda: carried)
 
 
 def sharing_refresh(
@@ -124,7 +94,7 @@ def sharing_schedule_dp(error: Any, budget: int) -> tuple[int, ...]:
     encoder so that the summed error of reusing is least.
 
     error: (N, N) with error[m, j] = 1 − (mean cosine similarity of the encoder outputs at steps
-    m and j), measured on a trajectory that recomputes every step (`ConditionCache(record=True)`).
+    m and j), measured on a trajectory that recomputes every step (`SharedEncoder(record=True)`).
     Reusing step j's output on steps j..e−1 costs C(j, e) = Σ_{m=j}^{e−1} error[m, j]; the
     schedule 0 = j_1 < j_2 < … < j_K splits the N steps into K segments of least Σ C. Returns
     (j_1, …, j_K), for `sharing_refresh(steps=...)`. O(K N²).

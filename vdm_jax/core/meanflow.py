@@ -62,7 +62,8 @@ import jax.numpy as jnp
 from vdm_jax.core import samplers
 from vdm_jax.core.diffusion import expand_to
 from vdm_jax.core.objectives import t_bin_statistics
-from vdm_jax.core.samplers import SampleOutput, time_grid
+from vdm_jax.core.samplers import SampleOutput
+from vdm_jax.core.time_grid import time_grid
 
 Array = jax.Array
 UFn = Callable[[Array, Array, Array], Array]  # u(z, r, t)
@@ -339,7 +340,7 @@ def sample_loop(
     evaluations of u_fn."""
     if sharding is not None:
         z = jax.lax.with_sharding_constraint(z, sharding)
-    return samplers.meanflow(u_fn, None, z, ts, sharding=sharding)
+    return samplers.meanflow(samplers.SamplingModel(u_fn, sharding), None, z, ts).samples
 
 
 def sample(

@@ -1,4 +1,4 @@
-"""Samplers: pure, jit-compiled functions (model, schedule, shape, rng, options) -> samples.
+"""Samplers: pure functions (model, schedule, shape, rng, options) -> samples, for jax.jit.
 
 A model function maps (z_t: (B, ...), t: (B,)) to a prediction of one kind in
 `parameterizations.PREDICTIONS` ('eps', 'x', 'v', 'score', 'flow'); every sampler reads it through
@@ -26,7 +26,7 @@ step goes from t = t_i to s = t_{i+1} < t:
                       D = x̂_t + (h / 2h_prev)(x̂_t − x̂_prev)   (D = x̂_t on the first step, the
                       last step when `lower_order_final`, and any step with h = ∞)
     'meanflow'        z_s = z_t − (t − s) u(z_t, s, t)   (MeanFlow, Geng et al. 2025, Alg. 2): the
-                      network's average velocity over [s, t] jumps the whole step; model_fn is
+                      network's average velocity over [s, t] jumps the whole step; the model is
                       u(z, r, t) with a second time r = s (prediction 'average_velocity', see
                       core.meanflow); t_max defaults to 1, so one step is the 1-NFE
                       z_0 = z_1 − u(z_1, 0, 1)
@@ -56,13 +56,19 @@ t → 1: prefer the ODE samplers (or 'ddpm', 'ddim') for it.
 The initial noise is z_{t_max} ~ N(0, (α² + σ²) I) at t_max: N(0, I) for 'vp', ≈ σ_max² for 've'.
 Entry points: `sample` (returns `SampleOutput(samples, nfe)`), `make_sampler` (jitted
 fn(params, rng)), `nfe`, `time_grid`, `ddpm_respaced_indices`, `ddpm_mean_log_variance`,
-`ddim_invert`, `classifier_free_guidance`; the samplers themselves map (z_{t_max}, ts) to
-z_{t_min}. Encoder sharing (DDT): every sampler takes a `core.encoder_sharing.ConditionCache`
-(`sample(..., cache=...)`) from which the model function draws a condition that is recomputed
-only on the steps of its mask and reused in between, inside the same scan.
-Every loop is a `lax.scan` (one compiled step, not N copies); a `jax.sharding.Sharding` for the
-batch keeps z sharded through the loop, and nothing returns to the host between steps. The same
-rng gives the same samples.
+`ddim_invert`, and, re-exported, `core.guidance.classifier_free_guidance` and
+`core.time_grid`'s functions; the samplers themselves map (z_{t_max}, ts) to
+z_{t_min}. What a sampler samples with is one value: a model function, or a `SamplingModel`
+that adds the batch's sharding (kept on z through the loop) and DDT's encoder sharing
+(`core.encoder_sharing.SharedEncoder`: a condition recomputed only on the steps of its mask and
+carried, as a value of the scan carry, in between).
+
+A sampler is fn(model, schedule, z, ts, rng, *, prediction, **its options) -> SampleOutput,
+registered in SAMPLERS, _SAMPLER_FNS and SAMPLER_OPTIONS; a fixed-grid one writes its step
+step(carry, t, s, key, i, last, out, f) (out: the model's output at (z_t, t); f: any further
+evaluation) and runs it with `scan_steps`, which handles rng keys, sharding and the shared
+condition. Every loop is a `lax.scan` (one compiled step, not N copies); nothing returns to
+the host between steps. The same rng gives the same samples.
 """
 
 from __future__ import annotations
@@ -74,10 +80,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from vdm_jax.core.diffusion import expand_to, posterior_coefficients, q_transition
-from vdm_jax.core.encoder_sharing import ConditionCache
+from vdm_jax.core.diffusion import posterior_coefficients, q_transition
+from vdm_jax.core.encoder_sharing import SharedEncoder
+from vdm_jax.core.guidance import classifier_free_guidance as classifier_free_guidance
+from vdm_jax.core.guidance import guided_inputs as guided_inputs
 from vdm_jax.core.parameterizations import PREDICTIONS, from_x_eps, to_x_eps
 from vdm_jax.core.schedules import (
     Schedule,
@@ -85,6 +92,10 @@ from vdm_jax.core.schedules import (
     alpha_sigma_from_log_snr,
     log_snr_and_derivative,
 )
+from vdm_jax.core.time_grid import SPACINGS as SPACINGS
+from vdm_jax.core.time_grid import T_MAX_IF_SINGULAR as T_MAX_IF_SINGULAR
+from vdm_jax.core.time_grid import ddpm_respaced_indices as ddpm_respaced_indices
+from vdm_jax.core.time_grid import default_t_max, initial_noise, time_grid
 
 Array = jax.Array
 ModelFn = Callable[[Array, Array], Array]
@@ -92,18 +103,40 @@ SAMPLERS = ("ddpm", "ddim", "euler", "heun", "euler_maruyama", "dpm_solver_2m", 
 # The prediction of a MeanFlow network u(z, r, t): the average velocity over [r, t]. It has two
 # times, so it is no function of (x̂, ε̂) at one time: only the 'meanflow' sampler reads it.
 AVERAGE_VELOCITY = "average_velocity"
-SPACINGS = ("uniform", "quadratic", "shifted", "ddpm_respaced")
 VARIANCES = ("posterior", "forward", "learned")
-T_MAX_IF_SINGULAR = 1.0 - 1e-3  # default t_max where λ(1) is not finite
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["samples"], meta_fields=["nfe"])
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["samples", "conditions"],
+                   meta_fields=["nfe"])
 @dataclasses.dataclass(frozen=True)
 class SampleOutput:
-    """Samples z_{t_min}: (B, ...) and the number of model evaluations (a static int)."""
+    """Samples z_{t_min}: (B, ...), the number of model evaluations (a static int) and, with a
+    recording `SharedEncoder`, every step's shared condition (N, ...) (else None)."""
 
     samples: Array
     nfe: int
+    conditions: Array | None = None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SamplingModel:
+    """What a sampler samples with: the model function and how to run it.
+
+    fn: (z (B, ...), t (B,)) -> output; for 'meanflow' (z, r, t) -> u; with `shared`, the
+        decoder (z, t, c) -> output of a model whose condition c is shared across steps.
+    sharding: the batch's sharding, kept on z through the loop (None: unconstrained).
+    shared: DDT's encoder sharing (`core.encoder_sharing.SharedEncoder`), or None.
+    Every sampler also takes a plain model function, read as SamplingModel(fn).
+    """
+
+    fn: Callable[..., Array]
+    sharding: jax.sharding.Sharding | None = None
+    shared: SharedEncoder | None = None
+
+
+def as_sampling_model(model: ModelFn | SamplingModel) -> SamplingModel:
+    """`model` itself, or a plain model function wrapped as SamplingModel(model)."""
+    return model if isinstance(model, SamplingModel) else SamplingModel(model)
 
 
 def nfe(sampler: str, num_steps: int) -> int:
@@ -112,149 +145,98 @@ def nfe(sampler: str, num_steps: int) -> int:
     return 2 * num_steps - 1 if sampler == "heun" else num_steps
 
 
-def time_grid(
-    num_steps: int,
-    spacing: str = "uniform",
-    *,
-    t_min: float | Array = 0.0,
-    t_max: float | Array = 1.0,
-    shift: float = 3.0,
-    num_train_steps: int | None = None,
-    dtype: Any = None,
-) -> Array:
-    """(num_steps + 1,) times decreasing from t_max to t_min: t_i = t_min + (t_max − t_min) r(u_i),
-    u_i = 1 − i/N, with r(u) =
-        'uniform'    u
-        'quadratic'  u²                          (DDIM's; more steps near the data)
-        'shifted'    shift u / (1 + (shift − 1) u)   (SD3's time shift; more steps at high noise
-                                                      for shift > 1)
-    or 'ddpm_respaced': the N levels that guided-diffusion / DiT keep of a T = num_train_steps
-    DDPM (`ddpm_respaced_indices`, 0-based k_0 < … < k_{N−1} = T − 1), read as t = (k + 1)/T,
-    then 0: (k_{N−1} + 1)/T = 1, …, (k_0 + 1)/T, 0. DiT's index k is our level k + 1 (its
-    ᾱ_k = Π_{j≤k} (1 − β_j) is our α²((k + 1)/T)), so with `ddpm_linear(T)` this grid is the
-    respaced process exactly; t_min and t_max are not used.
-    """
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
-    if spacing not in SPACINGS:
-        raise ValueError(f"Unknown spacing {spacing!r}; expected one of {SPACINGS}.")
-    if spacing == "shifted" and shift <= 0:
-        raise ValueError(f"shift must be positive, got {shift}.")
-    dtype = dtype or jnp.result_type(float)
-    if spacing == "ddpm_respaced":
-        if num_train_steps is None:
-            raise ValueError("spacing 'ddpm_respaced' needs num_train_steps (the T of the "
-                             "DDPM schedule, e.g. 1000 for DiT).")
-        kept = ddpm_respaced_indices(num_train_steps, num_steps)
-        # linspace: the same float values as `ddpm_linear`'s knots, so λ is read exactly there.
-        levels = np.linspace(0.0, 1.0, num_train_steps + 1)[kept[::-1] + 1]
-        return jnp.asarray(np.append(levels, 0.0), dtype)
-    u = 1.0 - jnp.arange(num_steps + 1, dtype=dtype) / num_steps
-    if spacing == "quadratic":
-        r = u**2
-    elif spacing == "shifted":
-        r = shift * u / (1 + (shift - 1) * u)
-    else:
-        r = u
-    t_min, t_max = jnp.asarray(t_min, dtype), jnp.asarray(t_max, dtype)
-    ts = t_min + (t_max - t_min) * r
-    return ts.at[0].set(t_max).at[-1].set(t_min)  # exact endpoints
-
-
-def ddpm_respaced_indices(num_train_steps: int, num_steps: int) -> np.ndarray:
-    """The 0-based DDPM steps k_0 < … < k_{N−1} kept by guided-diffusion's (and DiT's)
-    `space_timesteps(T, "N")`: k_i = round(i (T − 1)/(N − 1)), rounded half to even, so k_0 = 0
-    and k_{N−1} = T − 1 (k = [0] for N = 1). (N,) int64.
-
-    As there, i (T − 1)/(N − 1) is the float64 running sum of i strides, not the exact product:
-    where the product is a half-integer the sum's rounding error decides the step (for T = 1000,
-    283 of the N ≤ 1000 differ from exact rounding, N = 250 does not).
-    """
-    if not 1 <= num_steps <= num_train_steps:
-        raise ValueError(f"Cannot respace {num_train_steps} DDPM steps to {num_steps}: need "
-                         f"1 <= num_steps <= num_train_steps.")
-    if num_steps == 1:
-        return np.zeros((1,), np.int64)
-    stride = (num_train_steps - 1) / (num_steps - 1)
-    # add.accumulate is a left-to-right running sum, the reference's `cur_idx += stride`.
-    positions = np.add.accumulate(np.append(0.0, np.full(num_steps - 1, stride)))
-    return np.round(positions).astype(np.int64)  # np.round: half to even, as Python's round
-
-
-def default_t_max(schedule: Schedule, dtype: Any = None) -> Array:
-    """1 where λ(1) is finite, else `T_MAX_IF_SINGULAR` (a traced scalar: works for learned λ)."""
-    one = jnp.ones((), dtype or jnp.result_type(float))
-    return jnp.where(jnp.isfinite(schedule.log_snr(one)), one, T_MAX_IF_SINGULAR).astype(one.dtype)
-
-
-def initial_noise(
-    schedule: Schedule, shape: tuple[int, ...], rng: Array, t_max: float | Array = 1.0,
-    dtype: Any = None,
-) -> Array:
-    """z_{t_max} ~ N(0, (α² + σ²) I): the marginal at t_max for zero-mean, unit-variance data."""
-    dtype = dtype or jnp.result_type(float)
-    alpha, sigma = alpha_sigma(schedule, jnp.asarray(t_max, dtype))
-    return jnp.sqrt(alpha**2 + sigma**2) * jax.random.normal(rng, shape, dtype)
-
-
 # ----------------------------------------------------------------------------------------------
 # Model evaluation through the parameterizations.
 # ----------------------------------------------------------------------------------------------
 
 
-def _predict(model_fn: ModelFn, z: Array, t: Array) -> Array:
-    return model_fn(z, jnp.full((z.shape[0],), t, z.dtype)).astype(z.dtype)
+def _times(z: Array, t: Array) -> Array:
+    """A scalar time t as the model's (B,) time vector."""
+    return jnp.full((z.shape[0],), t, z.dtype)
 
 
-def _x_eps(model_fn: ModelFn, schedule: Schedule, prediction: str, z: Array, t: Array):
-    """(x̂, ε̂) at (z_t, t); t a scalar."""
-    pred = _predict(model_fn, z, t)
-    return to_x_eps(schedule, pred, prediction, z, jnp.full((z.shape[0],), t, z.dtype))
+def _x_eps(schedule: Schedule, prediction: str, out: Array, z: Array, t: Array):
+    """(x̂, ε̂) at (z_t, t) from the model's output `out` there; t a scalar."""
+    return to_x_eps(schedule, out, prediction, z, _times(z, t))
 
 
-def _velocity(model_fn: ModelFn, schedule: Schedule, prediction: str, z: Array, t: Array):
-    """û = α' x̂ + σ' ε̂ at (z_t, t). A 'flow' model's output is û itself (no conversion)."""
-    pred = _predict(model_fn, z, t)
+def _velocity(schedule: Schedule, prediction: str, out: Array, z: Array, t: Array):
+    """û = α' x̂ + σ' ε̂ at (z_t, t) from the model's output `out` there. A 'flow' model's output
+    is û itself (no conversion)."""
     if prediction == "flow":
-        return pred
-    t_vec = jnp.full((z.shape[0],), t, z.dtype)
-    x_hat, eps_hat = to_x_eps(schedule, pred, prediction, z, t_vec)
-    return from_x_eps(schedule, x_hat, eps_hat, "flow", z, t_vec)
+        return out
+    x_hat, eps_hat = _x_eps(schedule, prediction, out, z, t)
+    return from_x_eps(schedule, x_hat, eps_hat, "flow", z, _times(z, t))
 
 
 def _constrain(z: Array, sharding: jax.sharding.Sharding | None) -> Array:
     return z if sharding is None else jax.lax.with_sharding_constraint(z, sharding)
 
 
-def _scan(step, carry, ts: Array, rng: Array | None, sharding, cache=None):
-    """Run step(carry, t, s, key, i, last) over the N steps of ts in one `lax.scan`; with a
-    `ConditionCache`, its value rides in the carry (see ConditionCache)."""
+def scan_steps(step, carry, ts: Array, rng: Array | None, model: SamplingModel, *,
+          nfe: int | None = None, first: bool = True) -> SampleOutput:
+    """Run step(carry, t, s, key, i, last, out, f) over the N steps of ts in one `lax.scan`:
+    SampleOutput(samples=the final carry[0], nfe=nfe or N).
+
+    out is the model's output at the step's start (z_t = carry[0], t), f(z', t') (t' a scalar)
+    evaluates the model anywhere else within the step. first=False (a model function of other
+    arguments, 'meanflow'): out is None and f is model.fn itself. With `model.shared` the
+    condition c rides in the carry (see `SharedEncoder`).
+    """
     n = ts.shape[0] - 1
     idx = jnp.arange(n)
     keys = jax.random.split(rng, n) if rng is not None else idx
-    if cache is not None:
-        carry = (*carry, cache.initial(lambda: step(
-            carry, ts[0], ts[1], keys[0] if rng is not None else None, idx[0], n == 1), n))
-        refresh = jnp.asarray(cache.refresh)
+    shared = model.shared
+    if shared is not None:
+        if not first:
+            raise ValueError("encoder sharing needs a model function of (z, t).")
+        carry = (*carry, shared.initial(carry[0], _times(carry[0], ts[0]), n))
+        refresh = jnp.asarray(shared.refresh)
+
+    def plain(z: Array, t: Array) -> Array:
+        return model.fn(z, _times(z, t)).astype(z.dtype)
 
     def body(carry, xs):
         t, s, key, i = xs
-        if cache is None:
-            carry = step(carry, t, s, key if rng is not None else None, i, i == n - 1)
-            record = None
+        key = key if rng is not None else None
+        z = carry[0]
+        if not first:
+            out, f, record = None, model.fn, None
+        elif shared is None:
+            out, f, record = plain(z, t), plain, None
         else:
-            with cache.stepping(carry[-1], refresh[i]):
-                inner = step(carry[:-1], t, s, key if rng is not None else None, i, i == n - 1)
-                carry = (*inner, cache.value)
-            record = cache.value if cache.record else None
-        z = _constrain(carry[0], sharding)
-        return (z, *carry[1:]), record
+            *carry, c_in = carry
+            fresh = refresh[i]
 
-    carry, history = jax.lax.scan(body, carry, (ts[:-1], ts[1:], keys, idx))
-    if cache is not None:
-        cache.history = history
-        carry = carry[:-1]
-    return carry
+            def f(z_: Array, t_: Array) -> Array:
+                c = shared.read(fresh, c_in, z_, _times(z_, t_))
+                return model.fn(z_, _times(z_, t_), c).astype(z_.dtype)
+
+            c = shared.read(fresh, c_in, z, _times(z, t))  # carried on to the next step
+            out, record = model.fn(z, _times(z, t), c).astype(z.dtype), c
+        carry = step(tuple(carry), t, s, key, i, i == n - 1, out, f)
+        if shared is not None:
+            carry = (*carry, c)
+        z = _constrain(carry[0], model.sharding)
+        return (z, *carry[1:]), (record if shared is not None and shared.record else None)
+
+    carry, conditions = jax.lax.scan(body, carry, (ts[:-1], ts[1:], keys, idx))
+    return SampleOutput(samples=carry[0], nfe=n if nfe is None else nfe, conditions=conditions)
+
+
+def check_eta(eta: Any) -> float:
+    """DDIM's η as a float in [0, 1] (the one check of it: `ddim` and `SamplingSpec` call it)."""
+    eta = float(eta)
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"DDIM needs eta in [0, 1], got {eta}")
+    return eta
+
+
+def check_variance(variance: Any) -> str:
+    """A DDPM variance of VARIANCES (the one check: `ddpm` and `SamplingSpec` call it)."""
+    if variance not in VARIANCES:
+        raise ValueError(f"Unknown DDPM variance {variance!r}; expected one of {VARIANCES}")
+    return variance
 
 
 def _need_rng(rng: Array | None, name: str) -> Array:
@@ -287,8 +269,7 @@ def ddpm_mean_log_variance(
     `posterior_log_variance_clipped` uses the second step's β̃ on the first step, where β̃ = 0.
     z, x_hat, var_output: (B, ...). Returns μ (B, ...) and log σ² (B, ...) or a scalar.
     """
-    if variance not in VARIANCES:
-        raise ValueError(f"Unknown DDPM variance {variance!r}; expected one of {VARIANCES}.")
+    check_variance(variance)
     coef_z, coef_x, var_tilde = posterior_coefficients(schedule, s, t)
     mean = coef_z * z + coef_x * x_hat
     if variance == "posterior":
@@ -320,32 +301,31 @@ def _split_learned(out: Array, z: Array) -> tuple[Array, Array]:
 
 
 def ddpm(
-    model_fn: ModelFn, schedule: Schedule, z: Array, ts: Array, rng: Array | None = None, *,
+    model: ModelFn | SamplingModel, schedule: Schedule, z: Array, ts: Array,
+    rng: Array | None = None, *,
     prediction: str = "eps", variance: str = "posterior", clip_denoised: bool = False,
-    sharding: jax.sharding.Sharding | None = None, cache: ConditionCache | None = None,
-) -> Array:
+) -> SampleOutput:
     """Ancestral sampling z_s ~ N(a z_t + b x̂, σ²_step) on any decreasing grid
     (`ddpm_mean_log_variance`). One NFE a step.
 
     variance: 'posterior' σ̃²_{s|t} = c σ_s² (β̃), 'forward' σ²_{t|s} (β), or 'learned': then
-    model_fn returns the network's full output (B, ..., 2C), the prediction in the first C
+    the model returns the network's full output (B, ..., 2C), the prediction in the first C
     channels of the last axis and v ∈ [−1, 1] in the last C, and log σ²_step interpolates log β
     and log β̃ of the current step by (v + 1)/2 (IDDPM's 'learned_range'); on the final step
     β̃ is that of the step before (IDDPM's clipping; the final step adds no noise anyway).
     clip_denoised: clip x̂ to [−1, 1] before the step.
     """
-    if variance not in VARIANCES:
-        raise ValueError(f"Unknown DDPM variance {variance!r}; expected one of {VARIANCES}.")
+    check_variance(variance)
     rng = _need_rng(rng, "ddpm")
     learned = variance == "learned"
     n = ts.shape[0] - 1
 
-    def step(carry, t, s, key, i, last):
+    def step(carry, t, s, key, i, last, out, f):
         (z,) = carry
-        out, var_output = _predict(model_fn, z, t), None
+        var_output = None
         if learned:
             out, var_output = _split_learned(out, z)
-        x_hat, _ = to_x_eps(schedule, out, prediction, z, jnp.full((z.shape[0],), t, z.dtype))
+        x_hat, _ = _x_eps(schedule, prediction, out, z, t)
         if clip_denoised:
             x_hat = jnp.clip(x_hat, -1.0, 1.0)
         clip_step = None
@@ -355,29 +335,27 @@ def ddpm(
                                                var_output=var_output, clip_step=clip_step)
         return (mean + _noise(key, z, jnp.exp(0.5 * log_var), last),)
 
-    return _scan(step, (z,), ts, rng, sharding, cache)[0]
+    return scan_steps(step, (z,), ts, rng, as_sampling_model(model))
 
 
 def ddim(
-    model_fn: ModelFn, schedule: Schedule, z: Array, ts: Array, rng: Array | None = None, *,
+    model: ModelFn | SamplingModel, schedule: Schedule, z: Array, ts: Array,
+    rng: Array | None = None, *,
     prediction: str = "eps", eta: float = 0.0, clip_denoised: bool = False,
-    sharding: jax.sharding.Sharding | None = None, cache: ConditionCache | None = None,
-) -> Array:
+) -> SampleOutput:
     """DDIM: z_s = α_s x̂ + σ_s √(1 − η² c) ε̂ + η √c σ_s ξ, c = −expm1(λ_t − λ_s). One NFE a step.
 
     η = 0 is deterministic and runs either way: an increasing grid ts encodes (DDIM inversion,
     see `ddim_invert`). η = 1 equals `ddpm` with the posterior variance (same rng, same samples).
     clip_denoised: clip x̂ to [−1, 1] and use ε̂ = (z_t − α_t x̂)/σ_t of the clipped x̂.
     """
-    eta = float(eta)
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"DDIM needs eta in [0, 1], got {eta}.")
+    eta = check_eta(eta)
     stochastic = eta > 0
     rng = _need_rng(rng, "ddim") if stochastic else None
 
-    def step(carry, t, s, key, i, last):
+    def step(carry, t, s, key, i, last, out, f):
         (z,) = carry
-        x_hat, eps_hat = _x_eps(model_fn, schedule, prediction, z, t)
+        x_hat, eps_hat = _x_eps(schedule, prediction, out, z, t)
         if clip_denoised:
             x_hat = jnp.clip(x_hat, -1.0, 1.0)
             alpha_t, sigma_t = alpha_sigma(schedule, t)
@@ -390,79 +368,78 @@ def ddim(
         z_s = alpha_s * x_hat + sigma_s * jnp.sqrt(1 - eta**2 * c) * eps_hat
         return (z_s + _noise(key, z, eta * jnp.sqrt(c) * sigma_s, last),)
 
-    return _scan(step, (z,), ts, rng, sharding, cache)[0]
+    return scan_steps(step, (z,), ts, rng, as_sampling_model(model))
 
 
 def euler(
-    model_fn: ModelFn, schedule: Schedule, z: Array, ts: Array, rng: Array | None = None, *,
-    prediction: str = "eps", sharding: jax.sharding.Sharding | None = None,
-    cache: ConditionCache | None = None,
-) -> Array:
+    model: ModelFn | SamplingModel, schedule: Schedule, z: Array, ts: Array,
+    rng: Array | None = None, *,
+    prediction: str = "eps",
+) -> SampleOutput:
     """Probability-flow ODE dz/dt = û, Euler in t: z_s = z_t + (s − t) û(z_t, t). One NFE a step."""
 
-    def step(carry, t, s, key, i, last):
+    def step(carry, t, s, key, i, last, out, f):
         (z,) = carry
-        u = _velocity(model_fn, schedule, prediction, z, t)
-        return (z + (s - t) * u,)
+        return (z + (s - t) * _velocity(schedule, prediction, out, z, t),)
 
-    return _scan(step, (z,), ts, None, sharding, cache)[0]
+    return scan_steps(step, (z,), ts, None, as_sampling_model(model))
 
 
 def heun(
-    model_fn: ModelFn, schedule: Schedule, z: Array, ts: Array, rng: Array | None = None, *,
-    prediction: str = "eps", sharding: jax.sharding.Sharding | None = None,
-    cache: ConditionCache | None = None,
-) -> Array:
+    model: ModelFn | SamplingModel, schedule: Schedule, z: Array, ts: Array,
+    rng: Array | None = None, *,
+    prediction: str = "eps",
+) -> SampleOutput:
     """Probability-flow ODE, Heun's method (2nd order): z̃ = z_t + (s − t) û_t,
     z_s = z_t + (s − t)(û_t + û(z̃, s))/2. The last step is always the Euler step z̃ (Karras et al.
     2022 skip the correction where σ_N = 0; here also for t_min > 0), so the model is never called
     at t_min and the order stays 2. 2N − 1 NFE.
     """
 
-    def step(carry, t, s, key, i, last):
+    def step(carry, t, s, key, i, last, out, f):
         (z,) = carry
-        u = _velocity(model_fn, schedule, prediction, z, t)
+        u = _velocity(schedule, prediction, out, z, t)
         z_euler = z + (s - t) * u
 
         def correct(z_euler):
-            u_s = _velocity(model_fn, schedule, prediction, z_euler, s)
+            u_s = _velocity(schedule, prediction, f(z_euler, s), z_euler, s)
             return z + (s - t) / 2 * (u + u_s)
 
         return (jax.lax.cond(last, lambda z_euler: z_euler, correct, z_euler),)
 
-    return _scan(step, (z,), ts, None, sharding, cache)[0]
+    n = ts.shape[0] - 1
+    return scan_steps(step, (z,), ts, None, as_sampling_model(model), nfe=2 * n - 1)
 
 
 def euler_maruyama(
-    model_fn: ModelFn, schedule: Schedule, z: Array, ts: Array, rng: Array | None = None, *,
-    prediction: str = "eps", sharding: jax.sharding.Sharding | None = None,
-    cache: ConditionCache | None = None,
-) -> Array:
+    model: ModelFn | SamplingModel, schedule: Schedule, z: Array, ts: Array,
+    rng: Array | None = None, *,
+    prediction: str = "eps",
+) -> SampleOutput:
     """Reverse SDE dz = [û − ½ g² ∇log p] dt + g dw̄ with g² = −σ_t² λ'_t and ∇log p = −ε̂/σ_t,
     Euler–Maruyama: z_s = z_t + (s − t)(û − ½ σ_t λ'_t ε̂) + √(g² (t − s)) ξ. One NFE a step.
     """
     rng = _need_rng(rng, "euler_maruyama")
 
-    def step(carry, t, s, key, i, last):
+    def step(carry, t, s, key, i, last, out, f):
         (z,) = carry
-        t_vec = jnp.full((z.shape[0],), t, z.dtype)
-        pred = _predict(model_fn, z, t)
-        x_hat, eps_hat = to_x_eps(schedule, pred, prediction, z, t_vec)
-        u = pred if prediction == "flow" else from_x_eps(schedule, x_hat, eps_hat, "flow", z, t_vec)
+        t_vec = _times(z, t)
+        x_hat, eps_hat = to_x_eps(schedule, out, prediction, z, t_vec)
+        u = out if prediction == "flow" else from_x_eps(schedule, x_hat, eps_hat, "flow", z, t_vec)
         lam, d_lam = log_snr_and_derivative(schedule, t)
         _, sigma = alpha_sigma_from_log_snr(lam, schedule.family)
         drift = u - 0.5 * sigma * d_lam * eps_hat
         g2 = -(sigma**2) * d_lam
         return (z + (s - t) * drift + _noise(key, z, jnp.sqrt(g2 * (t - s)), last),)
 
-    return _scan(step, (z,), ts, rng, sharding, cache)[0]
+    return scan_steps(step, (z,), ts, rng, as_sampling_model(model))
 
 
 def dpm_solver_2m(
-    model_fn: ModelFn, schedule: Schedule, z: Array, ts: Array, rng: Array | None = None, *,
+    model: ModelFn | SamplingModel, schedule: Schedule, z: Array, ts: Array,
+    rng: Array | None = None, *,
     prediction: str = "eps", lower_order_final: bool = True,
-    sharding: jax.sharding.Sharding | None = None, cache: ConditionCache | None = None,
-) -> Array:
+) -> SampleOutput:
     """DPM-Solver++(2M), multistep 2nd order in log-SNR on the data prediction x̂ (Lu et al. 2022):
         h = (λ_s − λ_t)/2,  z_s = (σ_s/σ_t) z_t − α_s expm1(−h) D,
         D = x̂_t + (h / 2h_prev)(x̂_t − x̂_prev)    (r = h_prev/h, D = (1 + 1/2r) x̂_t − x̂_prev/2r).
@@ -472,9 +449,9 @@ def dpm_solver_2m(
     """
     n = ts.shape[0] - 1
 
-    def step(carry, t, s, key, i, last):
+    def step(carry, t, s, key, i, last, out, f):
         z, x_prev, h_prev = carry
-        x_hat, _ = _x_eps(model_fn, schedule, prediction, z, t)
+        x_hat, _ = _x_eps(schedule, prediction, out, z, t)
         lam_t, lam_s = schedule.log_snr(t), schedule.log_snr(s)
         _, sigma_t = alpha_sigma_from_log_snr(lam_t, schedule.family)
         alpha_s, sigma_s = alpha_sigma_from_log_snr(lam_s, schedule.family)
@@ -488,26 +465,24 @@ def dpm_solver_2m(
         return z_s, x_hat, h
 
     carry = (z, jnp.zeros_like(z), jnp.zeros((), z.dtype))
-    return _scan(step, carry, ts, None, sharding, cache)[0]
+    return scan_steps(step, carry, ts, None, as_sampling_model(model))
 
 
 def meanflow(
-    model_fn: Callable[[Array, Array, Array], Array], schedule: Schedule, z: Array, ts: Array,
-    rng: Array | None = None, *, prediction: str = AVERAGE_VELOCITY,
-    sharding: jax.sharding.Sharding | None = None, cache: ConditionCache | None = None,
-) -> Array:
+    model: Callable[[Array, Array, Array], Array] | SamplingModel, schedule: Schedule | None,
+    z: Array, ts: Array, rng: Array | None = None, *, prediction: str = AVERAGE_VELOCITY,
+) -> SampleOutput:
     """MeanFlow's few-step sampler: z_s = z_t − (t − s) u(z_t, s, t) for consecutive (t, s) of
-    ts, with model_fn(z, r, t) -> u (B, ...), r and t (B,). Exact for any grid when u is the true
+    ts, with the model u(z, r, t) -> (B, ...), r and t (B,). Exact for any grid when u is the true
     average velocity; the schedule is not read (the path is rectified flow's). N NFE.
     """
 
-    def step(carry, t, s, key, i, last):
+    def step(carry, t, s, key, i, last, out, f):
         (z,) = carry
-        b = z.shape[0]
-        u = model_fn(z, jnp.full((b,), s, z.dtype), jnp.full((b,), t, z.dtype)).astype(z.dtype)
+        u = f(z, _times(z, s), _times(z, t)).astype(z.dtype)  # f = model.fn: u(z, r, t)
         return (z - (t - s) * u,)
 
-    return _scan(step, (z,), ts, None, sharding, cache)[0]
+    return scan_steps(step, (z,), ts, None, as_sampling_model(model), first=False)
 
 
 _SAMPLER_FNS: dict[str, Callable[..., Array]] = {
@@ -521,7 +496,9 @@ _SAMPLER_FNS: dict[str, Callable[..., Array]] = {
 }
 
 
-# The options each sampler takes beyond the common ones (through `sample`'s **options).
+# The options of the time grid, which every sampler takes (`time_grid`'s keywords).
+GRID_OPTIONS = ("spacing", "shift", "t_min", "t_max", "num_train_steps")
+# The options each sampler takes beyond those (through `sample`'s **options).
 SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
     "ddpm": ("variance", "clip_denoised"),
     "ddim": ("eta", "clip_denoised"),
@@ -539,43 +516,41 @@ def _check_sampler(sampler: str) -> None:
 
 
 def sample(
-    model_fn: ModelFn, schedule: Schedule, shape: tuple[int, ...], rng: Array, *,
-    sampler: str, num_steps: int, prediction: str = "eps", spacing: str = "uniform",
-    t_min: float | Array = 0.0, t_max: float | Array | None = None, shift: float = 3.0,
-    num_train_steps: int | None = None, z_init: Array | None = None,
-    sharding: jax.sharding.Sharding | None = None, dtype: Any = None,
-    cache: ConditionCache | None = None, **options: Any,
+    model: ModelFn | SamplingModel, schedule: Schedule, shape: tuple[int, ...], rng: Array, *,
+    sampler: str, num_steps: int, prediction: str = "eps", z_init: Array | None = None,
+    dtype: Any = None, **options: Any,
 ) -> SampleOutput:
-    """Samples of `shape` (B, ...) from `sampler` on `time_grid(num_steps, spacing, ...)`:
+    """Samples of `shape` (B, ...) from `sampler` on `time_grid(num_steps, ...)`: the sampler's
     SampleOutput(samples=z_{t_min}, nfe=nfe(sampler, num_steps)).
 
-    t_max: None for `default_t_max(schedule)` (1 for 'meanflow', whose network is evaluated at
-    t = 1 without a conversion through λ). num_train_steps: T of spacing='ddpm_respaced'.
+    model: a model function (z, t) -> prediction (for 'meanflow', (z, r, t) -> u with
+    prediction 'average_velocity', and no other sampler takes that prediction), or a
+    `SamplingModel` that adds the batch's sharding and DDT's encoder sharing to it.
+    options: the time grid's (GRID_OPTIONS: spacing, shift, t_min, t_max = None for
+    `default_t_max(schedule)` (1 for 'meanflow', whose network is evaluated at t = 1 without a
+    conversion through λ), num_train_steps = T of spacing='ddpm_respaced') and the sampler's
+    (SAMPLER_OPTIONS: eta, variance, clip_denoised, lower_order_final).
     z_init: start from this z_{t_max} instead of `initial_noise` (e.g. a DDIM-inverted latent).
-    model_fn: (z, t) -> prediction; for 'meanflow', (z, r, t) -> u with prediction
-    'average_velocity' (and no other sampler takes that prediction). sharding: the batch's
-    sharding, kept through the loop. cache: a `ConditionCache` the model function draws its
-    shared encoder from (DDT's encoder sharing; its mask covers the num_steps steps). options
-    go to the sampler: eta ('ddim'), variance ('ddpm'), clip_denoised ('ddpm', 'ddim'),
-    lower_order_final ('dpm_solver_2m'). Jittable with everything but rng static, e.g.
+    Jittable with everything but rng static, e.g.
     jax.jit(functools.partial(sample, model_fn, schedule, shape, sampler='heun', num_steps=50)).
     """
     _check_sampler(sampler)
-    unknown = sorted(set(options) - set(SAMPLER_OPTIONS[sampler]))
+    unknown = sorted(set(options) - set(GRID_OPTIONS) - set(SAMPLER_OPTIONS[sampler]))
     if unknown:
         raise ValueError(f"Sampler {sampler!r} takes no option(s) {unknown}; its options are "
-                         f"{SAMPLER_OPTIONS[sampler]}.")
+                         f"{GRID_OPTIONS + SAMPLER_OPTIONS[sampler]}.")
     if (prediction == AVERAGE_VELOCITY) != (sampler == "meanflow"):
         raise ValueError(f"A model of prediction {AVERAGE_VELOCITY!r} (MeanFlow) samples with "
                          f"sampler 'meanflow' and only it; got sampler {sampler!r} with "
                          f"prediction {prediction!r}.")
     if prediction not in (*PREDICTIONS, AVERAGE_VELOCITY):
         raise ValueError(f"Unknown prediction type {prediction!r}; expected one of {PREDICTIONS}.")
+    model = as_sampling_model(model)
+    grid = {k: options.pop(k) for k in GRID_OPTIONS if k in options}
     dtype = dtype or (z_init.dtype if z_init is not None else jnp.result_type(float))
-    if t_max is None:
-        t_max = 1.0 if sampler == "meanflow" else default_t_max(schedule, dtype)
-    ts = time_grid(num_steps, spacing, t_min=t_min, t_max=t_max, shift=shift,
-                   num_train_steps=num_train_steps, dtype=dtype)
+    if grid.get("t_max") is None:
+        grid["t_max"] = 1.0 if sampler == "meanflow" else default_t_max(schedule, dtype)
+    ts = time_grid(num_steps, dtype=dtype, **grid)
     rng_init, rng_steps = jax.random.split(rng)
     if z_init is None:
         z = initial_noise(schedule, tuple(shape), rng_init, ts[0], dtype)
@@ -583,11 +558,9 @@ def sample(
         if tuple(z_init.shape) != tuple(shape):
             raise ValueError(f"z_init has shape {z_init.shape}, expected {tuple(shape)}.")
         z = z_init.astype(dtype)
-    z = _constrain(z, sharding)
-    fn = _SAMPLER_FNS[sampler]
-    out = fn(model_fn, schedule, z, ts, rng_steps, prediction=prediction, sharding=sharding,
-             cache=cache, **options)
-    return SampleOutput(samples=out, nfe=nfe(sampler, num_steps))
+    z = _constrain(z, model.sharding)
+    return _SAMPLER_FNS[sampler](model, schedule, z, ts, rng_steps, prediction=prediction,
+                                 **options)
 
 
 def make_sampler(
@@ -611,10 +584,9 @@ def make_sampler(
 
 
 def ddim_invert(
-    model_fn: ModelFn, schedule: Schedule, x: Array, *, num_steps: int,
+    model: ModelFn | SamplingModel, schedule: Schedule, x: Array, *, num_steps: int,
     prediction: str = "eps", spacing: str = "uniform", t_min: float | Array = 0.0,
     t_max: float | Array | None = None, shift: float = 3.0, fixed_point_iters: int = 0,
-    sharding: jax.sharding.Sharding | None = None,
 ) -> Array:
     """Encode z_{t_min} = x to z_{t_max} along the reversed `time_grid`; decode with
     `sample(..., sampler='ddim', z_init=z)` on the same grid.
@@ -632,62 +604,19 @@ def ddim_invert(
     ts = time_grid(num_steps, spacing, t_min=t_min, t_max=t_max, shift=shift, dtype=x.dtype)
     ts = ts[::-1]
     if fixed_point_iters == 0:
-        return ddim(model_fn, schedule, x, ts, prediction=prediction, sharding=sharding)
+        return ddim(model, schedule, x, ts, prediction=prediction).samples
 
-    def step(carry, s, t, key, i, last):
+    def step(carry, s, t, key, i, last, out, f):
         (z_s,) = carry
-        x_hat, eps_hat = _x_eps(model_fn, schedule, prediction, z_s, s)
+        x_hat, eps_hat = _x_eps(schedule, prediction, out, z_s, s)
         alpha_s, sigma_s = alpha_sigma(schedule, s)
         alpha_t, sigma_t = alpha_sigma(schedule, t)
 
         def refine(_, z_t):
-            _, eps_t = _x_eps(model_fn, schedule, prediction, z_t, t)
+            _, eps_t = _x_eps(schedule, prediction, f(z_t, t), z_t, t)
             return (alpha_t / alpha_s) * (z_s - sigma_s * eps_t) + sigma_t * eps_t
 
         z_t = alpha_t * x_hat + sigma_t * eps_hat
         return (jax.lax.fori_loop(0, fixed_point_iters, refine, z_t),)
 
-    return _scan(step, (x,), ts, None, sharding)[0]
-
-
-# ----------------------------------------------------------------------------------------------
-# Classifier-free guidance.
-# ----------------------------------------------------------------------------------------------
-
-
-def classifier_free_guidance(
-    model_fn: Callable[[Array, Array, Array], Array], labels: Array, null_label: int,
-    scale: float | Array, interval: tuple[float, float] | None = None, *,
-    channels: int | None = None,
-) -> ModelFn:
-    """Guided model (z, t) ↦ p̂(∅) + w (p̂(c) − p̂(∅)) from a conditional model_fn(z, t, y).
-
-    The conditional (y = labels, (B,)) and null (y = null_label) batches run as ONE forward pass
-    of size 2B. The combination is in the model's own parameterization; all conversions are
-    affine in the prediction at fixed (z, t), so it is the same guidance in ε, x, v or u.
-    w = scale for t ∈ [t_lo, t_hi] = interval (Kynkäänniemi et al. 2024) and w = 1 (plain
-    conditional) outside; the 2B pass runs at every t, keeping one compiled step. w = 1 is the
-    conditional model, w = 0 the unconditional one.
-    channels = k guides only the first k channels of the last axis; channels ≥ k (e.g. the 4th
-    latent channel and a learned-variance half) are the conditional output. DiT's
-    `forward_with_cfg` is channels=3 on its (B, H, W, 8) output. None guides every channel.
-    """
-    labels = jnp.asarray(labels)
-    if channels is not None and (not isinstance(channels, int) or channels < 1):
-        raise ValueError(f"channels must be a positive int (or None for all), got {channels!r}.")
-
-    def guided(z: Array, t: Array) -> Array:
-        b = z.shape[0]
-        y = jnp.concatenate([labels, jnp.full_like(labels, null_label)])
-        out = model_fn(jnp.concatenate([z, z]), jnp.concatenate([t, t]), y)
-        cond, uncond = out[:b], out[b:]
-        w = jnp.broadcast_to(jnp.asarray(scale, out.dtype), t.shape)
-        if interval is not None:
-            t_lo, t_hi = interval
-            w = jnp.where((t >= t_lo) & (t <= t_hi), w, jnp.ones_like(w))
-        mixed = uncond + expand_to(w, cond) * (cond - uncond)
-        if channels is None:
-            return mixed
-        return jnp.concatenate([mixed[..., :channels], cond[..., channels:]], axis=-1)
-
-    return guided
+    return scan_steps(step, (x,), ts, None, as_sampling_model(model)).samples

@@ -12,12 +12,12 @@ from vdm_jax.data.pipeline import (
     DATASETS,
     BatchIterator,
     DatasetInfo,
-    center_crop,
     dataset_info,
     eval_iterator,
     train_iterator,
 )
 from vdm_jax.data.pixels import levels_to_unit
+from vdm_jax.data.records import center_crop
 from vdm_jax.data.tfds_utils import DatasetNotFoundError, default_data_dir
 
 __all__ = [

@@ -3,7 +3,7 @@
 `manual_dir` must hold ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from
 https://image-net.org/download-images). Preparation stores the original JPEGs (any resolution)
 as array_record under `data_dir/imagenet2012/5.1.0/`; resizing to the training resolution
-happens at load time (ADM center crop, see pipeline.center_crop), so one prepared copy serves
+happens at load time (ADM center crop, see records.center_crop), so one prepared copy serves
 every resolution.
 
 The builder is tfds's own `imagenet2012` (same name, version, features and label order), with the

@@ -18,6 +18,10 @@ example) and yields the local batch of global_batch_size / P examples. Since eve
 is infinite, no host waits on another at an epoch boundary. The iterator's state (grain
 checkpointing, JSON bytes) restores the exact stream.
 
+The records and their transforms are in `vdm_jax.data.records`; an opened dataset is one of
+three small types (a tfds builder, the synthetic source, a latent dataset) with the same
+methods: info, source(split), train_transform, eval_transform.
+
 Evaluation (`eval_iterator`): one unshuffled pass over the test split; batches are padded and
 carry a boolean `mask`, and every host yields the same number of batches.
 
@@ -42,15 +46,13 @@ import jax
 import numpy as np
 from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec
-from PIL import Image
 
 from vdm_jax.data import cifar10, digits, image_folder, imagenet
 from vdm_jax.data import latents as latents_lib
-from vdm_jax.data.pixels import levels_to_unit
+from vdm_jax.data.records import EvalPreprocess, InMemorySource, SyntheticSource, TrainPreprocess
 from vdm_jax.data.tfds_utils import DatasetNotFoundError, data_source
 
 DATASETS = ("digits", "imagenet2012", "cifar10", "image_folder", "synthetic")
-SYNTHETIC_EXAMPLES = 65_536  # records of the synthetic dataset (any index is as random as any)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,67 +77,102 @@ class DatasetInfo:
     autoencoder: dict | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class _Dataset:
-    builder: Any
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _TfdsDataset:
+    """An opened image dataset: a prepared tfds builder, its splits decoded to uint8 levels."""
+
     train_split: str
     eval_split: str | None
     num_classes: int
     num_levels: int
     channels: int
     image_size: int
-    in_memory: bool  # small datasets: decode every record once, keep the arrays in memory
     read_threads: int  # grain reader threads: worth it only when decoding releases the GIL
-    latents: latents_lib.LatentDataset | None = None  # data.latent_dir given
-    latent_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (shift, scale)
-    synthetic: SyntheticSource | None = None  # data.name='synthetic': no builder, no files
+    builder: Any
+    in_memory: bool  # small datasets: decode every record once, keep the arrays in memory
+
+    def where(self) -> str:
+        return f"{self.builder.name} in {self.builder.data_dir!r}"
+
+    def no_eval_split(self) -> str:
+        return f"{self.where()}: no evaluation split ({'/'.join(image_folder.EVAL_SPLITS)})."
+
+    def info(self) -> DatasetInfo:
+        splits = self.builder.info.splits
+        return DatasetInfo(
+            image_shape=(self.image_size, self.image_size, self.channels),
+            num_classes=self.num_classes, num_levels=self.num_levels,
+            num_train=splits[self.train_split].num_examples,
+            num_test=splits[self.eval_split].num_examples if self.eval_split else 0)
+
+    def source(self, split: str) -> Any:
+        """Random-access source of a split: tfds array_record (decoded examples) or, for the
+        digits, the same in memory."""
+        source = data_source(self.builder, split)
+        return InMemorySource(source) if self.in_memory else source
+
+    def train_transform(self, flip: bool, data_config: Mapping[str, Any]) -> Any:
+        return TrainPreprocess(self.image_size, self.num_levels, flip)
+
+    def eval_transform(self) -> Any:
+        return EvalPreprocess(self.image_size, self.num_levels)
 
 
-class SyntheticSource:
-    """Random training records of a given shape, for timing the trainer without a dataset
-    (data.name='synthetic'): record i is {"image": (S, S, C) uint8 levels uniform in 0..255,
-    "label": i mod num_classes}, a pure function of i (its rng is seeded with (seed, i)), so
-    shuffling, sharding and resuming behave as with a real source. No evaluation split."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _SyntheticDataset(_TfdsDataset):
+    """data.name='synthetic': random uint8 records (`SyntheticSource`), no files, no eval split."""
 
-    def __init__(self, size: int, channels: int, num_classes: int, seed: int = 0,
-                 num_examples: int = SYNTHETIC_EXAMPLES):
-        self.shape, self.num_classes = (size, size, channels), num_classes
-        self.seed, self.num_examples = seed, num_examples
+    builder: SyntheticSource  # the one split's source
+    in_memory: bool = False
 
-    def __repr__(self) -> str:  # stable: grain checks it on restore
-        return (f"SyntheticSource(shape={self.shape}, num_classes={self.num_classes}, "
-                f"seed={self.seed}, num_examples={self.num_examples})")
+    def where(self) -> str:
+        return "data.name='synthetic'"
 
-    def __len__(self) -> int:
-        return self.num_examples
+    def no_eval_split(self) -> str:
+        return "data.name='synthetic' has no evaluation split (it is for timing the trainer)"
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng((self.seed, int(index)))
-        return {"image": rng.integers(0, 256, self.shape, dtype=np.uint8),
-                "label": np.int32(int(index) % self.num_classes)}
+    def info(self) -> DatasetInfo:
+        return DatasetInfo(image_shape=(self.image_size, self.image_size, self.channels),
+                           num_classes=self.num_classes, num_levels=self.num_levels,
+                           num_train=len(self.builder), num_test=0)
+
+    def source(self, split: str) -> Any:
+        return self.builder
 
 
-class InMemorySource:
-    """A split's images and labels decoded once into arrays: (N, H, W, C) uint8 and (N,).
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _LatentDataset(_TfdsDataset):
+    """data.latent_dir: an autoencoder's latents (vdm_jax.data.latents), normalized by
+    latent_norm = (shift, scale)."""
 
-    For small datasets (the digits) this removes tfds's per-record deserialization; it is a
-    random-access source like tfds's, so sampling, sharding and checkpointing are unchanged.
-    """
+    builder: latents_lib.LatentDataset
+    latent_norm: tuple[tuple[float, ...], tuple[float, ...]]
+    in_memory: bool = False
 
-    def __init__(self, source: Any):
-        examples = source.__getitems__(list(range(len(source))))
-        self.images = np.stack([np.asarray(ex["image"]) for ex in examples])
-        self.labels = np.asarray([ex["label"] for ex in examples], dtype=np.int32)
-        self._repr = f"InMemorySource({source!r})"  # stable: grain checks it on restore
+    def where(self) -> str:
+        return str(self.builder.root)
 
-    def __repr__(self) -> str:
-        return self._repr
+    def info(self) -> DatasetInfo:
+        ds = self.builder
+        return DatasetInfo(
+            image_shape=ds.latent_shape, num_classes=self.num_classes, num_levels=256,
+            num_train=ds.num_examples("train"), num_test=ds.num_examples("eval"),
+            pixel_shape=ds.pixel_shape, latent_shift=self.latent_norm[0],
+            latent_scale=self.latent_norm[1], autoencoder=ds.metadata["autoencoder"])
 
-    def __len__(self) -> int:
-        return len(self.labels)
+    def source(self, split: str) -> Any:
+        return self.builder.source(split)
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        return {"image": self.images[index], "label": self.labels[index]}
+    def train_transform(self, flip: bool, data_config: Mapping[str, Any]) -> Any:
+        return latents_lib.LatentTrainPreprocess(
+            self.builder.record_shape, *self.latent_norm, flip,
+            _get(data_config, "latent_posterior", "sample"))
+
+    def eval_transform(self) -> Any:
+        return latents_lib.LatentEvalPreprocess(self.builder.record_shape, *self.latent_norm)
+
+
+_Dataset = _TfdsDataset | _SyntheticDataset | _LatentDataset
 
 
 def _get(config: Mapping[str, Any], key: str, default: Any = None) -> Any:
@@ -163,10 +200,10 @@ def _open_latents(config: Mapping[str, Any]) -> _Dataset:
     h, w, c = ds.latent_shape
     if h != w:
         raise ValueError(f"latent dataset {ds.root} holds non-square latents {h}×{w}")
-    return _Dataset(
-        builder=None, train_split="train", eval_split="eval" if ds.num_examples("eval") else None,
-        num_classes=ds.num_classes, num_levels=256, channels=c, image_size=h, in_memory=False,
-        read_threads=int(_get(config, "read_threads", 8)), latents=ds,
+    return _LatentDataset(
+        builder=ds, train_split="train", eval_split="eval" if ds.num_examples("eval") else None,
+        num_classes=ds.num_classes, num_levels=256, channels=c, image_size=h,
+        read_threads=int(_get(config, "read_threads", 8)),
         latent_norm=(tuple(shift), tuple(scale)),
     )
 def _open_synthetic(config: Mapping[str, Any]) -> _Dataset:
@@ -177,9 +214,9 @@ def _open_synthetic(config: Mapping[str, Any]) -> _Dataset:
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"data.{key} must be a positive int for data.name='synthetic' "
                              f"(got {value!r})")
-    return _Dataset(builder=None, train_split="train", eval_split=None, num_classes=classes,
-                    num_levels=256, channels=channels, image_size=size, in_memory=False,
-                    read_threads=0, synthetic=SyntheticSource(size, channels, classes))
+    return _SyntheticDataset(train_split="train", eval_split=None, num_classes=classes,
+                             num_levels=256, channels=channels, image_size=size, read_threads=0,
+                             builder=SyntheticSource(size, channels, classes))
 
 
 def _open(config: Mapping[str, Any]) -> _Dataset:
@@ -208,7 +245,7 @@ def _open(config: Mapping[str, Any]) -> _Dataset:
         builder, test = digits.load_builder(data_dir), digits.EVAL_SPLIT
     else:
         builder, test = module.load_builder(data_dir, _get(config, "manual_dir")), module.EVAL_SPLIT
-    return _Dataset(
+    return _TfdsDataset(
         builder=builder,
         train_split=module.TRAIN_SPLIT,
         eval_split=test,
@@ -223,110 +260,7 @@ def _open(config: Mapping[str, Any]) -> _Dataset:
 
 def dataset_info(data_config: Mapping[str, Any]) -> DatasetInfo:
     """Shapes, classes, levels and split sizes of `data_config.name` (prepares it if needed)."""
-    ds = _open(data_config)
-    if ds.latents is not None:
-        return DatasetInfo(
-            image_shape=ds.latents.latent_shape, num_classes=ds.num_classes, num_levels=256,
-            num_train=ds.latents.num_examples("train"), num_test=ds.latents.num_examples("eval"),
-            pixel_shape=ds.latents.pixel_shape, latent_shift=ds.latent_norm[0],
-            latent_scale=ds.latent_norm[1], autoencoder=ds.latents.metadata["autoencoder"],
-        )
-    if ds.synthetic is not None:
-        return DatasetInfo(image_shape=(ds.image_size, ds.image_size, ds.channels),
-                           num_classes=ds.num_classes, num_levels=ds.num_levels,
-                           num_train=len(ds.synthetic), num_test=0)
-    splits = ds.builder.info.splits
-    return DatasetInfo(
-        image_shape=(ds.image_size, ds.image_size, ds.channels),
-        num_classes=ds.num_classes,
-        num_levels=ds.num_levels,
-        num_train=splits[ds.train_split].num_examples,
-        num_test=splits[ds.eval_split].num_examples if ds.eval_split else 0,
-    )
-
-
-def _split_source(ds: _Dataset, split: str) -> Any:
-    """Random-access source of a split: tfds array_record (decoded examples), the in-memory
-    digits, or a latent dataset's records."""
-    if ds.latents is not None:
-        return ds.latents.source(split)
-    if ds.synthetic is not None:
-        return ds.synthetic
-    source = data_source(ds.builder, split)
-    return InMemorySource(source) if ds.in_memory else source
-
-
-def _train_transform(ds: _Dataset, data_config: Mapping[str, Any]) -> grain.RandomMapTransform:
-    flip = bool(_get(data_config, "random_flip"))
-    if ds.latents is not None:
-        return latents_lib.LatentTrainPreprocess(
-            ds.latents.record_shape, *ds.latent_norm, flip,
-            _get(data_config, "latent_posterior", "sample"))
-    return TrainPreprocess(ds.image_size, ds.num_levels, flip)
-
-
-def _eval_transform(ds: _Dataset) -> grain.MapTransform:
-    if ds.latents is not None:
-        return latents_lib.LatentEvalPreprocess(ds.latents.record_shape, *ds.latent_norm)
-    return EvalPreprocess(ds.image_size, ds.num_levels)
-
-
-# --------------------------------------------------------------------------- preprocessing
-
-
-def center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """ADM's center crop: (H, W, C) uint8 -> (size, size, C) uint8.
-
-    Halves the image with a BOX filter while min(H, W) ≥ 2·size, resizes it with BICUBIC so that
-    min(H, W) = size (each side rounded), then keeps the central size × size square.
-    """
-    height, width, channels = image.shape
-    if (height, width) == (size, size):
-        return image
-    pil = Image.fromarray(image[..., 0] if channels == 1 else image)
-    while min(pil.size) >= 2 * size:
-        pil = pil.resize(tuple(s // 2 for s in pil.size), resample=Image.BOX)
-    scale = size / min(pil.size)
-    pil = pil.resize(tuple(round(s * scale) for s in pil.size), resample=Image.BICUBIC)
-    out = np.asarray(pil).reshape(pil.size[1], pil.size[0], channels)  # (h, w, C)
-    top, left = (out.shape[0] - size) // 2, (out.shape[1] - size) // 2
-    return out[top : top + size, left : left + size]
-
-
-def _preprocess(
-    example: Mapping[str, Any], size: int, num_levels: int, flip: bool
-) -> dict[str, np.ndarray]:
-    image = center_crop(np.asarray(example["image"]), size)  # (size, size, C) uint8
-    if flip:
-        image = image[:, ::-1]
-    return {
-        "image": levels_to_unit(image, num_levels),  # (size, size, C) float32
-        "label": np.int32(example["label"]),
-    }
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainPreprocess(grain.RandomMapTransform):
-    """Center crop, random flip (grain's per-record rng), scaling to [−1, 1]."""
-
-    image_size: int
-    num_levels: int
-    random_flip: bool
-
-    def random_map(self, element: Mapping[str, Any], rng: np.random.Generator) -> dict:
-        flip = self.random_flip and bool(rng.random() < 0.5)
-        return _preprocess(element, self.image_size, self.num_levels, flip)
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalPreprocess(grain.MapTransform):
-    """Center crop and scaling to [−1, 1], no augmentation."""
-
-    image_size: int
-    num_levels: int
-
-    def map(self, element: Mapping[str, Any]) -> dict:
-        return _preprocess(element, self.image_size, self.num_levels, flip=False)
+    return _open(data_config).info()
 
 
 # --------------------------------------------------------------------------- iterators
@@ -435,7 +369,7 @@ def train_iterator(
     if not (isinstance(seed, int | np.integer) and 0 <= int(seed) < 2**32):
         raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}.")
     ds = _open(data_config)
-    source = _split_source(ds, ds.train_split)
+    source = ds.source(ds.train_split)
     if len(source) < count:
         raise ValueError(f"{len(source)} training examples cannot be sharded over {count} hosts.")
     worker_count = int(_get(data_config, "worker_count", 0))
@@ -449,7 +383,7 @@ def train_iterator(
     loader = grain.DataLoader(
         data_source=source,
         sampler=sampler,
-        operations=[_train_transform(ds, data_config),
+        operations=[ds.train_transform(bool(_get(data_config, "random_flip")), data_config),
                     grain.Batch(local_batch, drop_remainder=True)],
         worker_count=worker_count,
         shard_options=shard,
@@ -484,21 +418,14 @@ def eval_iterator(
     if split not in ("eval", "train"):
         raise ValueError(f"split must be 'eval' or 'train', got {split!r}.")
     ds = _open(data_config)
-    if split == "eval" and ds.synthetic is not None:
-        raise DatasetNotFoundError("data.name='synthetic' has no evaluation split (it is for "
-                                   "timing the trainer)")
     if split == "eval" and ds.eval_split is None:
-        where = (str(ds.latents.root) if ds.latents is not None
-                 else f"{ds.builder.name} in {ds.builder.data_dir!r}")
-        raise DatasetNotFoundError(
-            f"{where}: no evaluation split ({'/'.join(image_folder.EVAL_SPLITS)})."
-        )
-    source = _split_source(ds, ds.eval_split if split == "eval" else ds.train_split)
+        raise DatasetNotFoundError(ds.no_eval_split())
+    source = ds.source(ds.eval_split if split == "eval" else ds.train_split)
     start, stop = _shard_range(len(source), index, count)
     num_batches = math.ceil(math.ceil(len(source) / count) / local_batch)
     batches = (
         grain.MapDataset.source(source)[start:stop]
-        .map(_eval_transform(ds))
+        .map(ds.eval_transform())
         .batch(local_batch, drop_remainder=False)
         .to_iter_dataset(grain.ReadOptions(num_threads=ds.read_threads, prefetch_buffer_size=256))
     )
@@ -534,7 +461,7 @@ def split_size(data_config: Mapping[str, Any], split: str) -> int:
     name = ds.train_split if split == "train" else ds.eval_split
     if name is None:
         return 0
-    return len(_split_source(ds, name))
+    return len(ds.source(name))
 
 
 def read_examples(data_config: Mapping[str, Any], split: str, start: int, stop: int
@@ -545,11 +472,11 @@ def read_examples(data_config: Mapping[str, Any], split: str, start: int, stop: 
     ds = _open(data_config)
     name = ds.train_split if split == "train" else ds.eval_split
     if name is None:
-        raise DatasetNotFoundError(f"data.name={ds.builder.name!r} has no {split!r} split.")
-    source = _split_source(ds, name)
+        raise DatasetNotFoundError(f"{ds.where()} has no {split!r} split.")
+    source = ds.source(name)
     batches = (
         grain.MapDataset.source(source)[start:stop]
-        .map(_eval_transform(ds))
+        .map(ds.eval_transform())
         .batch(max(1, stop - start), drop_remainder=False)
         .to_iter_dataset(grain.ReadOptions(num_threads=ds.read_threads, prefetch_buffer_size=64))
     )

@@ -18,8 +18,8 @@ import numpy as np
 
 from vdm_jax.data import digits as digits_data
 from vdm_jax.data.adm_npz import validate_images
-from vdm_jax.data.pipeline import InMemorySource
 from vdm_jax.data.pixels import levels_to_unit, uint8_to_levels
+from vdm_jax.data.records import InMemorySource
 from vdm_jax.data.tfds_utils import data_source
 from vdm_jax.evaluation.digits_classifier import train_or_load_digits_classifier
 from vdm_jax.evaluation.frechet import frechet_from_features

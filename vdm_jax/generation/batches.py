@@ -45,10 +45,10 @@ from tqdm import tqdm
 
 from vdm_jax.checkpoints.restore import Restored
 from vdm_jax.data.adm_npz import save_samples
-from vdm_jax.data.pixels import unit_to_uint8
-from vdm_jax.generation.decode import make_decoder, output_shape
-from vdm_jax.generation.generate import class_balanced_labels, make_generate_fn
+from vdm_jax.generation.decode import output_shape
+from vdm_jax.generation.generate import class_balanced_labels
 from vdm_jax.generation.grids import grid_upscale, save_grid
+from vdm_jax.generation.images import make_image_sampler
 from vdm_jax.io import read_json, write_json, write_npz
 from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.rundir import RunDir
@@ -191,13 +191,13 @@ def generate_samples(
         raise ValueError(f"batch_size={batch_size} must be a multiple of the {mesh.size} devices "
                          "on more than one host")
     sharding = mesh_lib.batch_sharding(mesh) if batch_size % mesh.size == 0 else None
-    fn = make_generate_fn(model, batch_size, spec, sharding=sharding)
-    decode = make_decoder(restored.data, _autoencoder_weights(restored.config))
+    images_of = make_image_sampler(model, batch_size, spec, restored.data,
+                                   _autoencoder_weights(restored.config), sharding=sharding)
     num_chunks = math.ceil(num_samples / batch_size)
     all_labels = class_balanced_labels(num_chunks * batch_size, model.num_classes)
     key = jax.random.key(spec.seed)
     # Tracing checks the sampler options before any file exists.
-    jax.eval_shape(fn, restored.params, all_labels[:batch_size], key)
+    jax.eval_shape(images_of.generate, restored.params, all_labels[:batch_size], key)
 
     is_main = jax.process_index() == 0
     result = SamplingResult(npz, RunDir.grid_of(npz), RunDir.settings_of(npz), settings)
@@ -226,13 +226,6 @@ def generate_samples(
         print(f"resuming: {num_chunks - len(todo)} of {num_chunks} chunks already in {directory}",
               flush=True)
 
-    def fetch(images: jax.Array) -> np.ndarray:
-        return unit_to_uint8(np.asarray(mesh_lib.to_host(images)), model.num_levels)
-
-    def draw(labels: np.ndarray, key: jax.Array) -> jax.Array:
-        images = fn(restored.params, labels, key)
-        return images if decode is None else decode(images)
-
     bar = tqdm(total=num_chunks * batch_size, initial=(num_chunks - len(todo)) * batch_size,
                disable=not (is_main and progress), desc="sample", unit="img", dynamic_ncols=True)
     pending: tuple[int, jax.Array] | None = None  # fetch chunk i after dispatching chunk i + 1
@@ -240,10 +233,10 @@ def generate_samples(
         for i in [*todo, None]:
             if i is not None:
                 labels = all_labels[i * batch_size:(i + 1) * batch_size]
-                images = draw(labels, jax.random.fold_in(key, i))
+                images = images_of.draw(restored.params, labels, jax.random.fold_in(key, i))
             if pending is not None:
                 j, dev_images = pending
-                host = fetch(dev_images)
+                host = images_of.fetch(dev_images)
                 if is_main:
                     write_npz(_chunk_path(directory, j), {
                         "images": host,

@@ -10,9 +10,9 @@ variance half (models trained with learned σ); every other sampler sees only th
 A MeanFlow model (prediction 'average_velocity') samples with the 'meanflow' sampler, which calls
 its two-time network u(z, r, t); guidance is part of its training, not of sampling.
 A spec with encoder_interval / encoder_steps shares a DDT's condition encoder across steps
-(core.encoder_sharing.ConditionCache, inside the sampler's one scan). Used by the trainer's grids,
-`generation.batches` (launch/sample.py) and end-of-run metrics; `encoder_sharing_schedule`
-finds DDT's non-uniform sharing schedule for a trained model.
+(core.encoder_sharing.SharedEncoder, its value in the sampler's scan carry). Used by the
+trainer's grids, `generation.batches` (launch/sample.py) and end-of-run metrics;
+`encoder_sharing_schedule` finds DDT's non-uniform sharing schedule for a trained model.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm_jax.core import samplers
-from vdm_jax.core.encoder_sharing import ConditionCache, sharing_schedule_dp
+from vdm_jax.core.encoder_sharing import SharedEncoder, sharing_schedule_dp
+from vdm_jax.core.guidance import classifier_free_guidance, guided_inputs
 from vdm_jax.model import DiffusionModel
 from vdm_jax.sampling_spec import SamplingSpec
 
@@ -46,15 +47,16 @@ def make_generate_fn(
     Compiles once per (batch_size, spec); new params, labels or rng do not recompile.
     """
     fn = _sample_fn(model, batch_size, spec, sharding)
-    return jax.jit(lambda params, labels, rng: fn(params, labels, rng)[0])
+    return jax.jit(lambda params, labels, rng: fn(params, labels, rng).samples)
 
 
 def _sample_fn(
     model: DiffusionModel, batch_size: int, spec: SamplingSpec,
     sharding: jax.sharding.Sharding | None, refresh: np.ndarray | None = None,
     record: bool = False,
-) -> Callable[[Any, Array, Array], tuple[Array, Array | None]]:
-    """fn(params, labels, rng) -> (samples, recorded encoder outputs or None), to trace."""
+) -> Callable[[Any, Array, Array], samplers.SampleOutput]:
+    """fn(params, labels, rng) -> the sampler's SampleOutput (with `record`, every step's
+    shared condition), to trace."""
     shape = (batch_size, *model.image_shape)
     guided = spec.guided(model.num_classes)
     learned = spec.sampler_options.get("variance") == "learned"
@@ -67,45 +69,48 @@ def _sample_fn(
             raise ValueError("spacing 'ddpm_respaced' keeps steps of a discrete-time model's "
                              "grid: this model has no diffusion.timesteps")
         grid["num_train_steps"] = model.ddpm_steps  # T: DiT's grid of 1000 levels
-    if model.is_meanflow and spec.sampler != "meanflow":
-        raise ValueError(f"a MeanFlow model samples with sampler 'meanflow' (e.g. --sampler="
-                         f"meanflow --steps=1), not {spec.sampler!r}")
-    if spec.sampler == "meanflow" and not model.is_meanflow:
-        raise ValueError(f"sampler 'meanflow' needs a MeanFlow model (diffusion.objective="
-                         f"'meanflow'); this one predicts {model.prediction!r}")
+    spec.check_prediction(model.prediction)
     refresh = spec.encoder_refresh() if refresh is None else refresh
     if refresh is not None and not model.shares_encoder:
         raise ValueError("encoder_interval / encoder_steps share a condition encoder across "
                          "sampling steps; only DDT models have one (model.spec family 'ddt')")
 
-    def apply(params: Any, labels: Array, rng: Array) -> tuple[Array, Array | None]:
-        # One cache per trace: its value rides in the sampler's scan carry.
-        cache = None if refresh is None else ConditionCache(refresh, record=record)
-
-        def forward(*zt_y: Array) -> Array:
+    def apply(params: Any, labels: Array, rng: Array) -> samplers.SampleOutput:
+        def forward(*zt_y: Array, condition: Array | None = None) -> Array:
             # zt_y = (z, t, y), or (z, r, t, y) for MeanFlow's u(z, r, t). The network's raw
-            # output (prediction + variance half), the prediction alone, or u.
+            # output (prediction + variance half), the prediction alone, or u; from a shared
+            # condition (DDT) when given.
             if model.is_meanflow:
                 return model.average_velocity(params, *zt_y)
             if learned:
-                return model.network(params, *zt_y, cache=cache)
-            return model.predict(params, *zt_y, cache=cache)
+                return model.network(params, *zt_y, condition=condition)
+            return model.predict(params, *zt_y, condition=condition)
 
+        def decode(*zt_y_c: Array) -> Array:  # (z, t, y, c): the model from a shared condition
+            return forward(*zt_y_c[:-1], condition=zt_y_c[-1])
+
+        fn = forward if refresh is None else decode
         if guided:
             extra = {"channels": spec.guidance_channels} if spec.guidance_channels else {}
-            model_fn = samplers.classifier_free_guidance(
-                forward, labels, model.num_classes, spec.guidance_scale, spec.guidance_interval,
+            model_fn = classifier_free_guidance(
+                fn, labels, model.num_classes, spec.guidance_scale, spec.guidance_interval,
                 **extra,
             )
+            encode = lambda z, t: model.encode(
+                params, *guided_inputs(z, t, labels, model.num_classes))
         else:
             y = labels if model.num_classes else model.null_labels(batch_size)
-            model_fn = lambda *zt: forward(*zt, y)  # zt = (z, t), or (z, r, t)
-        out = samplers.sample(
-            model_fn, model.schedule(params), shape, rng, sampler=spec.sampler,
-            num_steps=spec.num_steps, prediction=model.prediction, sharding=sharding,
-            cache=cache, **grid, **spec.sampler_options,
+
+            def model_fn(*args: Array) -> Array:  # (z, t), (z, r, t), or sharing (z, t, c)
+                return fn(*args, y) if refresh is None else fn(*args[:2], y, args[2])
+
+            encode = lambda z, t: model.encode(params, z, t, y)
+        shared = None if refresh is None else SharedEncoder(encode, refresh, record)
+        return samplers.sample(
+            samplers.SamplingModel(model_fn, sharding, shared), model.schedule(params), shape,
+            rng, sampler=spec.sampler, num_steps=spec.num_steps, prediction=model.prediction,
+            **grid, **spec.sampler_options,
         )
-        return out.samples, (cache.history if cache is not None and record else None)
 
     return apply
 
@@ -128,7 +133,7 @@ def encoder_sharing_schedule(
 
     @jax.jit
     def similarity(params: Any, labels: Array, rng: Array) -> Array:
-        _, history = sample(params, labels, rng)  # (N, B', T, D): every step's encoder output
+        history = sample(params, labels, rng).conditions  # (N, B', T, D): each step's condition
         # The reference compares SiLU(t_emb + s), what its AdaLN Linears read (ours apply the
         # SiLU inside AdaLNModulation).
         states = jax.nn.silu(history.reshape(n, -1, history.shape[-1]).astype(jnp.float32))

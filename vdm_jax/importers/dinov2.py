@@ -148,6 +148,50 @@ def _layout(state_dict: Mapping[str, Any], source: str) -> dict[str, str]:
     )
 
 
+def dinov2_config_from_hf(
+    config: Mapping[str, Any], *, interpolation: str = "transformers"
+) -> DinoV2Config:
+    """The `DinoV2Config` of a transformers `config.json` (model_type 'dinov2' or
+    'dinov2_with_registers'); ValueError for another model or an unsupported setting."""
+    model_type = config.get("model_type")
+    if model_type not in ("dinov2", "dinov2_with_registers"):
+        raise ValueError(
+            f"config.json has model_type {model_type!r}; expected 'dinov2' or "
+            "'dinov2_with_registers' (facebook/dinov2-* or facebook/dinov2-with-registers-*)"
+        )
+    act = config.get("hidden_act", "gelu")
+    if act != "gelu":
+        raise ValueError(f"unsupported hidden_act {act!r} in config.json: DINOv2 uses 'gelu'")
+
+    def single(key: str, default: int) -> int:
+        v = config.get(key, default)
+        if isinstance(v, (list, tuple)):
+            if len(set(v)) != 1:
+                raise ValueError(f"non-square {key} {v} in config.json is not supported")
+            v = v[0]
+        return int(v)
+
+    default_registers = 4 if model_type == "dinov2_with_registers" else 0
+    registers = int(config.get("num_register_tokens", default_registers))
+    antialias, offset = pos_interpolation(interpolation, registers)
+    return DinoV2Config(
+        hidden_size=int(config.get("hidden_size", 768)),
+        num_layers=int(config.get("num_hidden_layers", 12)),
+        num_heads=int(config.get("num_attention_heads", 12)),
+        mlp_ratio=float(config.get("mlp_ratio", 4)),
+        swiglu=bool(config.get("use_swiglu_ffn", False)),
+        patch_size=single("patch_size", 14),
+        image_size=single("image_size", 224),
+        in_channels=int(config.get("num_channels", 3)),
+        num_registers=registers,
+        layerscale_value=float(config.get("layerscale_value", 1.0)),
+        layer_norm_eps=float(config.get("layer_norm_eps", 1e-6)),
+        qkv_bias=bool(config.get("qkv_bias", True)),
+        pos_antialias=antialias,
+        pos_offset=offset,
+    )
+
+
 def dinov2_config_of(
     state_dict: Mapping[str, Any],
     *,
@@ -200,7 +244,7 @@ def dinov2_config_of(
     qkv_bias = (b0 + (names["qkv"] if hub else names["query"]) + ".bias") in state_dict
     eps, layerscale = 1e-6, 1.0  # layerscale: only the init value; the weights hold γ
     if hf_config is not None:
-        cfg_hf = DinoV2Config.from_hf_config(hf_config)
+        cfg_hf = dinov2_config_from_hf(hf_config)
         declared = (cfg_hf.hidden_size, cfg_hf.num_layers, cfg_hf.num_registers)
         found = (d, num_layers, regs[1] if regs else 0)
         if declared != found:

@@ -69,6 +69,7 @@ def build(config: Mapping[str, Any], data: DataSpec, seed: int) -> tuple[Diffusi
     denoiser = build_model(
         spec, input_size=(h, w), in_channels=c, num_classes=num_classes,
         learn_sigma=bool(mcfg["learn_sigma"]), dtype=DTYPES[mcfg["dtype"]],
+        scan_layers=bool(mcfg.get("scan_layers", False)), remat=mcfg.get("remat", "none"),
         rngs=nnx.Rngs(params=seed),
     )
     denoiser_def, denoiser_params = nnx.split(denoiser)

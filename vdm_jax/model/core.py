@@ -37,7 +37,6 @@ from flax import nnx
 from vdm_jax.core import elbo as elbo_lib
 from vdm_jax.core import meanflow, objectives
 from vdm_jax.core import schedules as sch
-from vdm_jax.core.encoder_sharing import ConditionCache
 from vdm_jax.nn.layers import label_dropout
 from vdm_jax.nn.learned_schedule import learned_schedule
 
@@ -130,31 +129,35 @@ class DiffusionModel:
         net = nnx.merge(self.denoiser_def, params["denoiser"])
         return net(z, t, y, r=r).astype(jnp.float32)
 
+    def encode(self, params: Params, z: Array, t: Array, y: Array) -> Array:
+        """A DDT's condition c = encode(z_t, t, y) (B, T, D), which sampling may share across
+        steps (core.encoder_sharing.SharedEncoder)."""
+        if not self.shares_encoder:
+            raise ValueError("encoder sharing (sampler options encoder_interval / "
+                             "encoder_steps) needs a model with a condition encoder (DDT)")
+        return nnx.merge(self.denoiser_def, params["denoiser"]).encode(z, t, y)
+
     def network(
         self, params: Params, z: Array, t: Array, y: Array, *, return_hidden: int | None = None,
-        cache: ConditionCache | None = None,
+        condition: Array | None = None,
     ) -> Array | tuple[Array, Array]:
         """The raw network output (B, H, W, C or 2C with learn_sigma), float32; with
         return_hidden = i also the hidden state after block i (B, T, D) of the same pass.
-        cache: DDT's encoder sharing while sampling (the condition comes from the cache)."""
+        condition: a DDT's c from `encode` (shared across sampling steps): only decoded."""
         net = nnx.merge(self.denoiser_def, params["denoiser"])
-        if cache is not None:
-            if not self.shares_encoder:
-                raise ValueError("encoder sharing (sampler options encoder_interval / "
-                                 "encoder_steps) needs a model with a condition encoder (DDT)")
-            cond = cache(lambda: net.encode(z, t, y))  # (B, T, D), recomputed or reused
-            return net.decode(z, cond).astype(jnp.float32)
+        if condition is not None:
+            return net.decode(z, condition).astype(jnp.float32)
         if return_hidden is None:
             return net(z, t, y).astype(jnp.float32)
         out, hidden = net(z, t, y, return_hidden=return_hidden)
         return out.astype(jnp.float32), hidden
 
     def predict(
-        self, params: Params, z: Array, t: Array, y: Array, *,
-        cache: ConditionCache | None = None,
+        self, params: Params, z: Array, t: Array, y: Array, *, condition: Array | None = None,
     ) -> Array:
-        """The prediction of kind `self.prediction` (B, H, W, C); the variance head is dropped."""
-        out = self.network(params, z, t, y, cache=cache)
+        """The prediction of kind `self.prediction` (B, H, W, C); the variance head is dropped.
+        condition: as in `network`."""
+        out = self.network(params, z, t, y, condition=condition)
         return out[..., : self.image_shape[-1]]
 
     def model_fn(self, params: Params, y: Array) -> Callable[[Array, Array], Array]:

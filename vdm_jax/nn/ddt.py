@@ -12,7 +12,7 @@ decoder's AdaLN conditioning, token by token: every decoder block and the final 
 (shift, scale, gate) from Linear(SiLU(s_t)) per token rather than per sample (the reference
 computes SiLU(t + s) once and feeds it to an AdaLN Linear; the same function). The condition
 carries the time embedding of the step it was computed at, so reusing it at later sampling steps
-(encoder sharing, see `vdm_jax.core.encoder_sharing.ConditionCache`) reuses exactly what the
+(encoder sharing, see `vdm_jax.core.encoder_sharing.SharedEncoder`) reuses exactly what the
 reference reuses. REPA aligns the encoder's hidden state after `return_hidden` blocks (the
 reference: block 8 of the encoder).
 

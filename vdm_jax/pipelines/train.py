@@ -34,12 +34,12 @@ from ml_collections import ConfigDict
 from vdm_jax import config as config_lib
 from vdm_jax.checkpoints.restore import stored_config
 from vdm_jax.data.adm_npz import save_samples
-from vdm_jax.data.pixels import unit_to_uint8
 from vdm_jax.evaluation import likelihood
 from vdm_jax.evaluation.digits import digits_metrics
-from vdm_jax.generation.decode import make_decoder, output_shape
-from vdm_jax.generation.generate import class_balanced_labels, make_generate_fn
+from vdm_jax.generation.decode import output_shape
+from vdm_jax.generation.generate import class_balanced_labels
 from vdm_jax.generation.grids import grid_upscale, image_grid, save_grid
+from vdm_jax.generation.images import make_image_sampler
 from vdm_jax.io import disk_full_error, read_json, write_json
 from vdm_jax.model import BPD_NOT_APPLICABLE, DataSpec
 from vdm_jax.parallel import mesh as mesh_lib
@@ -108,12 +108,12 @@ class SampleGridHook:
 
     def __init__(self, config: ConfigDict, model: Any, mesh: Any, data: DataSpec):
         self.every = int(config.sample.every)
-        self.decode = make_decoder(data, config.autoencoder.weights)
         self.spec = config_lib.sampling_spec(config)
         self.ema = config_lib.ema_choice(config, self.spec.ema)
         n = int(config.sample.num_images)
         sharding = mesh_lib.batch_sharding(mesh) if n % mesh.size == 0 else None
-        self.fn = make_generate_fn(model, n, self.spec, sharding=sharding)
+        self.images = make_image_sampler(model, n, self.spec, data, config.autoencoder.weights,
+                                         sharding=sharding)
         self.labels = jnp.asarray(class_balanced_labels(n, model.num_classes))
         self.key = jax.random.key(int(config.seed) + GRID_SEED_OFFSET)
         self.cols = model.num_classes if model.num_classes and model.num_classes <= 16 else None
@@ -129,10 +129,7 @@ class SampleGridHook:
         if first:
             ctx.run_log(f"compiling the sampler of the sample grids ({self.spec.describe()}) …")
             t0 = time.perf_counter()
-        images = self.fn(params, self.labels, self.key)
-        if self.decode is not None:
-            images = self.decode(images)
-        images = unit_to_uint8(np.asarray(mesh_lib.to_host(images)), ctx.model.num_levels)
+        images = self.images(params, self.labels, self.key)
         if first:
             ctx.run_log(f"compiled and drew the first grid in {time.perf_counter() - t0:.1f} s.")
         if jax.process_index() != 0:
@@ -209,16 +206,13 @@ def _final_samples(summary: Mapping[str, Any], config: ConfigDict, params: Any,
     batch = min(n, 500)
     batch -= batch % mesh.size if batch >= mesh.size else 0
     sharding = mesh_lib.batch_sharding(mesh) if batch % mesh.size == 0 else None
-    fn = make_generate_fn(model, batch, spec, sharding=sharding)
-    decode = make_decoder(summary["data"], config.autoencoder.weights)  # None for pixel models
+    draw = make_image_sampler(model, batch, spec, summary["data"], config.autoencoder.weights,
+                              sharding=sharding)
     labels = class_balanced_labels(math.ceil(n / batch) * batch, model.num_classes)
     chunks = []
     for i in range(0, len(labels), batch):
         key = jax.random.fold_in(jax.random.key(config.seed + EVAL_SEED_OFFSET), i)
-        images = fn(params, labels[i:i + batch], key)
-        if decode is not None:
-            images = decode(images)
-        chunks.append(unit_to_uint8(np.asarray(mesh_lib.to_host(images)), model.num_levels))
+        chunks.append(draw(params, labels[i:i + batch], key))
     images, labels = np.concatenate(chunks)[:n], labels[:n]
     if jax.process_index() == 0:
         out["samples_npz"] = str(save_samples(
