@@ -183,3 +183,158 @@ def test_official_missing_encoder(tmp_path):
     shutil.copy(OFFICIAL / "model.pt", folder / "model.pt")
     with pytest.raises(FileNotFoundError, match="lacks dinov2"):
         load_rae(folder)
+
+
+# ------------------------------------------------------------------- latents of the RAE
+
+
+RAE_PIXELS = 256  # the fixture RAE decodes 16 × 16 tokens of patch 16
+
+
+def rae_config(setup):
+    from conftest import photo_config
+
+    c = photo_config(setup)
+    c.data.image_size = RAE_PIXELS
+    c.autoencoder.weights, c.autoencoder.kind = str(DIFFUSERS), "rae"
+    return c
+
+
+@pytest.fixture(scope="module")
+def rae_latents(latent_setup, tmp_path_factory):
+    from vdm_jax.pipelines.encode_latents import encode_latents
+
+    out = tmp_path_factory.mktemp("rae") / "latents"
+    encode_latents(rae_config(latent_setup), out, chunk_size=4, batch_size=8, progress=False)
+    return out
+
+
+def test_rae_latents_record_the_rae_and_its_latents(latent_setup, rae_latents, diffusers_model):
+    """encode_latents with autoencoder.kind='rae': records hold the deterministic latents of the
+    crop and its flip (float16), metadata the RAE's description (files' SHA-256, formula)."""
+    from vdm_jax.data import latents
+    from vdm_jax.data.pipeline import read_examples
+
+    ds = latents.open_latents(rae_latents)
+    assert ds.deterministic and ds.latent_shape == (16, 16, 64)
+    assert ds.record_shape == (2, 16, 16, 64) and ds.pixel_shape == (RAE_PIXELS, RAE_PIXELS, 3)
+    assert ds.metadata["autoencoder"] == describe_rae(DIFFUSERS) | {
+        "path": ds.metadata["autoencoder"]["path"]}
+    assert ds.metadata["autoencoder"]["stats_formula"] == "diffusers"
+    images = read_examples(rae_config(latent_setup).data, "train", 0, 2)["image"]
+    source = ds.source("train")
+    for i in range(2):
+        stored, _ = latents.decode_record(source[i], ds.record_shape)
+        for flip, image in enumerate((images[i], images[i][:, ::-1])):
+            z = np.asarray(diffusers_model.encode(jnp.asarray(image[None])))[0]
+            np.testing.assert_allclose(stored[flip].astype(np.float32), z, atol=4e-3, rtol=2e-3)
+    # the trainer's batches are the stored latents (no posterior draw), normalized by
+    # the RAE's scaling factor 1: the statistics are already applied
+    config = rae_config(latent_setup)
+    config.data.kind, config.data.latent_dir = "latents", str(rae_latents)
+    config.data.random_flip = False
+    from vdm_jax.data import train_iterator
+
+    batch = next(train_iterator(config.data, global_batch_size=4, seed=0, process_index=0,
+                                process_count=1))
+    all_z = np.stack([latents.decode_record(source[i], ds.record_shape)[0][0]
+                      for i in range(len(source))]).astype(np.float32)
+    for x in batch["image"]:
+        assert np.min(np.abs(all_z - x).reshape(len(all_z), -1).max(1)) == 0.0
+
+
+def test_rae_killed_encoding_resumes_to_the_same_latents(latent_setup, rae_latents, tmp_path,
+                                                         monkeypatch):
+    from vdm_jax.pipelines import encode_latents as encode_lib
+
+    config, out = rae_config(latent_setup), tmp_path / "latents"
+    real, written = encode_lib._write_chunk, []
+
+    def dying(path, moments, labels):
+        if len(written) == 2:
+            raise KeyboardInterrupt("killed")
+        real(path, moments, labels)
+        written.append(path)
+
+    monkeypatch.setattr(encode_lib, "_write_chunk", dying)
+    with pytest.raises(KeyboardInterrupt):
+        encode_lib.encode_latents(config, out, chunk_size=4, batch_size=8, progress=False)
+    monkeypatch.setattr(encode_lib, "_write_chunk", real)
+    encode_lib.encode_latents(config, out, chunk_size=4, batch_size=8, progress=False)
+    files = sorted(p.relative_to(rae_latents) for p in rae_latents.rglob("*.array_record"))
+    assert files == sorted(p.relative_to(out) for p in out.rglob("*.array_record"))
+    for f in files:
+        assert (out / f).read_bytes() == (rae_latents / f).read_bytes(), f
+    ref_meta = json.loads((rae_latents / "metadata.json").read_text())
+    meta = json.loads((out / "metadata.json").read_text())
+    ref_meta["autoencoder"].pop("path"), meta["autoencoder"].pop("path")
+    assert meta == ref_meta
+
+
+def test_rae_decodes_latent_samples(rae_latents):
+    """generation.decode with the RAE: latents of a latent model → 256² images in [−1, 1]."""
+    from vdm_jax.data import latents
+    from vdm_jax.generation.decode import make_decoder
+    from vdm_jax.model import DataSpec
+
+    ds = latents.open_latents(rae_latents)
+    spec = DataSpec(image_shape=ds.latent_shape, num_classes=ds.num_classes, num_levels=256,
+                    pixel_shape=ds.pixel_shape, latent_shift=(0.0,) * 64,
+                    latent_scale=(1.0,) * 64, autoencoder=ds.metadata["autoencoder"])
+    decode = make_decoder(spec, str(DIFFUSERS))
+    z = latents.decode_record(ds.source("train")[0], ds.record_shape)[0][:1].astype(np.float32)
+    x = np.asarray(decode(jnp.asarray(z)))
+    assert x.shape == (1, RAE_PIXELS, RAE_PIXELS, 3) and np.abs(x).max() <= 1.0
+
+
+def _launch(*args: str):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import xla_flags
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XLA_FLAGS": xla_flags(2)}
+    return subprocess.run([sys.executable, str(root / "launch" / "encode_latents.py"), *args],
+                          capture_output=True, text=True, env=env, cwd=root, timeout=600)
+
+
+def test_rae_bad_input_is_one_line_exit_2(latent_setup, tmp_path):
+    """Each bad RAE input: one `error:` line, exit 2, nothing written — a mismatched statistics
+    shape, the SD-VAE's weights in an AutoencoderRAE folder, the wrong kind, a missing folder,
+    a size the RAE does not decode."""
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from pathlib import Path\n"
+        "from test_rae import rae_config\n\n\n"
+        "def get_config():\n"
+        f"    return rae_config({ {k: str(v) for k, v in latent_setup.items()}!r})\n")
+    stats = tmp_path / "stats"
+    shutil.copytree(DIFFUSERS, stats)
+    state = load_file(str(stats / "diffusion_pytorch_model.safetensors"))
+    state["_latents_std"] = np.ones((64, 8, 8), np.float32)
+    save_file(state, str(stats / "diffusion_pytorch_model.safetensors"))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    shutil.copy(DIFFUSERS / "config.json", foreign / "config.json")
+    shutil.copy(FIXTURE.parent / "sd_vae" / "diffusers" / "diffusion_pytorch_model.safetensors",
+                foreign / "diffusion_pytorch_model.safetensors")
+    sd_vae = FIXTURE.parent / "sd_vae" / "diffusers"
+    cases = [
+        ([f"--config.autoencoder.weights={stats}"], r"_latents_std.*\(64, 8, 8\)"),
+        ([f"--config.autoencoder.weights={foreign}"], "does not hold an AutoencoderRAE"),
+        ([f"--config.autoencoder.weights={sd_vae}"], "autoencoder.kind='rae' but"),
+        ([f"--config.autoencoder.weights={tmp_path / 'none'}"], "no autoencoder weights at"),
+        (["--config.data.image_size=128"], "this RAE decodes 256×256 images"),
+    ]
+    for extra, message in cases:
+        out = tmp_path / "out"
+        proc = _launch(f"--config={cfg}", f"--out={out}", *extra)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+        assert len(lines) == 1 and __import__("re").search(message, lines[0]), proc.stderr
+        assert not out.exists()

@@ -409,10 +409,12 @@ def load_rae(path: str | os.PathLike, *, dtype: Any = jnp.float32) -> RAE:
 
 def describe_rae(path: str | os.PathLike) -> dict[str, Any]:
     """What to record with latents made by these weights, JSON-ready and the same on every
-    call: {"kind": "rae", "path", "layout": "diffusers" | "official", "files": {name: sha256},
+    call: {"kind": "rae", "path", "layout": "diffusers" | "official", "files": {path within the
+    folder: sha256},
     "sha256": the SHA-256 of the files' hashes in order, "stats_formula", "config"}."""
     r = _read(path)
-    hashes = {str(f.resolve()): file_sha256(f) for f in r.files}
+    folder = _folder(path)
+    hashes = {os.path.relpath(f, folder): file_sha256(f) for f in r.files}
     combined = hashlib.sha256("".join(hashes.values()).encode()).hexdigest()
     return {
         "kind": "rae",
