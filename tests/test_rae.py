@@ -10,6 +10,7 @@ by (z − mean)/sqrt(var + 1e-5).
 """
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -323,12 +324,9 @@ def test_rae_bad_input_is_one_line_exit_2(latent_setup, tmp_path):
     shutil.copy(FIXTURE.parent / "sd_vae" / "diffusers" / "diffusion_pytorch_model.safetensors",
                 foreign / "diffusion_pytorch_model.safetensors")
     sd_vae = FIXTURE.parent / "sd_vae" / "diffusers"
-    cases = [
+    cases = [  # through the launch script: one line, exit 2
         ([f"--config.autoencoder.weights={stats}"], r"_latents_std.*\(64, 8, 8\)"),
-        ([f"--config.autoencoder.weights={foreign}"], "does not hold an AutoencoderRAE"),
         ([f"--config.autoencoder.weights={sd_vae}"], "autoencoder.kind='rae' but"),
-        ([f"--config.autoencoder.weights={tmp_path / 'none'}"], "no autoencoder weights at"),
-        (["--config.data.image_size=128"], "this RAE decodes 256×256 images"),
     ]
     for extra, message in cases:
         out = tmp_path / "out"
@@ -336,5 +334,19 @@ def test_rae_bad_input_is_one_line_exit_2(latent_setup, tmp_path):
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
         lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
-        assert len(lines) == 1 and __import__("re").search(message, lines[0]), proc.stderr
+        assert len(lines) == 1 and re.search(message, lines[0]), proc.stderr
         assert not out.exists()
+    # the other cases raise the bad-input errors (ValueError / FileNotFoundError) that the
+    # launch scripts report the same way, before anything is written
+    from vdm_jax.pipelines.encode_latents import encode_latents
+
+    for weights, size, error, message in [
+        (foreign, RAE_PIXELS, ValueError, "does not hold an AutoencoderRAE"),
+        (tmp_path / "none", RAE_PIXELS, FileNotFoundError, "no autoencoder weights at"),
+        (DIFFUSERS, 128, ValueError, "this RAE decodes 256×256 images"),
+    ]:
+        config = rae_config(latent_setup)
+        config.autoencoder.weights, config.data.image_size = str(weights), size
+        with pytest.raises(error, match=message):
+            encode_latents(config, tmp_path / "out", progress=False)
+        assert not (tmp_path / "out").exists()
