@@ -20,6 +20,7 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+from vdm_jax.importers.autoencoders import weights_sha256
 from vdm_jax.importers.rae import describe_rae, is_rae, load_rae
 from vdm_jax.nn.autoencoders.rae import RAEConfig, abstract_rae
 
@@ -104,7 +105,12 @@ def test_diffusers_encode_512_and_official_positions(tmp_path, ref):
 
 def test_official_layout(tmp_path, ref):
     pytest.importorskip("torch")  # model.pt and stat.pt are torch pickles
-    m = load_rae(official_folder(tmp_path / "official"))
+    folder = official_folder(tmp_path / "official")
+    m = load_rae(folder)
+    d = describe_rae(folder)
+    assert d["layout"] == "official" and d["stats_formula"] == "official"
+    assert sorted(d["files"]) == ["dinov2/model.safetensors", "model.pt", "stat.pt"]
+    assert weights_sha256(folder) == d["sha256"]
     assert m.config.stats_formula == "official"
     assert m.config.decoder_num_heads == 2 and m.config.encoder_input_size == 224
     z = np.asarray(m.encode(jnp.asarray(images(ref, 4))))
@@ -144,6 +150,7 @@ def test_describe_and_detection(tmp_path):
     d = describe_rae(DIFFUSERS)
     assert d == describe_rae(DIFFUSERS) and d["kind"] == "rae" and d["layout"] == "diffusers"
     assert d["stats_formula"] == "diffusers" and len(d["sha256"]) == 64
+    assert weights_sha256(DIFFUSERS) == d["sha256"]  # what latents are checked against
     assert RAEConfig.from_dict(d["config"]) == load_rae(DIFFUSERS).config
     assert is_rae(DIFFUSERS) and is_rae(OFFICIAL)
     assert not is_rae(Path(__file__).parent / "fixtures" / "sd_vae" / "diffusers")

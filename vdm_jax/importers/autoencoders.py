@@ -69,7 +69,7 @@ def describe_weights(path: str | os.PathLike, *, kind: str | None = None) -> dic
 def weights_sha256(path: str | os.PathLike) -> str:
     """The "sha256" `describe_weights` records, computed again from the files."""
     if autoencoder_kind(path) == "rae":
-        return rae.describe_rae(path)["sha256"]
+        return rae.rae_sha256(path)
     weights, _ = sd_vae.locate_weights(path)
     return file_sha256(weights)
 

@@ -76,7 +76,8 @@ from vdm_jax.nn.autoencoders.rae import (
 )
 from vdm_jax.nn.encoders.dinov2 import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["GET_WEIGHTS", "describe_rae", "is_rae", "load_rae", "rae_layout"]
+__all__ = ["GET_WEIGHTS", "describe_rae", "is_rae", "load_rae", "rae_files", "rae_layout",
+           "rae_sha256"]
 
 CONFIG_NAME = "config.json"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -407,6 +408,26 @@ def load_rae(path: str | os.PathLike, *, dtype: Any = jnp.float32) -> RAE:
                   ignore=r.ignore)
 
 
+def rae_files(path: str | os.PathLike) -> list[Path]:
+    """The files that make the RAE at `path`, in a fixed order, without reading them:
+    diffusers: config.json, the safetensors; official: model.pt, stat.pt (when present), the
+    DINOv2 weights file."""
+    folder = _folder(path)
+    if rae_layout(folder) == "diffusers":
+        return [folder / CONFIG_NAME, folder / DIFFUSERS_WEIGHTS]
+    enc = folder / OFFICIAL_ENCODER
+    enc_file = next((enc / n for n in ("model.safetensors", "pytorch_model.bin")
+                     if (enc / n).is_file()), enc / "model.safetensors")
+    stats = [folder / OFFICIAL_STATS] if (folder / OFFICIAL_STATS).is_file() else []
+    return [folder / OFFICIAL_DECODER, *stats, enc_file]
+
+
+def rae_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of the files' SHA-256s (`rae_files` order): what `describe_rae` records."""
+    digests = "".join(file_sha256(f) for f in rae_files(path))
+    return hashlib.sha256(digests.encode()).hexdigest()
+
+
 def describe_rae(path: str | os.PathLike) -> dict[str, Any]:
     """What to record with latents made by these weights, JSON-ready and the same on every
     call: {"kind": "rae", "path", "layout": "diffusers" | "official", "files": {path within the
@@ -414,7 +435,8 @@ def describe_rae(path: str | os.PathLike) -> dict[str, Any]:
     "sha256": the SHA-256 of the files' hashes in order, "stats_formula", "config"}."""
     r = _read(path)
     folder = _folder(path)
-    hashes = {os.path.relpath(f, folder): file_sha256(f) for f in r.files}
+    files = rae_files(path)
+    hashes = {os.path.relpath(f, folder): file_sha256(f) for f in files}
     combined = hashlib.sha256("".join(hashes.values()).encode()).hexdigest()
     return {
         "kind": "rae",
