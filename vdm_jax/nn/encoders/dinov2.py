@@ -109,7 +109,8 @@ def pos_interpolation(style: str, num_registers: int) -> tuple[bool, float]:
 class DinoV2Config:
     """Architecture of a DINOv2 ViT. `image_size` is the pretraining resolution (its grid
     image_size // patch_size is the position table's); `pos_antialias` / `pos_offset` choose
-    how that table is resampled to other grids (module docstring)."""
+    how that table is resampled to other grids (module docstring). `norm_affine=False` makes
+    the final LayerNorm a plain standardization (no scale, no bias), as RAE's encoder."""
 
     hidden_size: int = 768
     num_layers: int = 12
