@@ -22,7 +22,7 @@ from safetensors.numpy import load_file, save_file
 
 from vdm_jax.importers.autoencoders import weights_sha256
 from vdm_jax.importers.rae import describe_rae, is_rae, load_rae
-from vdm_jax.nn.autoencoders.rae import RAEConfig, abstract_rae
+from vdm_jax.nn.autoencoders.rae import NOISE_TAU, RAEConfig, abstract_rae, noise_tokens
 
 FIXTURE = Path(__file__).parent / "fixtures" / "rae"
 DIFFUSERS = FIXTURE / "diffusers"
@@ -144,6 +144,20 @@ def test_vit_xl_decoder_parameter_count():
         assert n == counts[f"official_{size}_trainable"]
         assert n + 257 * model.config.decoder_hidden_size == counts[f"official_{size}_all"]
     assert counts["diffusers_XL_decoder"] == counts["official_XL_trainable"]
+
+
+def test_noise_augmentation_distribution():
+    """σ = τ·U[0, 1) per example: each example's noise std lies in [0, τ] and their mean is
+    τ/2 (4000 examples, 256 draws each: std error of the mean ≈ 0.004·τ)."""
+    import jax
+
+    tokens = jnp.ones((4000, 16, 16))
+    noise = np.asarray(noise_tokens(jax.random.key(0), tokens)) - 1.0
+    sigma = noise.reshape(4000, -1).std(axis=1)
+    assert sigma.max() <= NOISE_TAU * 1.2 and sigma.min() < 0.02 * NOISE_TAU
+    assert abs(sigma.mean() - NOISE_TAU / 2) < 0.02 * NOISE_TAU
+    assert abs(np.mean(sigma < NOISE_TAU / 2) - 0.5) < 0.03  # uniform: median τ/2
+    np.testing.assert_array_equal(noise_tokens(jax.random.key(0), tokens) - 1.0, noise)
 
 
 def test_describe_and_detection(tmp_path):

@@ -67,6 +67,7 @@ from vdm_jax.nn.layers import dense, sincos_2d, unpatchify
 __all__ = [
     "DECODER_SIZES",
     "DINOV2_REGISTERS",
+    "NOISE_TAU",
     "RAE",
     "STATS_EPS",
     "STATS_FORMULAS",
@@ -76,6 +77,7 @@ __all__ = [
     "ViTLayer",
     "abstract_rae",
     "decoder_position_table",
+    "noise_tokens",
 ]
 
 Array = jax.Array
@@ -89,6 +91,7 @@ DECODER_SIZES: dict[str, tuple[int, int, int, int]] = {
 }
 STATS_FORMULAS = ("official", "diffusers", "none")
 STATS_EPS = 1e-5  # RAE(eps=1e-5) and diffusers' hard-coded 1e-5
+NOISE_TAU = 0.8  # noise_tau of the official decoder training (configs/stage1/training/*.yaml)
 DINOV2_REGISTERS = 4  # the released RAE encoders are DINOv2 with 4 registers
 
 
@@ -192,6 +195,17 @@ def decoder_position_table(dim: int, grid: int) -> np.ndarray:
     """(1 + g², D) float32: a zero row for the CLS token, then MAE's fixed 2-D sin-cos embedding
     of the g × g grid at integer positions (first half the column, second half the row)."""
     return np.concatenate([np.zeros((1, dim), np.float32), sincos_2d(dim, (grid, grid))], axis=0)
+
+
+def noise_tokens(key: Array, tokens: Array, tau: float = NOISE_TAU) -> Array:
+    """RAE's noise augmentation of the decoder's input during its training (official
+    `RAE.noising`): tokens + σ·ε with σ = τ·u, u ~ U[0, 1) drawn once per example and
+    ε ~ N(0, I); applied to the encoder's tokens before the latent statistics. (B, ...) →
+    (B, ...) float32."""
+    k_sigma, k_eps = jax.random.split(key)
+    shape = (tokens.shape[0],) + (1,) * (tokens.ndim - 1)
+    sigma = tau * jax.random.uniform(k_sigma, shape)  # (B, 1, …) per example
+    return tokens + sigma * jax.random.normal(k_eps, tokens.shape)  # (B, …)
 
 
 def _sharding_context() -> contextlib.AbstractContextManager:
