@@ -12,8 +12,9 @@ and locks it; `validate` then checks every value before anything is written. Sec
                     trains on), latent_dir (the latent dataset launch/encode_latents.py made
                     from those images), latent_posterior ('sample' | 'mean'), latent_scaling
                     ('autoencoder' | 'per_channel')
-    autoencoder     weights: the autoencoder (SD-VAE) folder or file that made data.latent_dir;
-                    it decodes the samples of a latent model
+    autoencoder     weights: the autoencoder (SD-VAE or RAE) folder or file that made
+                    data.latent_dir; it decodes the samples of a latent model. kind ('sd_vae' |
+                    'rae'; unset: read from the weights)
     model           spec (a dict: {'name': 'DiT-XL/2'} for a registry size, optionally with
                     overrides, or a full spec {'family': 'dit', 'depth': …}), prediction
                     ('eps' | 'x' | 'v' | 'flow' | 'average_velocity' for MeanFlow), learn_sigma,

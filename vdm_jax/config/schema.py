@@ -49,7 +49,8 @@ def default_config() -> ConfigDict:
         synthetic_channels=3,  # data.name='synthetic' only (vdm_jax.data)
         synthetic_classes=10,
     ))
-    c.autoencoder = ConfigDict(dict(weights=config_dict.placeholder(str)))
+    c.autoencoder = ConfigDict(dict(weights=config_dict.placeholder(str),
+                                    kind=config_dict.placeholder(str)))
     c.model = ConfigDict(dict(
         spec=dict(family="dit", depth=2, hidden_size=64, num_heads=4, patch_size=2),
         prediction="eps",
@@ -162,6 +163,9 @@ def validate(config: Mapping[str, Any]) -> None:
     _require(d["kind"] == "latents" or not d["latent_dir"],
              "data.latent_dir is set but data.kind='images': set --config.data.kind=latents to "
              "train on the latents")
+    _require(config["autoencoder"].get("kind") in (None, "sd_vae", "rae"),
+             f"autoencoder.kind={config['autoencoder'].get('kind')!r}; expected 'sd_vae' or "
+             "'rae' (or unset: read from the weights)")
     _require(not d["latent_dir"] or config["autoencoder"]["weights"],
              "data.latent_dir is set but autoencoder.weights is not: the autoencoder that made "
              "the latents decodes the samples; give --config.autoencoder.weights=PATH (the "

@@ -8,12 +8,15 @@ A latent directory (made by `launch/encode_latents.py`, vdm_jax.pipelines.encode
 
 One record per image: the label (int32, little-endian) followed by the posterior moments of the
 center-cropped image AND of its horizontal flip, float16, shape (2, h, w, 2c): [no flip, flip] ×
-concat(mean, logvar) of the c latent channels. Storing moments rather than one sample lets every
-epoch draw a fresh z = mean + exp(logvar/2)·ε (`data.latent_posterior='sample'`, DiT's practice
-draws one per image per epoch) or use the mean ('mean'), and the flip is the usual augmentation.
+concat(mean, logvar) of the c latent channels; for a deterministic encoder (the RAE; metadata
+"posterior": "deterministic") the latents themselves, shape (2, h, w, c). Storing moments
+rather than one sample lets every epoch draw a fresh z = mean + exp(logvar/2)·ε
+(`data.latent_posterior='sample'`, DiT's practice draws one per image per epoch) or use the
+mean ('mean'), and the flip is the usual augmentation.
 
-metadata.json: {"format": FORMAT, "autoencoder": importers.sd_vae.describe_weights(...) (path,
-sha256 of the weights file, architecture), "crop": {"method": "adm_center_crop", "image_size":
+metadata.json: {"format": FORMAT, "autoencoder": importers.autoencoders.describe_weights(...)
+(path, sha256 of the weights, architecture; the RAE's with "kind": "rae" and its statistics'
+formula), "crop": {"method": "adm_center_crop", "image_size":
 S}, "source": the data config that was encoded, "latent_shape": [h, w, c], "pixel_shape": [S, S,
 3], "num_classes", "chunk_size", "splits": {split: {"num_examples", "num_chunks"}}, "stats":
 {"mean": [c], "std": [c]} of the posterior means over the training split (both flips), computed
@@ -36,8 +39,7 @@ from typing import Any
 import grain.python as grain
 import numpy as np
 
-from vdm_jax.importers.common import file_sha256
-from vdm_jax.importers.sd_vae import locate_weights
+from vdm_jax.importers.autoencoders import weights_sha256
 from vdm_jax.io import read_json
 
 __all__ = [
@@ -87,9 +89,14 @@ class LatentDataset:
         return tuple(int(v) for v in self.metadata["latent_shape"])
 
     @property
+    def deterministic(self) -> bool:
+        """Whether records hold the latents themselves (RAE) rather than posterior moments."""
+        return self.metadata.get("posterior") == "deterministic"
+
+    @property
     def record_shape(self) -> tuple[int, int, int, int]:
         h, w, c = self.latent_shape
-        return (2, h, w, 2 * c)
+        return (2, h, w, c if self.deterministic else 2 * c)
 
     @property
     def pixel_shape(self) -> tuple[int, int, int]:
@@ -163,9 +170,10 @@ class LatentTrainPreprocess(grain.RandomMapTransform):
     def random_map(self, element: bytes, rng: np.random.Generator) -> dict[str, Any]:
         moments, label = decode_record(element, self.record_shape)
         flip = int(self.random_flip and rng.random() < 0.5)
-        c = self.record_shape[-1] // 2
+        c = len(self.shift)
         mean = moments[flip, ..., :c].astype(np.float32)  # (h, w, c)
-        if self.posterior == "sample":
+        # records of c channels hold deterministic latents (RAE): nothing to draw
+        if self.posterior == "sample" and self.record_shape[-1] == 2 * c:
             std = np.exp(0.5 * moments[flip, ..., c:].astype(np.float32))
             z = mean + std * rng.standard_normal(mean.shape, dtype=np.float32)
         else:
@@ -185,7 +193,7 @@ class LatentEvalPreprocess(grain.MapTransform):
 
     def map(self, element: bytes) -> dict[str, Any]:
         moments, label = decode_record(element, self.record_shape)
-        c = self.record_shape[-1] // 2
+        c = len(self.shift)
         z = moments[0, ..., :c].astype(np.float32)
         return {"image": _to_model_space(z, np.asarray(self.shift, np.float32),
                                          np.asarray(self.scale, np.float32)),
@@ -200,8 +208,7 @@ def check_matches(metadata: Mapping[str, Any], *, weights: str | os.PathLike | N
     weights are missing."""
     made = metadata["autoencoder"]
     if weights is not None:
-        weights_file, _ = locate_weights(weights)
-        sha = file_sha256(weights_file)
+        sha = weights_sha256(weights)
         if made.get("sha256") != sha:
             raise ValueError(
                 f"{where} was encoded with other autoencoder weights ({made.get('weights_file')},"

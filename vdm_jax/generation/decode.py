@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vdm_jax.data.latents import check_matches
-from vdm_jax.importers.sd_vae import load_autoencoder
+from vdm_jax.importers.autoencoders import load_autoencoder
 from vdm_jax.model import DataSpec
 
 __all__ = ["make_decoder", "output_shape"]

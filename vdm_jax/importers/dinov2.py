@@ -22,7 +22,8 @@ size) unless `num_heads` is given. Names, hub ← → NNX (HF in brackets), `i` 
     blocks.i.mlp.w12 / w3 (ViT-g)       [encoder.layer.i.mlp.weights_in / weights_out]
     norm                                [layernorm]
 (LayerNorm weight → scale; Linear weight (O, I) → kernel (I, O).) The HF names are those of the
-released files (which transformers 5 still writes with save_pretrained), not its in-memory names.
+released files; the attention names transformers 5.25 writes for Dinov2WithRegistersModel
+(`attention.q_proj / k_proj / v_proj / o_proj`) are read too.
 
 Position-embedding resampling follows the file's own release unless `interpolation` says
 otherwise: 'hub' for .pth files, 'transformers' for HF folders; REPA uses 'repa'
@@ -60,7 +61,16 @@ from vdm_jax.nn.encoders.dinov2 import (
     pos_interpolation,
 )
 
-__all__ = ["HF_REPOS", "HUB_URL", "describe", "dinov2_config_of", "load_dinov2", "where_to_get"]
+__all__ = [
+    "HF_REPOS",
+    "HUB_URL",
+    "describe",
+    "dinov2_config_of",
+    "dinov2_source_of",
+    "load_dinov2",
+    "read_dinov2",
+    "where_to_get",
+]
 
 HUB_URL = "https://dl.fbaipublicfiles.com/dinov2"
 HF_REPOS = {"vits14": "small", "vitb14": "base", "vitl14": "large", "vitg14": "giant"}
@@ -107,6 +117,15 @@ _HF = {
     "w3": "mlp.weights_out",
     "norm": "layernorm",
 }
+# transformers >= 5.25 writes the attention of Dinov2WithRegistersModel under new names (what
+# diffusers' AutoencoderRAE.save_pretrained then stores); the released files keep the old ones.
+_HF_QKV_PROJ = {
+    **_HF,
+    "query": "attention.q_proj",
+    "key": "attention.k_proj",
+    "value": "attention.v_proj",
+    "proj": "attention.o_proj",
+}
 
 
 def _arch_name(size: str | None, registers: int | None) -> str:
@@ -139,6 +158,8 @@ def _layout(state_dict: Mapping[str, Any], source: str) -> dict[str, str]:
     if "cls_token" in state_dict:
         return _HUB
     if "embeddings.cls_token" in state_dict:
+        if any(".attention.q_proj." in k for k in state_dict):
+            return _HF_QKV_PROJ
         return _HF
     some = ", ".join(sorted(state_dict)[:6]) or "no tensors"
     raise ValueError(
@@ -309,6 +330,24 @@ def _source_of(names: dict[str, str], cfg: DinoV2Config):
         return Tensor(name, shape, identity)
 
     return source_of
+
+
+def dinov2_source_of(state_dict: Mapping[str, Any], cfg: DinoV2Config, *, source: str):
+    """`source_of` (vdm_jax.importers.common) of a DINOv2 state dict in either layout: NNX
+    (path, shape) under a DinoV2 of `cfg` → the tensor's name and layout in `state_dict`.
+    For models that embed a DINOv2 (RAE's encoder) and assign it together with their own
+    weights. Raises ValueError when the state dict is in neither layout."""
+    return _source_of(_layout(state_dict, source), cfg)
+
+
+def read_dinov2(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any] | None, Path]:
+    """(state dict with any 'dinov2.' prefix stripped, config.json or None, the weights file)
+    of a torch-hub file or a Hugging Face folder; FileNotFoundError saying what to download
+    when nothing is there."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"no DINOv2 weights at {p}: " + where_to_get(None, 4))
+    return _read(p, None, None)
 
 
 def _read(path: Path, size: str | None, registers: int | None):

@@ -16,8 +16,8 @@ class DataSpec:
     the latents'), num_classes (0 = unconditional) and num_levels K (bits/dim are for data on K
     levels; for latent data, the 256 levels of the decoded pixels). Latent data adds pixel_shape
     (the decoded images'), the normalization x = (z − latent_shift) · latent_scale per channel,
-    and the autoencoder record (vdm_jax.importers.sd_vae.describe_weights) whose weights decode
-    it. Training takes it from the dataset; checkpoints store it, so a run directory alone
+    and the autoencoder record (vdm_jax.importers.autoencoders.describe_weights) whose weights
+    decode it. Training takes it from the dataset; checkpoints store it, so a run directory alone
     rebuilds the model and decodes its samples."""
 
     image_shape: tuple[int, int, int]

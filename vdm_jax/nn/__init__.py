@@ -12,8 +12,10 @@
     registry             named sizes ("DiT-XL/2", "JiT-B/16", "DDT-XL/2"), spec validation,
                          `build_model`
     cost                 exact parameter counts and forward MACs / FLOPs
-    encoders/            frozen feature networks (the FID Inception-v3, DINOv2, the digits CNN)
-    autoencoders/        frozen image autoencoders (the Stable Diffusion VAE, AutoencoderKL)
+    encoders/            frozen feature networks (the FID Inception-v3, DINOv2, the digits CNN,
+                         LPIPS-VGG16, the RAE's DINO discriminator)
+    autoencoders/        frozen image autoencoders (the Stable Diffusion VAE, AutoencoderKL;
+                         the representation autoencoder, RAE)
 
 Build a denoiser with `vdm_jax.nn.registry.build_model`; every parameter carries logical axis
 names for FSDP (`registry.logical_axes`, mapped to mesh axes in vdm_jax.parallel.mesh).

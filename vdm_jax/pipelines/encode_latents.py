@@ -4,8 +4,10 @@
 
 For each split ('train', and 'eval' when the dataset has one) the images of `config.data` are
 read in order with the training pipeline's ADM center crop at `data.image_size` (no flip), and
-each image and its horizontal flip are encoded by the autoencoder of `autoencoder.weights` into
-posterior moments, stored as `vdm_jax.data.latents` records in chunks of `chunk_size` examples.
+each image and its horizontal flip are encoded by the autoencoder of `autoencoder.weights` (an
+SD-VAE or an RAE, `vdm_jax.importers.autoencoders`) into posterior moments (SD-VAE) or the
+deterministic latents (RAE), stored as `vdm_jax.data.latents` records in chunks of `chunk_size`
+examples.
 
 Resumable: metadata.json is first written as a manifest of the settings (autoencoder and its
 weights' SHA-256, crop, source, shapes, chunk size, split sizes); each chunk is published
@@ -39,7 +41,7 @@ from tqdm import tqdm
 
 from vdm_jax.data import latents
 from vdm_jax.data.pipeline import dataset_info, read_examples, split_size
-from vdm_jax.importers.sd_vae import describe_weights, load_autoencoder
+from vdm_jax.importers.autoencoders import describe_weights, latent_geometry, load_autoencoder
 from vdm_jax.io import publish, read_json, write_json
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "encode_latents"]
@@ -57,12 +59,9 @@ def _source_record(data: Mapping[str, Any]) -> dict[str, Any]:
 def _manifest(config: ConfigDict, chunk_size: int) -> dict[str, Any]:
     info = dataset_info(config.data)
     size = int(config.data.image_size or info.image_shape[0])
-    autoencoder = describe_weights(config.autoencoder.weights)
-    f = 2 ** (len(autoencoder["config"]["block_out_channels"]) - 1)
-    if size % f:
-        raise ValueError(f"data.image_size={size} is not divisible by the autoencoder's "
-                         f"downsampling factor {f}")
-    c = int(autoencoder["config"]["latent_channels"])
+    autoencoder = describe_weights(config.autoencoder.weights,
+                                   kind=config.autoencoder.get("kind"))
+    geometry = latent_geometry(autoencoder, size)
     splits = {}
     for split in SPLITS:
         n = split_size(config.data, split)
@@ -73,12 +72,14 @@ def _manifest(config: ConfigDict, chunk_size: int) -> dict[str, Any]:
         "autoencoder": autoencoder,
         "crop": {"method": "adm_center_crop", "image_size": size},
         "source": _source_record(config.data.to_dict()),
-        "latent_shape": [size // f, size // f, c],
+        "latent_shape": geometry["latent_shape"],
         "pixel_shape": [size, size, int(info.image_shape[-1])],
         "num_classes": int(info.num_classes),
         "chunk_size": int(chunk_size),
         "splits": splits,
         "moments_dtype": "float16",
+        # absent (the SD-VAE's posterior moments) in datasets made before the RAE existed
+        **({"posterior": "deterministic"} if geometry["posterior"] == "deterministic" else {}),
     }
 
 
@@ -105,9 +106,10 @@ def _prepare_dir(out: Path, manifest: dict[str, Any]) -> None:
     write_json(meta_path, manifest)
 
 
-def _encode_fn(model: Any, mesh: jax.sharding.Mesh):
+def _encode_fn(model: Any, mesh: jax.sharding.Mesh, deterministic: bool):
     """A jitted fn(images (B, S, S, C) in [−1, 1]) → moments (B, 2, h, w, 2c) float16 of each
-    image and its horizontal flip, the batch sharded over `mesh`."""
+    image and its horizontal flip (deterministic: the latents (B, 2, h, w, c)), the batch
+    sharded over `mesh`."""
     graphdef, state = nnx.split(model)
     batch = NamedSharding(mesh, PartitionSpec("data"))
 
@@ -115,8 +117,11 @@ def _encode_fn(model: Any, mesh: jax.sharding.Mesh):
     def encode(state: nnx.State, images: jax.Array) -> jax.Array:
         images = jax.lax.with_sharding_constraint(images, batch)
         both = jnp.concatenate([images, images[:, :, ::-1]])  # (2B, S, S, C): image, flip
-        mean, logvar = nnx.merge(graphdef, state).encode(both)  # 2 × (2B, h, w, c)
-        moments = jnp.concatenate([mean, logvar], axis=-1)  # (2B, h, w, 2c)
+        if deterministic:  # RAE: z = encode(x), nothing to sample
+            moments = nnx.merge(graphdef, state).encode(both)  # (2B, h, w, c)
+        else:
+            mean, logvar = nnx.merge(graphdef, state).encode(both)  # 2 × (2B, h, w, c)
+            moments = jnp.concatenate([mean, logvar], axis=-1)  # (2B, h, w, 2c)
         b = images.shape[0]
         return jnp.stack([moments[:b], moments[b:]], axis=1).astype(jnp.float16)
 
@@ -136,12 +141,12 @@ def _write_chunk(path: Path, moments: np.ndarray, labels: np.ndarray) -> None:
 
 
 def _statistics(out: Path, meta: Mapping[str, Any]) -> dict[str, list[float]]:
-    """Per-channel mean and std of the posterior means of the training split (both flips),
-    accumulated in float64."""
+    """Per-channel mean and std of the posterior means (RAE: the latents) of the training split
+    (both flips), accumulated in float64."""
     dataset = latents.LatentDataset(out, dict(meta))
     source = dataset.source("train")
     shape = dataset.record_shape
-    c = shape[-1] // 2
+    c = dataset.latent_shape[-1]
     total = np.zeros(c)
     total_sq = np.zeros(c)
     count = 0
@@ -165,7 +170,8 @@ def encode_latents(config: ConfigDict, out_dir: str | os.PathLike, *,
     if not config.autoencoder.weights:
         raise ValueError("--config.autoencoder.weights=PATH is required: the SD-VAE folder "
                          "(config.json + diffusion_pytorch_model.safetensors) or a single-file "
-                         "checkpoint")
+                         "checkpoint, or an RAE folder (diffusers AutoencoderRAE, or the "
+                         "official model.pt + stat.pt + dinov2/)")
     if config.data.latent_dir:
         raise ValueError("data.latent_dir is set: encode the image dataset (unset it); the "
                          "latents go to --out")
@@ -179,7 +185,8 @@ def encode_latents(config: ConfigDict, out_dir: str | os.PathLike, *,
     if not node.is_dir() or not os.access(node, os.W_OK):
         raise ValueError(f"--out={out}: {node} is not a writable directory")
     manifest = _manifest(config, chunk_size)
-    model = load_autoencoder(config.autoencoder.weights, dtype=dtype)
+    model = load_autoencoder(config.autoencoder.weights, dtype=dtype,
+                             kind=config.autoencoder.get("kind"))
     index, count = jax.process_index(), jax.process_count()
     if index == 0:
         _prepare_dir(out, manifest)
@@ -192,7 +199,7 @@ def encode_latents(config: ConfigDict, out_dir: str | os.PathLike, *,
                          axis_types=(jax.sharding.AxisType.Auto,))
     # Each chunk is encoded in batches that split evenly over the local devices.
     batch = max(len(devices), batch_size - batch_size % len(devices))
-    encode = _encode_fn(model, mesh)
+    encode = _encode_fn(model, mesh, manifest.get("posterior") == "deterministic")
 
     todo = []
     for split, info in manifest["splits"].items():

@@ -109,7 +109,8 @@ def pos_interpolation(style: str, num_registers: int) -> tuple[bool, float]:
 class DinoV2Config:
     """Architecture of a DINOv2 ViT. `image_size` is the pretraining resolution (its grid
     image_size // patch_size is the position table's); `pos_antialias` / `pos_offset` choose
-    how that table is resampled to other grids (module docstring)."""
+    how that table is resampled to other grids (module docstring). `norm_affine=False` makes
+    the final LayerNorm a plain standardization (no scale, no bias), as RAE's encoder."""
 
     hidden_size: int = 768
     num_layers: int = 12
@@ -125,6 +126,7 @@ class DinoV2Config:
     qkv_bias: bool = True
     pos_antialias: bool = False
     pos_offset: float = 0.0
+    norm_affine: bool = True  # False: the final LayerNorm without scale and bias (RAE's encoder)
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -221,10 +223,12 @@ def _resize_2d(x: Array, rh: np.ndarray, rw: np.ndarray) -> Array:
 
 
 def preprocess(
-    x: Array, resolution: int | tuple[int, int] = REPA_RESOLUTION, *, antialias: bool = False
+    x: Array, resolution: int | tuple[int, int] = REPA_RESOLUTION, *, antialias: bool = False,
+    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
 ) -> Array:
     """REPA's DINOv2 input: images NHWC in [−1, 1], any size → (B, h, w, 3) float32,
-    x̂ = (bicubic_resize((x + 1)/2) − mean) / std with the ImageNet mean/std.
+    x̂ = (bicubic_resize((x + 1)/2) − mean) / std with the ImageNet mean/std by default
+    (RAE reads its own from its config; the same values for DINOv2).
 
     The resize is PyTorch's `F.interpolate(mode='bicubic', align_corners=False)` without
     antialiasing (W_{−0.75}, clamped border), because that is what REPA applies
@@ -245,8 +249,8 @@ def preprocess(
             resample_matrix(x.shape[1], h, antialias=antialias),
             resample_matrix(x.shape[2], w, antialias=antialias),
         )  # (B, h, w, 3)
-    mean, std = np.asarray(IMAGENET_MEAN, np.float32), np.asarray(IMAGENET_STD, np.float32)
-    return (x01 - mean) / std  # (B, h, w, 3)
+    mu, sd = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    return (x01 - mu) / sd  # (B, h, w, 3)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -262,10 +266,10 @@ def _sharding_context() -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _layer_norm(cfg: DinoV2Config, rngs: nnx.Rngs) -> nnx.LayerNorm:
+def _layer_norm(cfg: DinoV2Config, rngs: nnx.Rngs, *, affine: bool = True) -> nnx.LayerNorm:
     return nnx.LayerNorm(
-        cfg.hidden_size, epsilon=cfg.layer_norm_eps, dtype=jnp.float32, param_dtype=jnp.float32,
-        rngs=rngs,
+        cfg.hidden_size, epsilon=cfg.layer_norm_eps, use_scale=affine, use_bias=affine,
+        dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs,
     )
 
 
@@ -371,7 +375,7 @@ class DinoV2(nnx.Module):
             self.register_tokens = nnx.Param(jnp.zeros((1, cfg.num_registers, d)))
         self.mask_token = nnx.Param(jnp.zeros((1, d)))  # iBOT masking; only `masks` uses it
         self.blocks = nnx.List([Block(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_layers)])
-        self.norm = _layer_norm(cfg, rngs)
+        self.norm = _layer_norm(cfg, rngs, affine=cfg.norm_affine)
 
     def position_embedding(self, grid: tuple[int, int], square_input: bool) -> Array:
         """(1 + gh·gw, D) float32: CLS entry, then the M×M table resampled to `grid` (module
