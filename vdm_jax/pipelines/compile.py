@@ -378,7 +378,7 @@ def format_report(report: Mapping[str, Any]) -> str:
             + ("" if r["flops_ratio"] is None else
                f", ratio {r['flops_ratio']:.3f}"
                + ("" if r["flops_agree"] else f" (beyond {FLOPS_TOLERANCE:.0%})")),
-            f"  roofline bound at bf16 peak: "
+            "  roofline bound at bf16 peak: "
             + ("n/a" if r["roofline_s"] is None else f"{1e3 * r['roofline_s']:.1f} ms")
             + f" per {'step' if name == 'train_step' else 'chunk'}; compiled in "
             f"{r['lower_s'] + r['compile_s']:.1f} s (lower {r['lower_s']:.1f} s)",
