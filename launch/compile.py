@@ -41,6 +41,8 @@ _OUT = flags.DEFINE_string("out", None, "Write every figure to this JSON file.")
 _SAVE = flags.DEFINE_string("save", None, "Write the serialized train-step executable here.")
 _FIND_MAX = flags.DEFINE_bool("find_max_batch", False, "Bisect the largest global batch whose "
                               "train step fits one chip's HBM (--hbm_gib to override).")
+_GRANULARITY = flags.DEFINE_integer("granularity", 8, "--find_max_batch tries global batches "
+                                    "that are multiples of this × chips × micro-batches.")
 _HBM = flags.DEFINE_float("hbm_gib", None, "HBM per chip for --find_max_batch (default: the "
                           "chip's).")
 CONFIG = ConfigArgs(USAGE)
@@ -63,6 +65,7 @@ def main(argv: list[str]) -> None:
             hbm = None if _HBM.value is None else int(_HBM.value * 2**30)
             result = aot_compile.find_max_batch(
                 config, _TOPOLOGY.value, hbm_bytes=hbm, num_slices=_SLICES.value,
+                granularity=_GRANULARITY.value,
                 on_try=lambda b, t: print(f"global batch {b}: peak {t['peak_bytes'] / 2**30:.2f}"
                                           f" GiB per chip, {'fits' if t['fits'] else 'does not'}"
                                           f" (compiled in {t['compile_s']:.1f} s)", flush=True))

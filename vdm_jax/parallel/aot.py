@@ -26,11 +26,12 @@ The roofline bound of a program is its FLOPs per chip ÷ the chip's peak: no ste
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any
 
 __all__ = ["CHIPS", "Chip", "libtpu_missing_message", "memory_stats", "parse_topology",
-           "roofline_seconds", "topology_devices", "xla_flops"]
+           "roofline_seconds", "tiled_bytes", "topology_devices", "xla_flops"]
 
 GiB = 2**30
 
@@ -144,6 +145,16 @@ def xla_flops(compiled: Any) -> float | None:
         cost = cost[0] if cost else None
     flops = (cost or {}).get("flops")
     return None if flops is None else float(flops)
+
+
+def tiled_bytes(shape: tuple[int, ...], itemsize: int) -> int:
+    """Bytes of an array of `shape` in TPU HBM when its two minor dimensions are padded to whole
+    tiles of (8 · 4/itemsize) × 128 elements (8×128 for 32-bit, 16×128 for 16-bit, 32×128 for
+    8-bit data), a vector as one row: an upper bound of what XLA's layouts take."""
+    rows, cols = (1, 1, *shape)[-2:]
+    sub = 8 * max(1, 4 // itemsize)
+    lead = math.prod(shape[:-2]) if len(shape) > 2 else 1
+    return lead * (-(-rows // sub) * sub) * (-(-cols // 128) * 128) * itemsize
 
 
 def roofline_seconds(flops_per_chip: float, chip: Chip) -> float:

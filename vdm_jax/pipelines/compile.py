@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -215,9 +216,17 @@ def compile_train_step(config: ConfigDict, devices: list[Any], chip: aot.Chip,
     out = _figures(compiled, chip, analytic, micro, lower_s, compile_s)
     params_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(state["params"]))
     state_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(state))
+    # The closed form of the arguments per chip: every leaf's shard under its sharding.
+    leaves = jax.tree.leaves((args[0], args[1]))
+    shard_bytes = sum(math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize
+                      for a in leaves)
+    tiled = sum(aot.tiled_bytes(a.sharding.shard_shape(a.shape), a.dtype.itemsize)
+                for a in leaves)
     out.update(
         program="train_step", mesh=dict(mesh.shape), global_batch=batch, micro_batches=micro,
         params=costs["params"], params_bytes=int(params_bytes), state_bytes=int(state_bytes),
+        state_and_batch_bytes_per_chip=int(shard_bytes),
+        state_and_batch_tiled_bytes_per_chip=int(tiled),
         forward_flops_per_image=costs["network"], repa_projector_flops_per_image=costs[
             "projector"], repa_encoder_flops_per_image=costs["encoder"],
         step_flops_per_chip=None if analytic is None else analytic * micro,
@@ -305,17 +314,17 @@ def _libtpu_version() -> str | None:
 
 
 def find_max_batch(config: ConfigDict, topology: str, *, hbm_bytes: int | None = None,
-                   num_slices: int = 1, hi: int = 4096,
+                   num_slices: int = 1, hi: int = 4096, granularity: int = 8,
                    on_try: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
-    """The largest global batch (a multiple of the chips × micro-batches) whose train step fits
-    `hbm_bytes` per chip (default: the chip's HBM), by bisection over compiles of the step:
-    {"max_batch", "tries": [{batch, peak_bytes, fits}, ...]}. 0 when even the smallest does
-    not fit."""
+    """The largest global batch, a multiple of `granularity` × chips × micro-batches, whose
+    train step fits `hbm_bytes` per chip (default: the chip's HBM), by doubling then bisection
+    over compiles of the step (about 2·log2(max / unit) of them): {"max_batch", "hbm_bytes",
+    "tries": [{batch, peak_bytes, fits, compile_s}, ...]}; 0 when the smallest does not fit."""
     chip, _ = aot.parse_topology(topology)
     _checked(config)
     devices = aot.topology_devices(topology, num_slices)
     limit = hbm_bytes or chip.hbm_bytes
-    unit = len(devices) * int(config.train.micro_batches)
+    unit = granularity * len(devices) * int(config.train.micro_batches)
     tries: list[dict[str, Any]] = []
 
     def fits(k: int) -> bool:
@@ -368,7 +377,11 @@ def format_report(report: Mapping[str, Any]) -> str:
                 f"steps{', guided (2B per evaluation)' if r['guided'] else ''}")
         lines += [
             f"{name}: mesh {r['mesh']}, {what}",
-            f"  per chip: arguments {_gib(m.get('argument_size'))}, temporaries "
+            f"  per chip: arguments {_gib(m.get('argument_size'))}"
+            + ("" if "state_and_batch_bytes_per_chip" not in r else
+               f" (the state's and batch's shards: {_gib(r['state_and_batch_bytes_per_chip'])}, "
+               f"{_gib(r['state_and_batch_tiled_bytes_per_chip'])} in whole TPU tiles)")
+            + f", temporaries "
             f"{_gib(m.get('temp_size'))}, outputs {_gib(m.get('output_size'))}, aliased "
             f"{_gib(m.get('alias_size'))}, peak {_gib(m.get('peak_bytes'))} of "
             f"{_gib(r['hbm_bytes'])}: {'fits' if r['fits'] else 'DOES NOT FIT'}",
