@@ -91,12 +91,15 @@ def data_spec_of(config: Mapping[str, Any]) -> DataSpec:
 
 
 def _checked(config: ConfigDict) -> None:
-    """config.validate, less the checks of data that compiling does not read (a latent
-    directory and its autoencoder)."""
+    """config.validate, less the checks of files that compiling does not read (a latent
+    directory, its autoencoder, REPA's encoder weights)."""
     c = copy.deepcopy(config)
+    unread = "(not read to compile)"
     if c.data.kind == "latents":
-        c.data.latent_dir = c.data.latent_dir or "(not read to compile)"
-        c.autoencoder.weights = c.autoencoder.weights or "(not read to compile)"
+        c.data.latent_dir = c.data.latent_dir or unread
+        c.autoencoder.weights = c.autoencoder.weights or unread
+    if c.get("repa") is not None and c.repa.enabled:
+        c.repa.encoder_path = c.repa.encoder_path or unread
     config_lib.validate(c)
 
 
