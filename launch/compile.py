@@ -56,9 +56,15 @@ def main(argv: list[str]) -> None:
                              f"Usage: {USAGE}")
         if not CONFIG.path or not _TOPOLOGY.value:
             raise ValueError(f"--config=FILE and --topology=NAME are required. Usage: {USAGE}")
+        import jax
+
         from vdm_jax import config as config_lib
         from vdm_jax.io import write_json
         from vdm_jax.pipelines import compile as aot_compile
+
+        # A persistent compilation cache could not load TPU executables on this host (no TPU
+        # client), and the compile times measured here must be those of fresh compiles.
+        jax.config.update("jax_enable_compilation_cache", False)
 
         config = config_lib.load(CONFIG.path, CONFIG.overrides)
         if _FIND_MAX.value:
