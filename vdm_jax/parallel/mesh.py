@@ -4,6 +4,9 @@ Mesh axes ('data', 'fsdp'): a batch is split over both (every device holds B / N
 parameters are split over 'fsdp' along the dimension whose logical axis name the rules map to it
 (ZeRO-3 / FSDP: XLA all-gathers a weight just before use and reduce-scatters its gradient), and
 replicated over 'data'. With fsdp = 1 this is plain data parallelism; with data = 1 pure FSDP.
+Devices of several TPU slices (multi-slice, joined by the data-center network, DCN) get a hybrid
+mesh: 'data' spans the slices, 'fsdp' stays inside one, so only the gradient all-reduce crosses
+DCN (`hybrid_mesh`).
 
 Logical axis names come from the models (`vdm_jax.nn.logical_axes`): 'embed' (width D), 'mlp',
 'heads', 'patch', 'vocab', 'cond'. `FSDP_RULES` shards 'embed', the axis every large kernel has;
