@@ -72,9 +72,7 @@ def main(argv: list[str]) -> None:
             result = aot_compile.find_max_batch(
                 config, _TOPOLOGY.value, hbm_bytes=hbm, num_slices=_SLICES.value,
                 granularity=_GRANULARITY.value,
-                on_try=lambda b, t: print(f"global batch {b}: peak {t['peak_bytes'] / 2**30:.2f}"
-                                          f" GiB per chip, {'fits' if t['fits'] else 'does not'}"
-                                          f" (compiled in {t['compile_s']:.1f} s)", flush=True))
+                on_try=_print_try)
             print(f"largest global batch that fits {result['hbm_bytes'] / 2**30:.1f} GiB per "
                   f"chip: {result['max_batch']}")
         else:
@@ -84,6 +82,13 @@ def main(argv: list[str]) -> None:
             print(aot_compile.format_report(result), flush=True)
         if _OUT.value:
             write_json(_OUT.value, {"argv": sys.argv, **result})
+
+
+def _print_try(batch: int, t: dict) -> None:
+    size = ("out of memory" if t["peak_bytes"] is None
+            else f"peak {t['peak_bytes'] / 2**30:.2f} GiB per chip")
+    print(f"global batch {batch}: {size}, {'fits' if t['fits'] else 'does not fit'} "
+          f"(compiled in {t['compile_s']:.1f} s)", flush=True)
 
 
 if __name__ == "__main__":

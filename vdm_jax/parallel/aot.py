@@ -54,6 +54,7 @@ CHIPS: dict[str, Chip] = {
     "v5p": Chip("v5p", 95 * GiB, 459e12, "megacore"),
     "v6e": Chip("v6e", 32 * GiB, 918e12),
 }
+HOST_BOUNDS = (2, 2, 1)  # libtpu's default chips per host
 ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6": "v6e"}
 # 3D tori for v4 / v5p ("2x2x1"), 2D for v5e / v6e ("2x4").
 _TOPOLOGY = re.compile(r"^([a-z0-9]+):(\d+(?:x\d+){1,2})$")
@@ -100,6 +101,12 @@ def topology_devices(name: str, num_slices: int = 1) -> list[Any]:
 
     gen, dims = name.strip().lower().split(":")
     kwargs: dict[str, Any] = {"chip_config_name": chip.chip_config}
+    shape = (*parse_topology(name)[1], 1)[:3]
+    if any(d < h for d, h in zip(shape, HOST_BOUNDS, strict=True)):
+        # A slice smaller than one host (v5e:1x1, v6e:2x1): libtpu's default host of 2x2x1
+        # chips would not divide it.
+        kwargs["chips_per_host_bounds"] = tuple(min(d, h) for d, h in
+                                                zip(shape, HOST_BOUNDS, strict=True))
     if num_slices > 1:
         kwargs["num_slices"] = num_slices
     try:

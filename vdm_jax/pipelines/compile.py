@@ -165,22 +165,29 @@ def analytic_flops(config: Mapping[str, Any], data: DataSpec, model: Any) -> dic
 
 
 def _lower_compile(fn: Any, args: tuple) -> tuple[Any, float, float]:
-    """(compiled, lower seconds, compile seconds)."""
+    """(compiled, lower seconds, compile seconds); compiled is XLA's message instead when the
+    program cannot fit the chip's HBM (libtpu refuses to compile it: RESOURCE_EXHAUSTED)."""
     t0 = time.perf_counter()
     lowered = fn.lower(*args)
     t1 = time.perf_counter()
-    compiled = lowered.compile()
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        compiled = " ".join(str(e).split())
     return compiled, t1 - t0, time.perf_counter() - t1
 
 
 def _figures(compiled: Any, chip: aot.Chip, analytic: float | None, trips: int,
              lower_s: float, compile_s: float) -> dict[str, Any]:
-    mem = aot.memory_stats(compiled) or {}
-    flops = aot.xla_flops(compiled)
+    refused = compiled if isinstance(compiled, str) else None
+    mem = {} if refused else aot.memory_stats(compiled) or {}
+    flops = None if refused else aot.xla_flops(compiled)
     peak = mem.get("peak_bytes")
     out = {
-        "memory": mem, "hbm_bytes": chip.hbm_bytes,
-        "fits": None if peak is None else peak <= chip.hbm_bytes,
+        "memory": mem, "hbm_bytes": chip.hbm_bytes, "out_of_memory": refused,
+        "fits": False if refused else None if peak is None else peak <= chip.hbm_bytes,
         "xla_flops_per_chip": flops, "analytic_flops_per_chip": analytic, "loop_trips": trips,
         "flops_ratio": (flops / analytic) if flops and analytic else None,
         "lower_s": lower_s, "compile_s": compile_s,
@@ -236,7 +243,7 @@ def compile_train_step(config: ConfigDict, devices: list[Any], chip: aot.Chip,
         roofline_s=None if analytic is None else aot.roofline_seconds(analytic * micro, chip),
         scan_layers=config.model.get("scan_layers"), remat=config.model.get("remat"),
     )
-    if save:
+    if save and not isinstance(compiled, str):
         _save(compiled, save)
     return out
 
@@ -334,12 +341,13 @@ def find_max_batch(config: ConfigDict, topology: str, *, hbm_bytes: int | None =
         c = copy.deepcopy(config)
         c.train.global_batch_size = k * unit
         r = compile_train_step(c, devices, chip)
-        peak = r["memory"].get("peak_bytes", 0)
-        tries.append({"batch": k * unit, "peak_bytes": peak, "fits": peak <= limit,
-                      "compile_s": r["compile_s"]})
+        peak = r["memory"].get("peak_bytes")
+        ok = r["out_of_memory"] is None and peak is not None and peak <= limit
+        tries.append({"batch": k * unit, "peak_bytes": peak, "fits": ok,
+                      "out_of_memory": r["out_of_memory"], "compile_s": r["compile_s"]})
         if on_try is not None:
             on_try(k * unit, tries[-1])
-        return peak <= limit
+        return ok
 
     lo, top = 0, max(1, hi // unit)  # lo fits (0 trivially), top + 1 assumed not to
     k = 1
@@ -374,6 +382,9 @@ def format_report(report: Mapping[str, Any]) -> str:
         if r is None:
             continue
         m = r["memory"]
+        if r["out_of_memory"]:
+            lines += [f"{name}: mesh {r['mesh']}: DOES NOT FIT: {r['out_of_memory']}"]
+            continue
         what = (f"global batch {r['global_batch']}, {r['micro_batches']} micro-batch(es)"
                 if name == "train_step" else
                 f"batch {r['batch']}, {r['sampling']['sampler']} × {r['sampling']['num_steps']} "
