@@ -8,25 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def memory_stats(compiled: Any) -> dict[str, int] | None:
-    """Per-device sizes from `compiled.memory_analysis()` (None where the backend has none):
-    argument, output, alias (outputs reusing donated inputs), temp, and peak_bytes =
-    argument + output − alias + temp, everything XLA's buffer assignment holds at once at most.
-    reported_peak_bytes is the backend's own peak figure where it gives one (0 otherwise)."""
-    try:
-        m = compiled.memory_analysis()
-    except Exception:  # some backends raise instead of returning None
-        return None
-    if m is None:
-        return None
-    out = {k: int(getattr(m, f"{k}_in_bytes", 0) or 0)
-           for k in ("argument_size", "output_size", "alias_size", "temp_size",
-                     "generated_code_size")}
-    out["peak_bytes"] = (out["argument_size"] + out["output_size"] - out["alias_size"]
-                         + out["temp_size"])
-    out["reported_peak_bytes"] = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
-    return out
+from vdm_jax.parallel.aot import memory_stats  # noqa: F401  (benchmarks use it from here)
 
 
 def shard_bytes(tree: Any) -> dict[str, int]:

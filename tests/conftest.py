@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from vdm_jax.parallel import host
+
 # Compilation dominates the tests' tiny programs, so the suite compiles cheaply: XLA's backend
 # optimizations (LLVM) off, and XLA:CPU's older elemental emitters instead of its MLIR fusion
 # emitters (a 1-block DiT train step compiles in 1.5 s instead of 5.8 s). Results agree with
@@ -25,6 +27,9 @@ def xla_flags(devices: int) -> str:
 
 os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# With libtpu installed (the test extra, for the ahead-of-time TPU compiles of test_compile.py):
+# xdist workers and the launch scripts the tests start load it side by side, silently.
+os.environ.update(host.tpu_settings())
 # One persistent XLA compilation cache for the session, inherited by the xdist workers and every
 # subprocess a test starts (the launch scripts): tests build the same tiny models again and
 # again, and eager ops compile one program each (~0.1 s apiece on this CPU). Every program is

@@ -21,9 +21,10 @@ from flax import nnx
 
 from vdm_jax.importers.dinov2 import load_dinov2, where_to_get
 from vdm_jax.nn.encoders.digits import TOKEN_DIM, abstract_digits_cnn, from_arrays
+from vdm_jax.nn.encoders.dinov2 import DinoV2Config, abstract_dinov2
 from vdm_jax.nn.repa import ENCODERS
 
-__all__ = ["load_target_encoder", "target_width"]
+__all__ = ["abstract_target_encoder", "load_target_encoder", "target_width"]
 
 
 def target_width(encoder: str, model: nnx.Module) -> int:
@@ -75,3 +76,16 @@ def _load_digits(path: Path) -> nnx.Module:
         raise ValueError(f"{path} is not a readable .npz of digits CNN weights "
                          f"({type(e).__name__}: {e})") from None
     return from_arrays(abstract_digits_cnn(), arrays, str(path))
+
+
+def abstract_target_encoder(encoder: str, *, size: str = "", dtype: Any = jnp.float32
+                            ) -> nnx.Module:
+    """`load_target_encoder`'s network with shape-only parameters and no weights file (for
+    compiling ahead of time): DINOv2 of `size` at its released pretraining resolution with
+    REPA's position-table rule, or the digits CNN."""
+    if encoder not in ENCODERS:
+        raise ValueError(f"unknown REPA encoder {encoder!r}; expected one of {ENCODERS}")
+    if encoder == "dinov2":
+        cfg = DinoV2Config.for_size(size or "vitb14", interpolation="repa")
+        return abstract_dinov2(cfg, dtype=dtype)
+    return abstract_digits_cnn()

@@ -3,7 +3,7 @@
     from vdm_jax.parallel import host
     host.configure()          # first thing in launch/train.py, launch/sample.py, benchmarks
 
-`configure` applies three settings, each overridable (an explicit argument, else an environment
+`configure` applies four settings, each overridable (an explicit argument, else an environment
 variable, else the default), and returns what it applied (benchmarks record it):
 
 1. Memory retention (VDM_HOST_MALLOC = retain | default; default 'retain'). glibc malloc keeps
@@ -31,6 +31,17 @@ variable, else the default), and returns what it applied (benchmarks record it):
 
 3. XLA flags (XLA_FLAG_DEFAULTS, for every backend): each is appended to XLA_FLAGS unless
    XLA_FLAGS already names that flag (the user's value wins).
+
+4. libtpu on a host without TPU chips (`tpu_settings`): installed (the test extra has it, to
+   compile for TPU topologies ahead of time), libtpu makes every JAX process start a TPU
+   backend, which prints errors about TPU_ACCELERATOR_TYPE / TPU_WORKER_HOSTNAMES and takes
+   /tmp/libtpu_lockfile, so a second JAX process fails ("Internal error when accessing libtpu
+   multi-process lockfile"). There, JAX_PLATFORMS excludes 'tpu' (cpu, plus cuda / rocm when
+   their plugin is installed), and libtpu, when a process loads it to compile for a topology,
+   may share the host with others (ALLOW_MULTIPLE_LIBTPU_LOAD=1) and is told it is one worker
+   of one host (TPU_WORKER_HOSTNAMES, TPU_WORKER_ID, TPU_HOST_BOUNDS: it then queries nothing
+   and prints nothing; the compiled topology is the one asked for). Each is set only where the
+   environment does not set it. Hosts with TPU chips, or without libtpu, are left alone.
 
 Call `configure` before anything initializes JAX's backends (jax.devices(), the first array):
 XLA reads XLA_FLAGS once, and malloc settings should precede JAX's threads. A call after the
@@ -112,6 +123,61 @@ def resolve_malloc(value: str | None = None) -> str:
     return raw
 
 
+GOOGLE_PCI_VENDOR = "0x1ae0"  # TPU chips are PCI devices of Google's vendor id
+LIBTPU_QUIET_ENV = {
+    "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
+    "TPU_WORKER_HOSTNAMES": "localhost",
+    "TPU_WORKER_ID": "0",
+    "TPU_HOST_BOUNDS": "1,1,1",
+    "TPU_STDERR_LOG_LEVEL": "3",
+    "TPU_MIN_LOG_LEVEL": "3",
+}
+
+
+def has_tpu_chips() -> bool:
+    """Whether this host has TPU chips (PCI devices of Google's vendor id, or /dev/accel*)."""
+    import glob
+
+    if glob.glob("/dev/accel*"):  # TPU v2-v4 VMs
+        return True
+    for path in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        try:
+            with open(path) as f:
+                if f.read().strip() == GOOGLE_PCI_VENDOR:
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def tpu_settings(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment variables of item 4 of the module docstring for this host (empty on a
+    TPU host or without libtpu), less those `environ` (default os.environ) already sets."""
+    env = os.environ if environ is None else environ
+    if not _installed("libtpu") or has_tpu_chips():
+        return {}
+    platforms = ["cpu"]
+    from importlib import metadata
+
+    names = {(d.metadata["Name"] or "").lower().replace("_", "-")
+             for d in metadata.distributions()}
+    if any(n.startswith("jax-cuda") and n.endswith("plugin") for n in names):
+        platforms.insert(0, "cuda")
+    elif any(n.startswith("jax-rocm") and n.endswith("plugin") for n in names):
+        platforms.insert(0, "rocm")
+    wanted = {"JAX_PLATFORMS": ",".join(platforms), **LIBTPU_QUIET_ENV}
+    return {k: v for k, v in wanted.items() if k not in env}
+
+
 def backends_started() -> bool:
     """Whether JAX has initialized its backends (after which XLA_FLAGS are not read again)."""
     if "jax" not in sys.modules:
@@ -131,7 +197,8 @@ def configure(
 
     Returns {'malloc': requested mode, 'malloc_retained': applied, 'cpu_devices': the virtual
     CPU device count asked for (None when left to XLA_FLAGS / JAX_NUM_CPU_DEVICES),
-    'xla_flags': XLA_FLAGS afterwards, 'late': True when JAX had already started}.
+    'xla_flags': XLA_FLAGS afterwards, 'late': True when JAX had already started, 'tpu_env':
+    the libtpu settings set (item 4)}.
     """
     mode = resolve_malloc(malloc)
     devices = resolve_cpu_devices(cpu_devices)
@@ -143,7 +210,9 @@ def configure(
     flags = os.environ.get("XLA_FLAGS", "")
     if late:  # XLA has read its flags: changing them would only mislead child processes
         return {"malloc": mode, "malloc_retained": retained, "cpu_devices": None,
-                "xla_flags": flags, "late": True}
+                "xla_flags": flags, "late": True, "tpu_env": {}}
+    tpu_env = tpu_settings()
+    os.environ.update(tpu_env)
     asked: int | None = None
     have = _flag_value(flags, DEVICE_COUNT_FLAG)
     if cpu_devices is not None and have is not None and (not have.isdigit() or int(have) < devices):
@@ -159,4 +228,4 @@ def configure(
             flags = f"{flags} --{name}={value}"
     os.environ["XLA_FLAGS"] = flags.strip()
     return {"malloc": mode, "malloc_retained": retained, "cpu_devices": asked,
-            "xla_flags": os.environ["XLA_FLAGS"], "late": late}
+            "xla_flags": os.environ["XLA_FLAGS"], "late": late, "tpu_env": tpu_env}

@@ -4,6 +4,9 @@ Mesh axes ('data', 'fsdp'): a batch is split over both (every device holds B / N
 parameters are split over 'fsdp' along the dimension whose logical axis name the rules map to it
 (ZeRO-3 / FSDP: XLA all-gathers a weight just before use and reduce-scatters its gradient), and
 replicated over 'data'. With fsdp = 1 this is plain data parallelism; with data = 1 pure FSDP.
+Devices of several TPU slices (multi-slice, joined by the data-center network, DCN) get a hybrid
+mesh: 'data' spans the slices, 'fsdp' stays inside one, so only the gradient all-reduce crosses
+DCN (`hybrid_mesh`).
 
 Logical axis names come from the models (`vdm_jax.nn.logical_axes`): 'embed' (width D), 'mlp',
 'heads', 'patch', 'vocab', 'cond', and 'layers' (the leading axis of stacked blocks with
@@ -62,11 +65,46 @@ def mesh_shape(data: int, fsdp: int, num_devices: int) -> tuple[int, int]:
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
-    """A ('data', 'fsdp') mesh over `devices` (default: all devices of all processes)."""
+    """A ('data', 'fsdp') mesh over `devices` (default: all devices of all processes).
+
+    Devices of several TPU slices (distinct `slice_index`, joined by the data-center network):
+    a hybrid mesh (`hybrid_mesh`), data parallel across the slices and FSDP inside each.
+    """
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(data, fsdp, len(devices))
     axis_types = (jax.sharding.AxisType.Auto,) * 2
+    slices = num_slices(devices)
+    if slices > 1:
+        return hybrid_mesh(shape, slices, devices)
     return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+
+
+def num_slices(devices: Sequence[Any]) -> int:
+    """The number of TPU slices `devices` span (1 without `slice_index`: one slice, GPU, CPU)."""
+    return len({getattr(d, "slice_index", 0) or 0 for d in devices})
+
+
+def hybrid_mesh(shape: tuple[int, int], slices: int, devices: Sequence[Any]) -> Mesh:
+    """The ('data', 'fsdp') mesh of `shape` over `slices` equal slices: 'data' = slices × d
+    (d-way data parallelism inside each slice, over ICI, times the slices, over DCN) and 'fsdp'
+    inside one slice, so FSDP's all-gathers and reduce-scatters never cross the slower
+    data-center network; only the gradient all-reduce over 'data' does.
+
+    ValueError when the mesh does not fit: 'data' not a multiple of the slices, or 'fsdp' larger
+    than a slice."""
+    from jax.experimental import mesh_utils
+
+    data, fsdp = shape
+    per_slice = len(devices) // slices
+    if data % slices or len(devices) % slices:
+        raise ValueError(
+            f"mesh data={data} × fsdp={fsdp} over {slices} slices of {per_slice} devices: "
+            f"FSDP stays inside a slice, so mesh.data must be a multiple of the {slices} "
+            f"slices and mesh.fsdp at most {per_slice} (a divisor of it); e.g. mesh.data=-1 "
+            f"with mesh.fsdp={fsdp if per_slice % fsdp == 0 else per_slice}")
+    grid = mesh_utils.create_hybrid_device_mesh(
+        (data // slices, fsdp), (slices, 1), devices, allow_split_physical_axes=True)
+    return Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

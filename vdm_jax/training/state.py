@@ -100,15 +100,11 @@ def step_rng(base: Array, step: int | Array) -> Array:
     return jax.random.fold_in(jax.random.wrap_key_data(base), step)
 
 
-def create_state(
+def _traced(
     build_fn: Callable[[], tuple[DiffusionModel, Any]], tx: optax.GradientTransformation,
-    ema_decays: Sequence[float], seed: int, mesh: Mesh,
-) -> tuple[DiffusionModel, State, State]:
-    """Initialize a sharded train state without materializing it on one device.
-
-    build_fn() -> (DiffusionModel, params) is traced once abstractly (for the model and shapes)
-    and once under jit with the FSDP out_shardings. Returns (model, state, shardings).
-    """
+    ema_decays: Sequence[float], mesh: Mesh,
+) -> tuple[DiffusionModel, Callable[[], Any], Any, State]:
+    """build_fn traced abstractly: (model, params_only, abstract params, state shardings)."""
     holder: dict[str, DiffusionModel] = {}
 
     def params_only():
@@ -118,7 +114,34 @@ def create_state(
 
     abstract = jax.eval_shape(params_only)
     model = holder["model"]
-    shardings = state_shardings(model, abstract, tx, ema_decays, mesh)
+    return model, params_only, abstract, state_shardings(model, abstract, tx, ema_decays, mesh)
+
+
+def abstract_state(
+    build_fn: Callable[[], tuple[DiffusionModel, Any]], tx: optax.GradientTransformation,
+    ema_decays: Sequence[float], seed: int, mesh: Mesh,
+) -> tuple[DiffusionModel, State, State]:
+    """The train state from shapes alone (nothing is initialized or allocated): (model,
+    ShapeDtypeStructs of `create_state`'s state, each with its NamedSharding on `mesh`,
+    shardings) — what `jax.jit(...).lower` takes to compile ahead of time."""
+    model, _, abstract, shardings = _traced(build_fn, tx, ema_decays, mesh)
+    shapes = jax.eval_shape(lambda p: init_state(p, tx, ema_decays, jax.random.key(seed)),
+                            abstract)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                         shapes, shardings)
+    return model, state, shardings
+
+
+def create_state(
+    build_fn: Callable[[], tuple[DiffusionModel, Any]], tx: optax.GradientTransformation,
+    ema_decays: Sequence[float], seed: int, mesh: Mesh,
+) -> tuple[DiffusionModel, State, State]:
+    """Initialize a sharded train state without materializing it on one device.
+
+    build_fn() -> (DiffusionModel, params) is traced once abstractly (for the model and shapes)
+    and once under jit with the FSDP out_shardings. Returns (model, state, shardings).
+    """
+    model, params_only, _, shardings = _traced(build_fn, tx, ema_decays, mesh)
 
     def init():
         return init_state(params_only(), tx, ema_decays, jax.random.key(seed))

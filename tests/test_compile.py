@@ -1,0 +1,193 @@
+"""Ahead-of-time TPU compiles (vdm_jax.pipelines.compile, launch/compile.py) of a tiny DiT for a
+4-chip topology, checked against closed forms; the hybrid mesh over two slices; libtpu's host
+settings (vdm_jax.parallel.host.tpu_settings). Needs libtpu (the test extra installs it on Linux
+x86-64); skipped with the reason elsewhere."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vdm_jax.parallel import host
+
+ROOT = Path(__file__).resolve().parents[1]
+requires_libtpu = pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None,
+    reason="libtpu is not installed (the test extra installs it on Linux x86-64 only): "
+           "no TPU topology to compile for")
+# The suite's persistent compilation cache (conftest.py) stores the TPU executables but cannot
+# load them without a TPU client: JAX warns and compiles afresh, which is what is measured here.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Error reading persistent compilation cache entry:UserWarning")
+TOPOLOGY = "v5p:2x2x1"  # 4 chips, one device each (megacore)
+FLOPS_TOL = 0.05
+
+
+def tiny_config():
+    """A 1-block DiT (width 128, 64 tokens) on synthetic 16×16×4 data, batch 32."""
+    from vdm_jax import config as config_lib
+
+    c = config_lib.load(str(ROOT / "configs/synthetic_dit.py"), [])
+    c.data.image_size = 16
+    c.model.spec = dict(family="dit", depth=1, hidden_size=128, num_heads=2, patch_size=2)
+    c.train.global_batch_size = 32
+    c.sample.num_steps = 2
+    c.sample.guidance_scale = 2.0  # guided: each evaluation runs 2B images
+    return c
+
+
+def compiled(fsdp: int, num_slices: int = 1, sample_batch: int | None = None) -> dict:
+    """The tiny config compiled for `num_slices` slices of v5p:2x2x1 with mesh.fsdp = fsdp
+    (each test compiles its own: xdist spreads them over its workers)."""
+    from vdm_jax.pipelines import compile as aot_compile
+
+    c = tiny_config()
+    c.mesh.fsdp = fsdp
+    return aot_compile.compile_programs(c, TOPOLOGY, num_slices=num_slices,
+                                        sample_batch=sample_batch)
+
+
+def check_arguments(r: dict, chips: int = 4) -> None:
+    """Arguments per chip = the state's and batch's shards under the trainer's shardings, at
+    most padded to whole TPU tiles (8×128 32-bit elements); the donated state is aliased."""
+    arg, closed = r["memory"]["argument_size"], r["state_and_batch_bytes_per_chip"]
+    assert closed <= arg <= r["state_and_batch_tiled_bytes_per_chip"], (arg, closed)
+    batch_shard = 32 * (16 * 16 * 4 * 4 + 4) // chips  # images float32 + labels int32
+    assert 0.9 * (closed - batch_shard) <= r["memory"]["alias_size"] <= arg
+    assert r["fits"]
+
+
+@requires_libtpu
+def test_fsdp_train_step_and_sampler():
+    """FSDP over the 4 chips: about a quarter of the state per chip (the few leaves that no
+    dimension of which 4 divides stay whole); XLA's FLOPs per chip = 3 × the forward FLOPs of
+    nn/cost.py × B / chips (train step) and 2B × forward / chips per guided sampler step,
+    within 5%; the roofline bound is the step's FLOPs at v5p's bf16 peak."""
+    from vdm_jax.nn.cost import model_cost
+
+    report = compiled(fsdp=4, sample_batch=32)
+    train = report["train_step"]
+    assert train["mesh"] == {"data": 1, "fsdp": 4}
+    check_arguments(train)
+    assert train["memory"]["argument_size"] < 0.3 * train["state_bytes"]
+    fwd = model_cost(tiny_config().model.spec.to_dict(), input_size=16, in_channels=4,
+                     num_classes=1000)["flops"]
+    assert train["analytic_flops_per_chip"] == pytest.approx(3 * fwd * 32 / 4)
+    assert abs(train["xla_flops_per_chip"] / (3 * fwd * 32 / 4) - 1) <= FLOPS_TOL
+    assert train["roofline_s"] == pytest.approx(3 * fwd * 32 / 4 / 459e12)
+    sampler = report["sampler"]
+    assert sampler["mesh"] == {"data": 4, "fsdp": 1} and sampler["fits"]
+    assert sampler["guided"] and sampler["loop_trips"] == 2
+    assert abs(sampler["xla_flops_per_chip"] / (fwd * 2 * 32 / 4) - 1) <= FLOPS_TOL
+
+
+@requires_libtpu
+def test_replicated_train_step():
+    """data = 4, fsdp = 1: the whole state on every chip (and a quarter of the batch)."""
+    train = compiled(fsdp=1)["train_step"]
+    assert train["mesh"] == {"data": 4, "fsdp": 1}
+    check_arguments(train)
+    assert train["memory"]["argument_size"] >= train["state_bytes"]
+
+
+@requires_libtpu
+def test_two_slices_hybrid_mesh():
+    """Two slices: 8 chips, data parallel across the slices, FSDP over the 4 chips of each: the
+    shards per chip of one slice with FSDP over 4."""
+    report = compiled(fsdp=4, num_slices=2)
+    train = report["train_step"]
+    assert report["chips"] == 8 and train["mesh"] == {"data": 2, "fsdp": 4}
+    check_arguments(train, chips=8)
+    assert train["memory"]["argument_size"] < 0.3 * train["state_bytes"]
+
+
+@requires_libtpu
+def test_hybrid_mesh_keeps_fsdp_inside_a_slice():
+    from vdm_jax.parallel import aot
+    from vdm_jax.parallel import mesh as mesh_lib
+
+    devices = aot.topology_devices(TOPOLOGY, num_slices=2)
+    assert sorted({d.slice_index for d in devices}) == [0, 1]
+    mesh = mesh_lib.make_mesh(-1, 4, devices)
+    for row in mesh.devices:  # one data index: the 4 FSDP devices
+        assert len({d.slice_index for d in row}) == 1
+    assert {d.slice_index for d in mesh.devices[:, 0]} == {0, 1}
+    with pytest.raises(ValueError, match="FSDP stays inside a slice"):
+        mesh_lib.make_mesh(1, 8, devices)
+
+
+@requires_libtpu
+def test_bad_input_is_one_line():
+    from vdm_jax.pipelines import compile as aot_compile
+
+    c = tiny_config()
+    with pytest.raises(ValueError, match="unknown TPU topology 'v9x:2x2'"):
+        aot_compile.compile_programs(c, "v9x:2x2")
+    with pytest.raises(ValueError, match="v5p slices have 3 axes"):
+        aot_compile.compile_programs(c, "v5p:2x2")
+    bad = copy.deepcopy(c)
+    bad.train.global_batch_size = 30
+    with pytest.raises(ValueError, match="not divisible by the 4 devices"):
+        aot_compile.compile_programs(bad, TOPOLOGY)
+    bad = copy.deepcopy(c)
+    bad.mesh.fsdp = 3
+    with pytest.raises(ValueError, match=r"mesh\.data=-1, mesh\.fsdp=3"):
+        aot_compile.compile_programs(bad, TOPOLOGY)
+    result = subprocess.run(
+        [sys.executable, "launch/compile.py", "--config=configs/synthetic_dit.py",
+         "--topology=v5q:2x2x1"], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("error: unknown TPU topology 'v5q:2x2x1'")
+
+
+def test_missing_libtpu_names_the_pip_command(monkeypatch):
+    import jax
+
+    from vdm_jax.parallel import aot
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ValueError, match=rf'pip install "jax\[tpu\]=={jax.__version__}"'):
+        aot.topology_devices(TOPOLOGY)
+
+
+def test_tpu_settings_leave_tpu_hosts_and_user_values_alone(monkeypatch):
+    monkeypatch.setattr(host, "_installed", lambda name: True)
+    monkeypatch.setattr(host, "has_tpu_chips", lambda: False)
+    env = host.tpu_settings({})
+    assert env["JAX_PLATFORMS"].split(",")[-1] == "cpu" and "tpu" not in env["JAX_PLATFORMS"]
+    assert env["ALLOW_MULTIPLE_LIBTPU_LOAD"] == "1"
+    assert "JAX_PLATFORMS" not in host.tpu_settings({"JAX_PLATFORMS": ""})
+    monkeypatch.setattr(host, "has_tpu_chips", lambda: True)
+    assert host.tpu_settings({}) == {}
+    monkeypatch.setattr(host, "has_tpu_chips", lambda: False)
+    monkeypatch.setattr(host, "_installed", lambda name: False)
+    assert host.tpu_settings({}) == {}
+
+
+@requires_libtpu
+def test_libtpu_processes_run_side_by_side_silently(tmp_path):
+    """With libtpu installed, two processes that load it (each listing a TPU topology) and one
+    ordinary JAX process, all at once, with the host settings and no others: all succeed and
+    print nothing on stderr (no TPU_WORKER_HOSTNAMES errors, no lockfile failure)."""
+    clean = {k: v for k, v in os.environ.items()
+             if k not in host.LIBTPU_QUIET_ENV and k != "JAX_PLATFORMS"}
+    clean["PYTHONPATH"] = str(ROOT)
+    setup = "from vdm_jax.parallel import host; host.configure(); import jax; "
+    aot_code = setup + ("from vdm_jax.parallel import aot; import time; "
+                        "d = aot.topology_devices('v5e:2x2'); time.sleep(3); print(len(d))")
+    plain = setup + "import time; x = jax.numpy.ones(3).sum(); time.sleep(3); print(int(x))"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=clean, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+             for code in (aot_code, aot_code, plain)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert [o[0].strip() for o in outs] == ["4", "4", "3"]
+    assert [o[1] for o in outs] == ["", "", ""]
