@@ -57,7 +57,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vdm_jax.core import elbo as elbo_lib
-from vdm_jax.core import meanflow, objectives
+from vdm_jax.core import meanflow, objectives, time_sampling
 from vdm_jax.core import schedules as sch
 from vdm_jax.core.encoder_sharing import ConditionCache
 from vdm_jax.importers.repa import load_target_encoder
@@ -134,7 +134,10 @@ class DiffusionModel:
     vlb_weight: float
     param_specs: Any  # logical PartitionSpecs, a pytree like params (see parallel.mesh)
     repa: Repa | None = None
-    family: str = "dit"  # the denoiser's (vdm_jax.nn.registry): 'dit' | 'jit' | 'ddt'
+    family: str = "dit"  # the denoiser's (vdm_jax.nn.registry): 'dit' | 'jit' | 'ddt' | 'dit_dh'
+    # α of diffusion.time_shift: training draws and the sampling grid are φ_α-warped
+    # (core.time_sampling.time_shift); 1 = none.
+    time_shift: float = 1.0
 
     # ------------------------------------------------------------------------------ pieces
     def schedule(self, params: Params) -> sch.Schedule:
@@ -414,11 +417,16 @@ def build(config: Mapping[str, Any], data: DataSpec, seed: int) -> tuple[Diffusi
             # Latent data (a DataSpec with pixel_shape) carries the clean image as "pixels".
             image_key="pixels" if getattr(data, "pixel_shape", None) else "image",
         )
+    objective = build_objective(dcfg)
+    alpha = time_sampling.resolve_time_shift(dcfg.get("time_shift", 1.0), data.image_shape)
+    if alpha != 1.0:  # validate() allows it for weighted-ELBO objectives only (not MeanFlow)
+        objective = dataclasses.replace(
+            objective, density=time_sampling.shifted(objective.density, alpha))
     model = DiffusionModel(
         denoiser_def=denoiser_def,
         schedule_def=schedule_def,
         fixed_schedule=fixed,
-        objective=build_objective(dcfg),
+        objective=objective,
         prediction=mcfg["prediction"],
         image_shape=data.image_shape,
         num_classes=num_classes,
@@ -430,6 +438,7 @@ def build(config: Mapping[str, Any], data: DataSpec, seed: int) -> tuple[Diffusi
         param_specs=specs,
         repa=repa,
         family=resolve_spec(spec)["family"],
+        time_shift=alpha,
     )
     return model, params
 

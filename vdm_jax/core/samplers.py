@@ -85,6 +85,7 @@ from vdm_jax.core.schedules import (
     alpha_sigma_from_log_snr,
     log_snr_and_derivative,
 )
+from vdm_jax.core.time_sampling import time_shift as warp_time
 
 Array = jax.Array
 ModelFn = Callable[[Array, Array], Array]
@@ -121,6 +122,7 @@ def time_grid(
     shift: float = 3.0,
     num_train_steps: int | None = None,
     dtype: Any = None,
+    time_shift: float = 1.0,
 ) -> Array:
     """(num_steps + 1,) times decreasing from t_max to t_min: t_i = t_min + (t_max − t_min) r(u_i),
     u_i = 1 − i/N, with r(u) =
@@ -133,6 +135,9 @@ def time_grid(
     then 0: (k_{N−1} + 1)/T = 1, …, (k_0 + 1)/T, 0. DiT's index k is our level k + 1 (its
     ᾱ_k = Π_{j≤k} (1 − β_j) is our α²((k + 1)/T)), so with `ddpm_linear(T)` this grid is the
     respaced process exactly; t_min and t_max are not used.
+    time_shift = α ≠ 1 then warps every point, t_i ← α t_i / (1 + (α − 1) t_i) (the model's
+    time shift, core.time_sampling.time_shift; RAE's grid is φ_α of the uniform grid on
+    [0.001, 1]).
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
@@ -158,7 +163,8 @@ def time_grid(
         r = u
     t_min, t_max = jnp.asarray(t_min, dtype), jnp.asarray(t_max, dtype)
     ts = t_min + (t_max - t_min) * r
-    return ts.at[0].set(t_max).at[-1].set(t_min)  # exact endpoints
+    ts = ts.at[0].set(t_max).at[-1].set(t_min)  # exact endpoints
+    return ts if time_shift == 1.0 else warp_time(ts, time_shift)
 
 
 def ddpm_respaced_indices(num_train_steps: int, num_steps: int) -> np.ndarray:
@@ -544,7 +550,7 @@ def sample(
     t_min: float | Array = 0.0, t_max: float | Array | None = None, shift: float = 3.0,
     num_train_steps: int | None = None, z_init: Array | None = None,
     sharding: jax.sharding.Sharding | None = None, dtype: Any = None,
-    cache: ConditionCache | None = None, **options: Any,
+    cache: ConditionCache | None = None, time_shift: float = 1.0, **options: Any,
 ) -> SampleOutput:
     """Samples of `shape` (B, ...) from `sampler` on `time_grid(num_steps, spacing, ...)`:
     SampleOutput(samples=z_{t_min}, nfe=nfe(sampler, num_steps)).
@@ -557,7 +563,8 @@ def sample(
     sharding, kept through the loop. cache: a `ConditionCache` the model function draws its
     shared encoder from (DDT's encoder sharing; its mask covers the num_steps steps). options
     go to the sampler: eta ('ddim'), variance ('ddpm'), clip_denoised ('ddpm', 'ddim'),
-    lower_order_final ('dpm_solver_2m'). Jittable with everything but rng static, e.g.
+    lower_order_final ('dpm_solver_2m'). time_shift: the model's α (`time_grid`). Jittable
+    with everything but rng static, e.g.
     jax.jit(functools.partial(sample, model_fn, schedule, shape, sampler='heun', num_steps=50)).
     """
     _check_sampler(sampler)
@@ -575,7 +582,7 @@ def sample(
     if t_max is None:
         t_max = 1.0 if sampler == "meanflow" else default_t_max(schedule, dtype)
     ts = time_grid(num_steps, spacing, t_min=t_min, t_max=t_max, shift=shift,
-                   num_train_steps=num_train_steps, dtype=dtype)
+                   num_train_steps=num_train_steps, dtype=dtype, time_shift=time_shift)
     rng_init, rng_steps = jax.random.split(rng)
     if z_init is None:
         z = initial_noise(schedule, tuple(shape), rng_init, ts[0], dtype)

@@ -9,6 +9,10 @@ unconditional models ignore the labels. DDPM with `variance='learned'` reads the
 variance half (models trained with learned σ); every other sampler sees only the prediction.
 A MeanFlow model (prediction 'average_velocity') samples with the 'meanflow' sampler, which calls
 its two-time network u(z, r, t); guidance is part of its training, not of sampling.
+AutoGuidance (spec.guidance = 'auto', Karras et al. 2024) guides the model with a second, weaker
+network of the same data and prediction (`guide`, e.g. a smaller model at an early checkpoint):
+D_guide + w (D_main − D_guide) at t in the guidance interval, D_main outside; both networks run
+in the one jitted sampling program, which then takes params = (main params, guide params).
 A spec with encoder_interval / encoder_steps shares a DDT's condition encoder across steps
 (core.encoder_sharing.ConditionCache, inside the sampler's one scan). Used by the trainer's grids,
 `generation.batches` (launch/sample.py) and end-of-run metrics; `encoder_sharing_schedule`
@@ -29,7 +33,8 @@ from vdm_jax.core.encoder_sharing import ConditionCache, sharing_schedule_dp
 from vdm_jax.model import DiffusionModel
 from vdm_jax.sampling_spec import SamplingSpec
 
-__all__ = ["class_balanced_labels", "encoder_sharing_schedule", "make_generate_fn"]
+__all__ = ["autoguidance", "check_guide", "class_balanced_labels", "encoder_sharing_schedule",
+           "make_generate_fn"]
 
 Array = jax.Array
 
@@ -40,24 +45,35 @@ def make_generate_fn(
     spec: SamplingSpec,
     *,
     sharding: jax.sharding.Sharding | None = None,
+    guide: DiffusionModel | None = None,
 ) -> Callable[[Any, Array, Array], Array]:
     """A jitted fn(params, labels (B,), rng) -> images (B, H, W, C), the sampler's z_{t_min}.
 
-    Compiles once per (batch_size, spec); new params, labels or rng do not recompile.
+    With AutoGuidance (spec.guidance 'auto', w ≠ 1) `guide` is the weaker network (it must
+    fit `model`: `check_guide`) and params is the pair (model's, guide's). Compiles once per
+    (batch_size, spec); new params, labels or rng do not recompile.
     """
-    fn = _sample_fn(model, batch_size, spec, sharding)
+    fn = _sample_fn(model, batch_size, spec, sharding, guide=guide)
     return jax.jit(lambda params, labels, rng: fn(params, labels, rng)[0])
 
 
 def _sample_fn(
     model: DiffusionModel, batch_size: int, spec: SamplingSpec,
     sharding: jax.sharding.Sharding | None, refresh: np.ndarray | None = None,
-    record: bool = False,
+    record: bool = False, guide: DiffusionModel | None = None,
 ) -> Callable[[Any, Array, Array], tuple[Array, Array | None]]:
     """fn(params, labels, rng) -> (samples, recorded encoder outputs or None), to trace."""
     shape = (batch_size, *model.image_shape)
     guided = spec.guided(model.num_classes)
+    auto = guided and spec.guidance == "auto"
+    if auto:
+        if guide is None:
+            raise ValueError("guidance 'auto' (AutoGuidance) needs a guide run: --guide_workdir")
+        check_guide(model, guide)
     learned = spec.sampler_options.get("variance") == "learned"
+    if learned and auto:
+        raise ValueError("variance='learned' reads the model's variance half, which AutoGuidance "
+                         "does not combine; use 'posterior' or 'forward'")
     if learned and not model.learn_sigma:
         raise ValueError("variance='learned' needs a model trained with learned σ "
                          "(model.learn_sigma); use 'posterior' or 'forward'")
@@ -81,6 +97,8 @@ def _sample_fn(
     def apply(params: Any, labels: Array, rng: Array) -> tuple[Array, Array | None]:
         # One cache per trace: its value rides in the sampler's scan carry.
         cache = None if refresh is None else ConditionCache(refresh, record=record)
+        if auto:
+            params, guide_params = params
 
         def forward(*zt_y: Array) -> Array:
             # zt_y = (z, t, y), or (z, r, t, y) for MeanFlow's u(z, r, t). The network's raw
@@ -91,8 +109,13 @@ def _sample_fn(
                 return model.network(params, *zt_y, cache=cache)
             return model.predict(params, *zt_y, cache=cache)
 
-        if guided:
-            extra = {"channels": spec.guidance_channels} if spec.guidance_channels else {}
+        extra = {"channels": spec.guidance_channels} if spec.guidance_channels else {}
+        if auto:
+            y = labels if model.num_classes else model.null_labels(batch_size)
+            model_fn = autoguidance(
+                forward, lambda z, t, y_: guide.predict(guide_params, z, t, y_), y,
+                spec.guidance_scale, spec.guidance_interval, **extra)
+        elif guided:
             model_fn = samplers.classifier_free_guidance(
                 forward, labels, model.num_classes, spec.guidance_scale, spec.guidance_interval,
                 **extra,
@@ -103,11 +126,61 @@ def _sample_fn(
         out = samplers.sample(
             model_fn, model.schedule(params), shape, rng, sampler=spec.sampler,
             num_steps=spec.num_steps, prediction=model.prediction, sharding=sharding,
-            cache=cache, **grid, **spec.sampler_options,
+            cache=cache, time_shift=model.time_shift, **grid, **spec.sampler_options,
         )
         return out.samples, (cache.history if cache is not None and record else None)
 
     return apply
+
+
+def autoguidance(
+    model_fn: Callable[[Array, Array, Array], Array],
+    guide_fn: Callable[[Array, Array, Array], Array], labels: Array, scale: float | Array,
+    interval: tuple[float, float] | None = None, *, channels: int | None = None,
+) -> samplers.ModelFn:
+    """AutoGuidance (Karras et al. 2024): (z, t) ↦ D_guide + w (D_main − D_guide), with
+    D_main = model_fn(z, t, labels) and D_guide = guide_fn(z, t, labels), both (B, ...) in the
+    same parameterization; w = scale on the interval, 1 (D_main) outside; channels as for CFG.
+    It is core.samplers.classifier_free_guidance with the guide in the place of the null-class
+    pass (whose 2B batch is split: first half to the model, second half to the guide), so
+    the two guidance modes share one combination, interval and channel rule."""
+    b = labels.shape[0]
+
+    def pair(z2: Array, t2: Array, y2: Array) -> Array:
+        main = model_fn(z2[:b], t2[:b], labels)  # (B, ...)
+        weak = guide_fn(z2[b:], t2[b:], labels)  # (B, ...): the "unconditional" half
+        return jnp.concatenate([main, weak.astype(main.dtype)])  # (2B, ...)
+
+    # The null label is never read: pair() gives both halves the real labels.
+    return samplers.classifier_free_guidance(pair, labels, 0, scale, interval,
+                                             channels=channels)
+
+
+def check_guide(model: DiffusionModel, guide: DiffusionModel) -> None:
+    """ValueError naming what differs when `guide` cannot guide `model` (AutoGuidance needs the
+    same data shape, classes and levels, and the same prediction on the same noise path:
+    schedule and time shift). The latent space (autoencoder) is the runs' DataSpecs',
+    compared by generation.batches.check_guide_run."""
+    ours = dict(image_shape=model.image_shape, num_classes=model.num_classes,
+                num_levels=model.num_levels, prediction=model.prediction,
+                time_shift=model.time_shift, meanflow=model.is_meanflow)
+    theirs = dict(image_shape=guide.image_shape, num_classes=guide.num_classes,
+                  num_levels=guide.num_levels, prediction=guide.prediction,
+                  time_shift=guide.time_shift, meanflow=guide.is_meanflow)
+    differ = [f"{k} {theirs[k]!r} (the model's: {ours[k]!r})" for k in ours
+              if ours[k] != theirs[k]]
+    if model.fixed_schedule is None or guide.fixed_schedule is None:
+        differ.append("a learned schedule (AutoGuidance needs fixed, equal schedules)")
+    else:
+        # Schedules hold functions: compare λ(t) on a grid of the open interval.
+        grid = jnp.linspace(0.01, 0.99, 99)
+        a, b = model.fixed_schedule, guide.fixed_schedule
+        if a.family != b.family or not np.allclose(np.asarray(a.log_snr(grid)),
+                                                   np.asarray(b.log_snr(grid)), rtol=1e-6):
+            differ.append("its noise schedule")
+    if differ:
+        raise ValueError("the guide cannot guide this model: it differs in "
+                         + "; ".join(differ))
 
 
 def encoder_sharing_schedule(
