@@ -84,6 +84,9 @@ def default_config() -> ConfigDict:
     c.optim = ConfigDict(dict(
         lr=1e-4, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999, eps=1e-8,
         weight_decay=0.0, grad_clip=1.0, ema_decays=(0.9999,),
+        # schedule 'linear' (RAE): lr until decay_start_steps, linear to final_lr at
+        # decay_end_steps, final_lr after.
+        decay_start_steps=0, decay_end_steps=0, final_lr=0.0,
     ))
     c.train = ConfigDict(dict(
         num_steps=1000,
@@ -222,8 +225,15 @@ def validate(config: Mapping[str, Any]) -> None:
     # optim
     _require(_number(o["lr"]) and o["lr"] > 0, f"optim.lr={o['lr']} must be positive")
     _require(_int(o["warmup_steps"], 0), f"optim.warmup_steps={o['warmup_steps']!r} must be >= 0")
-    _require(o["schedule"] in ("constant", "cosine"),
-             f"optim.schedule={o['schedule']!r}; expected 'constant' or 'cosine'")
+    _require(o["schedule"] in ("constant", "cosine", "linear"),
+             f"optim.schedule={o['schedule']!r}; expected 'constant', 'cosine' or 'linear'")
+    if o["schedule"] == "linear":
+        start, end = o.get("decay_start_steps", 0), o.get("decay_end_steps", 0)
+        _require(_int(start, 0) and _int(end, 0) and o["warmup_steps"] <= start < end,
+                 f"optim.schedule='linear' needs warmup_steps <= decay_start_steps < "
+                 f"decay_end_steps, got {o['warmup_steps']}, {start}, {end}")
+        _require(_number(o.get("final_lr", 0.0)) and o.get("final_lr", 0.0) >= 0,
+                 f"optim.final_lr={o.get('final_lr')} must be >= 0")
     for key in ("b1", "b2"):
         _require(_number(o[key]) and 0.0 <= o[key] < 1.0, f"optim.{key}={o[key]} must be in [0, 1)")
     _require(_number(o["eps"]) and o["eps"] > 0, f"optim.eps={o['eps']} must be positive")
