@@ -18,7 +18,7 @@ from vdm_jax.generation.generate import autoguidance
 from vdm_jax.importers.common import WeightMismatchError
 from vdm_jax.importers.rae_dit import export_rae_dit, import_rae_dit
 from vdm_jax.nn.cost import model_cost
-from vdm_jax.nn.registry import build_model
+from vdm_jax.nn.registry import build_model, resolve_spec
 
 FIXTURE = Path(__file__).parent / "fixtures" / "dit_dh"
 
@@ -133,3 +133,24 @@ def test_autoguided_sampling_matches_the_official_sampler(ref, official):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.max(np.abs(want)))
     plain = np.transpose(ref["samples"], (0, 2, 3, 1))
     assert np.max(np.abs(want - plain)) > 100 * np.max(np.abs(got - want))  # guidance mattered
+
+
+def test_registry_sizes_and_spec_checks():
+    for size, (depth, width, heads) in {"S": (12, 384, 6), "B": (12, 768, 12),
+                                         "L": (24, 1024, 16), "XL": (28, 1152, 16)}.items():
+        spec = resolve_spec(f"DiTDH-{size}/1")
+        assert (spec["depth"], spec["hidden_size"], spec["num_heads"]) == (depth, width, heads)
+        head = (spec["head_depth"], spec["head_hidden_size"], spec["head_num_heads"])
+        assert head == (2, 2048, 16)
+    bad = dict(resolve_spec("DiTDH-S/1"), head_num_heads=3)  # 2048 / 3 is no head dim
+    with pytest.raises(ValueError, match="head_num_heads"):
+        resolve_spec(bad)
+
+
+def test_return_hidden_is_the_backbone_state(official):
+    model = import_rae_dit(official["main"]).build()
+    x = jnp.ones((2, 4, 4, 6))
+    t, y = jnp.asarray([0.2, 0.8]), jnp.asarray([1, 5], jnp.int32)
+    out, hidden = model(x, t, y, return_hidden=1)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(model(x, t, y)))
+    assert hidden.shape == (2, 16, 32)  # (B, T, D) of the backbone, not the head's width
