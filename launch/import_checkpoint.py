@@ -1,16 +1,21 @@
-"""Import a released DiT / SiT checkpoint as a run directory, or export a run to their layout.
+"""Import a released DiT / SiT / RAE stage-2 checkpoint as a run directory, or export a run to
+their layout.
 
     python launch/import_checkpoint.py --format=dit --checkpoint=DiT-XL-2-256x256.pt \
         --workdir=runs/dit_xl2 --config.autoencoder.weights=/path/to/sd-vae-ft-ema
     python launch/import_checkpoint.py --format=sit --checkpoint=SiT-XL-2-256x256.pt \
         --workdir=runs/sit_xl2 --config.autoencoder.weights=/path/to/sd-vae-ft-ema
+    python launch/import_checkpoint.py --format=rae_dit --checkpoint=stage2_model.pt \
+        --workdir=runs/rae_ditdh_xl --config.data.latent_dir=RAE_LATENTS \
+        --config.autoencoder.weights=RAE_DIR
     python launch/import_checkpoint.py --export=out.safetensors --format=dit --workdir=RUN
 
-Import: the run's config is the format's recipe (configs/imagenet_dit.py or imagenet_sit.py, or
---config=FILE) with the network the file holds and the time and sign conventions converted
-(vdm_jax.importers.dit); `--config.<key>=<value>` overrides as for training (e.g. the sampling
-defaults). The file's EMA weights become the run's parameters and EMA at step 0, so
-launch/sample.py and launch/evaluate.py use the run like any other (vdm_jax.pipelines
+Import: the run's config is the format's recipe (configs/imagenet_dit.py, imagenet_sit.py or
+imagenet_rae.py, or --config=FILE) with the network the file holds and the time and sign
+conventions converted (vdm_jax.importers.dit, .rae_dit; rae_dit takes the DataSpec of the RAE
+latent dataset --config.data.latent_dir); `--config.<key>=<value>` overrides as for training
+(e.g. the sampling defaults). The file's EMA weights become the run's parameters and EMA at
+step 0, so launch/sample.py and launch/evaluate.py use the run like any other (vdm_jax.pipelines
 .import_checkpoint). Accepts the released EMA state dicts and train.py's {"model", "ema", "opt",
 "args"} files (--weights=model for the raw weights); `.pt` needs torch, `.safetensors` not.
 Export: --export=OUT writes the run's first EMA (--ema to choose) in the official layout
@@ -28,9 +33,12 @@ from vdm_jax import config as config_lib
 from vdm_jax.cli import ConfigArgs, exit_on_bad_input, quiet_third_party_logs
 
 ROOT = Path(__file__).resolve().parents[1]
-USAGE = ("python launch/import_checkpoint.py --format=dit|sit --checkpoint=FILE --workdir=DIR "
-         "--config.autoencoder.weights=PATH  |  --export=OUT --format=dit|sit --workdir=DIR")
-_FORMAT = flags.DEFINE_enum("format", None, ["dit", "sit"], "The checkpoint's code base.")
+USAGE = ("python launch/import_checkpoint.py --format=dit|sit|rae_dit --checkpoint=FILE "
+         "--workdir=DIR --config.autoencoder.weights=PATH  |  --export=OUT "
+         "--format=dit|sit|rae_dit --workdir=DIR")
+_FORMAT = flags.DEFINE_enum("format", None, ["dit", "sit", "rae_dit"],
+                            "The checkpoint's code base (rae_dit: RAE's stage-2 DiT^DH).")
+RECIPES = {"dit": "imagenet_dit", "sit": "imagenet_sit", "rae_dit": "imagenet_rae"}
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The official checkpoint file to import.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory to create (import) or read.")
 _WEIGHTS = flags.DEFINE_enum("weights", "ema", ["ema", "model"], "train.py files: which weights.")
@@ -55,7 +63,7 @@ def main(argv: list[str]) -> None:
             return
         if not _CHECKPOINT.value:
             raise ValueError(f"--checkpoint=FILE is required to import. Usage: {USAGE}")
-        recipe = CONFIG.path or str(ROOT / "configs" / f"imagenet_{_FORMAT.value}.py")
+        recipe = CONFIG.path or str(ROOT / "configs" / f"{RECIPES[_FORMAT.value]}.py")
         config = config_lib.load(recipe, CONFIG.overrides)
         rundir = pipeline.import_run(_CHECKPOINT.value, config, _WORKDIR.value,
                                      format=_FORMAT.value, weights=_WEIGHTS.value,

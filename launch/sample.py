@@ -5,6 +5,8 @@
     python launch/sample.py --workdir=DIR --num_samples=50000 --batch_size=500 --sampler=ddpm \
         --steps=250 --guidance_scale=1.5 --guidance_interval=0.1,0.9 --ema=0.9999
     python launch/sample.py --workdir=DDT_RUN --num_samples=50000 --encoder_interval=2   # DDT
+    python launch/sample.py --workdir=RUN --sampler=euler --steps=49 --guidance=auto \
+        --guidance_scale=1.42 --guide_workdir=SMALL_RUN --guide_step=20000   # AutoGuidance
 
 The run directory alone is enough: the checkpoint's config and data spec rebuild the model (no
 dataset is opened). Restores the newest checkpoint of --workdir (or --step) with its first EMA
@@ -17,6 +19,9 @@ size: `arr_0` uint8 NHWC, `arr_1` labels), the settings beside it (<out>.json, r
 launch/evaluate.py) and a grid of the first 100 samples (<out>.png). Chunks of --batch_size are
 saved as they finish: rerunning a killed job resumes at the first missing chunk and gives the
 same samples as an uninterrupted run. A finished file of other settings is never overwritten.
+AutoGuidance (--guidance=auto) restores a second run, --guide_workdir (default the config's
+sample.guide_workdir), the same way (--guide_step, --guide_ema), and refuses one of other data,
+latent space or prediction; both networks run in one jitted sampling program.
 Bad input: `error: ...`, exit status 2, nothing written.
 """
 
@@ -42,6 +47,12 @@ _CHANNELS = flags.DEFINE_integer("guidance_channels", None, "Guide only the firs
                                  "(DiT's sample.py: 3); 0 = all.")
 _EMA = flags.DEFINE_string("ema", None, "'' = the run's first EMA, 'none' = raw, or a decay.")
 _SEED = flags.DEFINE_integer("seed", None, "Seed: chunk i uses fold_in(key(seed), i).")
+_GUIDANCE = flags.DEFINE_string("guidance", None, "'cfg' (classifier-free) or 'auto' "
+                                "(AutoGuidance by --guide_workdir).")
+_GUIDE = flags.DEFINE_string("guide_workdir", None, "AutoGuidance: the guide's run directory.")
+_GUIDE_EMA = flags.DEFINE_string("guide_ema", None, "The guide's EMA ('' first, 'none', decay).")
+_GUIDE_STEP = flags.DEFINE_integer("guide_step", None, "The guide's checkpoint step (default: "
+                                   "its newest).")
 # Sampler options (SamplingSpec.options).
 _ETA = flags.DEFINE_float("eta", None, "DDIM η in [0, 1] (0: deterministic).")
 _VARIANCE = flags.DEFINE_string("variance", None, "DDPM step variance (see samplers.VARIANCES).")
@@ -75,7 +86,7 @@ def spec_changes() -> dict:
     """The SamplingSpec fields given on the command line."""
     changes: dict = {}
     for key, flag in (("sampler", _SAMPLER), ("num_steps", _STEPS), ("guidance_scale", _SCALE),
-                      ("ema", _EMA), ("seed", _SEED)):
+                      ("ema", _EMA), ("seed", _SEED), ("guidance", _GUIDANCE)):
         if flag.value is not None:
             changes[key] = flag.value
     if _INTERVAL.value is not None:
@@ -120,15 +131,26 @@ def main(argv: list[str]) -> None:
         distributed.initialize({})
         restored = load_for_inference(_WORKDIR.value, ema=changes.get("ema", ""),
                                       step=_STEP.value)
-        spec = config_lib.sampling_spec(restored.config)
+        spec = config_lib.sampling_spec(restored.config, with_guide=True)
         if changes.get("sampler", spec.sampler) != spec.sampler:
             # The run's options of its own sampler do not carry over to another one.
             keep = (COMMON_OPTIONS + SHARING_OPTIONS
                     + samplers.SAMPLER_OPTIONS[changes["sampler"]])
             spec = spec.replace(options={k: None for k, _ in spec.options if k not in keep})
         spec = spec.replace(**changes)
+        guide = None
+        if spec.guidance == "auto" and spec.guided(restored.model.num_classes):
+            section = restored.config.sample
+            workdir = _GUIDE.value or section.get("guide_workdir")
+            if not workdir:
+                raise ValueError("--guidance=auto needs --guide_workdir=DIR (the guide run)")
+            ema = _GUIDE_EMA.value if _GUIDE_EMA.value is not None else section.get(
+                "guide_ema", "")
+            step = _GUIDE_STEP.value if _GUIDE_STEP.value is not None else section.get(
+                "guide_step")
+            guide = load_for_inference(workdir, ema=ema, step=step, mesh=restored.mesh)
         result = generate_samples(restored, spec, num_samples=_NUM.value,
-                                  batch_size=_BATCH.value, out=_OUT.value)
+                                  batch_size=_BATCH.value, out=_OUT.value, guide=guide)
     if jax.process_index() == 0:
         print(f"wrote {result.npz} ({_NUM.value} samples), {result.settings_json} and "
               f"{result.grid}")

@@ -28,6 +28,8 @@ TINY = {
                 bottleneck_dim=8, in_context_len=2, in_context_start=1),
     "ddt": dict(family="ddt", encoder_depth=2, decoder_depth=1, hidden_size=32, num_heads=2,
                 patch_size=2),
+    "ditdh": dict(family="dit_dh", depth=1, hidden_size=32, num_heads=2, patch_size=1,
+                  head_depth=1, head_hidden_size=48, head_num_heads=2),
 }
 # REPA's frozen encoder, shrunk: the tiny random DINOv2 of tests/fixtures/dinov2 (D = 16).
 TINY_DINOV2 = Path(__file__).parent / "fixtures" / "dinov2" / "hf_dinov2"
@@ -61,7 +63,7 @@ def _add(tar, name, data):
 def test_every_config_is_covered():
     assert set(CONFIGS) >= {"digits_dit", "cifar10_vdm", "imagenet_dit", "imagenet_jit",
                             "imagenet_sit", "imagenet_sit_repa", "imagenet_ddt", "digits_meanflow",
-                            "imagenet_meanflow"}
+                            "imagenet_meanflow", "imagenet_rae"}
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -69,7 +71,8 @@ def test_config_trains_two_steps(name, tmp_path, request):
     c = load_config(name)
     spec = c.model.spec.to_dict()
     kind = (spec.get("name", "") + spec.get("family", "")).lower()
-    c.model.spec = next((TINY[f] for f in ("jit", "ddt") if f in kind), TINY["dit"])
+    c.model.spec = next((TINY[f] for f in ("jit", "ddt", "ditdh") if f in kind.replace("_", "")),
+                        TINY["dit"])
     if spec.get("second_time"):  # MeanFlow's two-time DiT
         c.model.spec = {**c.model.spec, "second_time": True}
     if c.repa.enabled:  # the recipe's REPA on the tiny model, with a tiny DINOv2

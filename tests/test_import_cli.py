@@ -99,3 +99,56 @@ def test_bad_input_exits_2(case, imported, tmp_path):
     assert len(errors) == 1 and re.search(expected, errors[0]), proc.stderr[-2000:]
     if case != "workdir_has_a_run":
         assert not workdir.exists()
+
+
+def test_rae_dit_imports_into_a_latent_run_and_exports_back(latent_setup, tmp_path):
+    """--format=rae_dit: a DiT^DH state dict in RAE's layout (exported from a random network of
+    the latent dataset's shape) becomes a run of that latent dataset whose network is the file's,
+    and --export gives the file back; a dataset of another shape is refused in one line."""
+    from flax import nnx
+
+    from vdm_jax.config import default_config
+    from vdm_jax.data import dataset_info
+    from vdm_jax.importers.common import save_state_dict
+    from vdm_jax.importers.rae_dit import export_rae_dit
+    from vdm_jax.model import DataSpec
+    from vdm_jax.nn.registry import build_model
+
+    c = default_config()
+    c.data.name, c.data.kind = "image_folder", "latents"
+    c.data.image_folder = str(latent_setup["images"])
+    c.data.data_dir = str(latent_setup["data_dir"])
+    c.data.latent_dir = str(latent_setup["latents"])
+    data = DataSpec.from_info(dataset_info(c.data))
+    h, _, ch = data.image_shape
+    spec = dict(family="dit_dh", depth=1, hidden_size=16, num_heads=1, patch_size=1,
+                head_depth=1, head_hidden_size=24, head_num_heads=2)
+    net = build_model(spec, input_size=h, in_channels=ch, num_classes=data.num_classes,
+                      rngs=nnx.Rngs(3))
+    official = export_rae_dit(spec, nnx.to_pure_dict(nnx.state(net)), input_size=h)
+    ckpt = save_state_dict(tmp_path / "stage2_model.safetensors", official)
+    common = (f"--checkpoint={ckpt}", f"--config.data.image_folder={latent_setup['images']}",
+              f"--config.data.data_dir={latent_setup['data_dir']}",
+              "--config.data.name=image_folder",
+              f"--config.autoencoder.weights={latent_setup['vae']}",
+              f"--config.data.image_size={data.pixel_shape[0]}")
+    proc = _run(str(ROOT / "launch" / "import_checkpoint.py"), "--format=rae_dit",
+                f"--workdir={tmp_path / 'run'}",
+                f"--config.data.latent_dir={latent_setup['latents']}", *common)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    restored = load_for_inference(tmp_path / "run")
+    assert restored.model.family == "dit_dh" and restored.model.prediction == "flow"
+    assert restored.model.time_shift == pytest.approx((h * h * ch / 4096) ** 0.5)  # 'dimension'
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 jax.device_get(restored.params["denoiser"]), nnx.to_pure_dict(nnx.state(net)))
+    out = tmp_path / "back.safetensors"
+    proc = _run(str(ROOT / "launch" / "import_checkpoint.py"), "--format=rae_dit",
+                f"--workdir={tmp_path / 'run'}", f"--export={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    back = load_file(out)
+    assert set(back) == set(official)
+    assert all(np.array_equal(back[k], official[k]) for k in official)
+    proc = _run(str(ROOT / "launch" / "import_checkpoint.py"), "--format=rae_dit",
+                f"--workdir={tmp_path / 'run2'}", *common)  # no latent dataset
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error:")
+    assert "latent_dir" in proc.stderr and not (tmp_path / "run2").exists()

@@ -188,3 +188,33 @@ def test_image_sampler_is_generate_then_decode_then_uint8():
         assert out.dtype == np.uint8 and out.shape == z.shape
         np.testing.assert_array_equal(out, unit_to_uint8(np.asarray(expected, np.float32), 17))
         np.testing.assert_array_equal(out, images.fetch(images.draw(jnp.float32(0.5), None, None)))
+
+def test_autoguidance_from_the_command_line(run_dir, tmp_path):
+    """--guidance=auto: a run guided by itself is the unguided run (D + w (D − D) = D), and a
+    guide of another prediction is refused in one line, exit 2, nothing written."""
+    common = (f"--workdir={run_dir}", "--sampler=euler", "--steps=4", "--num_samples=8",
+              "--batch_size=8", "--seed=1")
+    plain = _run("sample.py", *common, "--guidance_scale=1", f"--out={tmp_path / 'plain.npz'}")
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    auto = _run("sample.py", *common, "--guidance=auto", "--guidance_scale=1.5",
+                f"--guide_workdir={run_dir}", f"--out={tmp_path / 'auto.npz'}")
+    assert auto.returncode == 0, auto.stderr[-3000:]
+    a = load_samples(tmp_path / "auto.npz").images
+    b = load_samples(tmp_path / "plain.npz").images
+    assert np.max(np.abs(a.astype(int) - b.astype(int))) <= 1
+    settings = json.loads((tmp_path / "auto.json").read_text())
+    assert settings["guidance"] == "auto" and settings["guide"]["workdir"] == str(run_dir)
+    other = tmp_path / "eps_run"
+    proc = _run("train.py", f"--config={ROOT / 'configs' / 'digits_dit.py'}", f"--workdir={other}",
+                "--config.train.num_steps=1", "--config.model.spec.depth=1",
+                "--config.model.spec.hidden_size=32", "--config.model.spec.num_heads=2",
+                "--config.train.global_batch_size=16", "--config.sample.num_images=8",
+                "--config.sample.num_steps=2", "--config.eval.at_end=False",
+                "--config.model.prediction=eps", "--config.train.checkpoint_every=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run("sample.py", *common, "--guidance=auto", "--guidance_scale=1.5",
+                f"--guide_workdir={other}", f"--out={tmp_path / 'refused.npz'}")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 1 and "prediction 'eps'" in errors[0], \
+        proc.stderr[-3000:]
+    assert not (tmp_path / "refused.npz").exists()

@@ -11,6 +11,10 @@ once, when it is made (`ValueError` naming the field and what it accepts). Field
     guidance_interval    (t_lo, t_hi) with 0 ≤ t_lo < t_hi ≤ 1: guide only there, else w = 1
     guidance_channels    guide only the first k output channels (DiT's sample.py guides 3 of
                          the 4 latent channels); None = all
+    guidance             'cfg' (classifier-free: the null class is the weak prediction) or
+                         'auto' (AutoGuidance, Karras et al. 2024: a second, weaker run of the
+                         same data and prediction is; generation.generate), w, interval and
+                         channels alike
     ema                  '' = the run's first EMA, 'none' = raw parameters, or a decay '0.9999'
     seed                 the sampling seed
     options              sampler options, only those the sampler takes (core.samplers
@@ -41,7 +45,9 @@ import numpy as np
 from vdm_jax.core import samplers
 from vdm_jax.core.encoder_sharing import sharing_refresh
 
-__all__ = ["COMMON_OPTIONS", "SHARING_OPTIONS", "SamplingSpec"]
+__all__ = ["COMMON_OPTIONS", "GUIDANCE_MODES", "SHARING_OPTIONS", "SamplingSpec"]
+
+GUIDANCE_MODES = ("cfg", "auto")
 
 # Options every sampler takes (the time grid); the rest are per sampler (SAMPLER_OPTIONS).
 COMMON_OPTIONS = ("spacing", "shift", "t_min", "t_max")
@@ -102,6 +108,7 @@ class SamplingSpec:
     guidance_scale: float = 1.0
     guidance_interval: tuple[float, float] | None = None
     guidance_channels: int | None = None
+    guidance: str = "cfg"
     ema: str = ""
     seed: int = 0
     options: tuple[tuple[str, Any], ...] = ()  # sorted (key, value) pairs: hashable
@@ -122,6 +129,8 @@ class SamplingSpec:
                              f"scale must be 1, got {scale:g}): MeanFlow folds guidance into "
                              "training (diffusion.objective_kwargs omega, kappa)")
         object.__setattr__(self, "guidance_scale", scale)
+        if self.guidance not in GUIDANCE_MODES:
+            raise ValueError(f"guidance must be one of {GUIDANCE_MODES}, got {self.guidance!r}")
         interval = self.guidance_interval
         if interval is not None:
             if not isinstance(interval, tuple | list) or len(interval) != 2:
@@ -215,6 +224,8 @@ class SamplingSpec:
 
     def guided(self, num_classes: int) -> bool:
         """Whether sampling a model with `num_classes` classes runs classifier-free guidance."""
+        if self.guidance == "auto":  # a guide network: conditional or not
+            return self.guidance_scale != 1.0
         return bool(num_classes) and self.guidance_scale != 1.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -225,11 +236,14 @@ class SamplingSpec:
             "guidance_interval": list(self.guidance_interval) if self.guidance_interval else None,
             "guidance_channels": self.guidance_channels, "ema": self.ema or "first",
             "seed": self.seed, "options": dict(self.options),
+            # Only when set: a CFG spec's record (and slug) stays what it was.
+            **({"guidance": self.guidance} if self.guidance != "cfg" else {}),
         }
 
     def describe(self) -> str:
         """One line for logs and tables, e.g. 'ddpm, 250 steps, guidance 1.5 on [0.1, 0.9]'."""
-        text = f"{self.sampler}, {self.num_steps} steps, guidance {self.guidance_scale:g}"
+        kind = "autoguidance" if self.guidance == "auto" else "guidance"
+        text = f"{self.sampler}, {self.num_steps} steps, {kind} {self.guidance_scale:g}"
         if self.guidance_interval:
             text += f" on [{self.guidance_interval[0]:g}, {self.guidance_interval[1]:g}]"
         if self.guidance_channels:

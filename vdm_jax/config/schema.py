@@ -10,7 +10,7 @@ from typing import Any
 
 from ml_collections import ConfigDict, config_dict
 
-from vdm_jax.core import meanflow, objectives, samplers, schedules
+from vdm_jax.core import meanflow, objectives, samplers, schedules, time_sampling
 from vdm_jax.data import DATASETS, latents
 from vdm_jax.model import DTYPES as MODEL_DTYPES
 from vdm_jax.model import REPA_FEATURES, build_objective, repa_encoder_dim, schedule_kwargs
@@ -63,6 +63,8 @@ def default_config() -> ConfigDict:
         schedule="cosine_log_snr",
         schedule_kwargs={},
         shift=1.0,
+        # 'dimension' or a number: a union, so the field takes either (core.time_sampling).
+        time_shift=config_dict.FieldReference(1.0, field_type=object),
         learned_schedule=False,
         learned_schedule_features=1024,
         objective="eps_mse",
@@ -86,6 +88,9 @@ def default_config() -> ConfigDict:
     c.optim = ConfigDict(dict(
         lr=1e-4, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999, eps=1e-8,
         weight_decay=0.0, grad_clip=1.0, ema_decays=(0.9999,),
+        # schedule 'linear' (RAE): lr until decay_start_steps, linear to final_lr at
+        # decay_end_steps, final_lr after.
+        decay_start_steps=0, decay_end_steps=0, final_lr=0.0,
     ))
     c.train = ConfigDict(dict(
         num_steps=1000,
@@ -106,6 +111,12 @@ def default_config() -> ConfigDict:
         guidance_scale=1.0,
         guidance_interval=config_dict.placeholder(tuple),
         guidance_channels=config_dict.placeholder(int),
+        # 'cfg' or 'auto' (AutoGuidance by the run guide_workdir, at guide_step or its newest
+        # checkpoint, EMA guide_ema); launch/sample.py only: training-time grids are unguided.
+        guidance="cfg",
+        guide_workdir=config_dict.placeholder(str),
+        guide_step=config_dict.placeholder(int),
+        guide_ema="",
         ema="",
         options={},
     ))
@@ -220,12 +231,20 @@ def validate(config: Mapping[str, Any]) -> None:
              f"diffusion.label_dropout={diff['label_dropout']} must be in [0, 1]")
     _require(_number(diff["shift"]) and diff["shift"] > 0,
              f"diffusion.shift={diff['shift']} must be positive")
+    _check_time_shift(diff)
     _validate_repa(config, resolve_spec(spec))
     # optim
     _require(_number(o["lr"]) and o["lr"] > 0, f"optim.lr={o['lr']} must be positive")
     _require(_int(o["warmup_steps"], 0), f"optim.warmup_steps={o['warmup_steps']!r} must be >= 0")
-    _require(o["schedule"] in ("constant", "cosine"),
-             f"optim.schedule={o['schedule']!r}; expected 'constant' or 'cosine'")
+    _require(o["schedule"] in ("constant", "cosine", "linear"),
+             f"optim.schedule={o['schedule']!r}; expected 'constant', 'cosine' or 'linear'")
+    if o["schedule"] == "linear":
+        start, end = o.get("decay_start_steps", 0), o.get("decay_end_steps", 0)
+        _require(_int(start, 0) and _int(end, 0) and o["warmup_steps"] <= start < end,
+                 f"optim.schedule='linear' needs warmup_steps <= decay_start_steps < "
+                 f"decay_end_steps, got {o['warmup_steps']}, {start}, {end}")
+        _require(_number(o.get("final_lr", 0.0)) and o.get("final_lr", 0.0) >= 0,
+                 f"optim.final_lr={o.get('final_lr')} must be >= 0")
     for key in ("b1", "b2"):
         _require(_number(o[key]) and 0.0 <= o[key] < 1.0, f"optim.{key}={o[key]} must be in [0, 1)")
     _require(_number(o["eps"]) and o["eps"] > 0, f"optim.eps={o['eps']} must be positive")
@@ -282,6 +301,25 @@ def validate(config: Mapping[str, Any]) -> None:
     for key in ("data", "fsdp"):
         v = config["mesh"][key]
         _require(_int(v) and (v >= 1 or v == -1), f"mesh.{key}={v!r} must be >= 1 or -1")
+
+
+def _check_time_shift(diff: Mapping[str, Any]) -> None:
+    """diffusion.time_shift: 'dimension' (RAE's α = sqrt(H·W·C / 4096)) or a positive number;
+    a warp of a flow model's time (core.time_sampling), so only on the rectified-flow path with
+    a weighted-ELBO objective, and not on top of the schedule shift diffusion.shift."""
+    value = diff.get("time_shift", 1.0)
+    time_sampling.resolve_time_shift(value, (1, 1, 1))  # raises ValueError naming the key
+    if value == 1.0:
+        return
+    _require(not diff["learned_schedule"] and diff["schedule"] == "rectified_flow",
+             f"diffusion.time_shift={value!r} warps a flow model's time: it needs "
+             "diffusion.schedule='rectified_flow' (not a learned schedule)")
+    _require(diff["objective"] != "meanflow",
+             "diffusion.time_shift with diffusion.objective='meanflow': MeanFlow draws its own "
+             "(r, t) pairs; set diffusion.time_shift=1")
+    _require(float(diff["shift"]) == 1.0,
+             "diffusion.time_shift and diffusion.shift both shift the noise levels; set one "
+             "(time_shift warps the network's time, as RAE; shift moves λ, as SD3 in our time)")
 
 
 def _check_meanflow(config: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
@@ -358,11 +396,17 @@ def _validate_repa(config: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
                  "facebook/dinov2-base; for 'digits' the .npz benchmarks/repa_digits.py writes)")
 
 
-def sampling_spec(config: Mapping[str, Any]) -> SamplingSpec:
-    """The SamplingSpec of the config's `sample` section (its seed: the run's seed)."""
+def sampling_spec(config: Mapping[str, Any], *, with_guide: bool = False) -> SamplingSpec:
+    """The SamplingSpec of the config's `sample` section (its seed: the run's seed). AutoGuidance
+    needs a second run, which only launch/sample.py loads (with_guide=True); without it an 'auto'
+    section gives the unguided spec (w = 1), what the trainer's grids and end-of-run metrics
+    draw."""
     s = config["sample"]
     values = s.to_dict() if hasattr(s, "to_dict") else dict(s)
-    return SamplingSpec.from_mapping({**values, "seed": int(config["seed"])})
+    spec = SamplingSpec.from_mapping({**values, "seed": int(config["seed"])})
+    if spec.guidance == "auto" and not with_guide:
+        spec = spec.replace(guidance="cfg", guidance_scale=1.0)
+    return spec
 
 
 def check_batch(config: Mapping[str, Any], num_devices: int, data_parallel: int) -> None:

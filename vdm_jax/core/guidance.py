@@ -4,7 +4,9 @@
 
 in the model's own parameterization (every conversion of `core.parameterizations` is affine in
 the prediction at fixed (z, t), so this is the same guidance in ε, x, v or u), with the
-conditional and null batches run as one 2B pass (`guided_inputs`).
+conditional and null batches run as one 2B pass (`guided_inputs`). AutoGuidance (Karras et al.
+2024, `autoguidance`) is the same combination with a weaker guide network in place of the null
+class: p̂_guide + w (p̂_main − p̂_guide).
 """
 
 from __future__ import annotations
@@ -63,3 +65,25 @@ def guided_inputs(z: Array, t: Array, labels: Array, null_label: int) -> tuple[A
     labels = jnp.asarray(labels)
     y = jnp.concatenate([labels, jnp.full_like(labels, null_label)])
     return jnp.concatenate([z, z]), jnp.concatenate([t, t]), y
+
+
+def autoguidance(
+    model_fn: Callable[[Array, Array, Array], Array],
+    guide_fn: Callable[[Array, Array, Array], Array], labels: Array, scale: float | Array,
+    interval: tuple[float, float] | None = None, *, channels: int | None = None,
+) -> Callable[[Array, Array], Array]:
+    """AutoGuidance (Karras et al. 2024): (z, t) ↦ D_guide + w (D_main − D_guide), with
+    D_main = model_fn(z, t, labels) and D_guide = guide_fn(z, t, labels), both (B, ...) in the
+    same parameterization; w = scale on the interval, 1 (D_main) outside; channels as for CFG.
+    It is `classifier_free_guidance` with the guide in the place of the null-class
+    pass (whose 2B batch is split: first half to the model, second half to the guide), so
+    the two guidance modes share one combination, interval and channel rule."""
+    b = labels.shape[0]
+
+    def pair(z2: Array, t2: Array, y2: Array) -> Array:
+        main = model_fn(z2[:b], t2[:b], labels)  # (B, ...)
+        weak = guide_fn(z2[b:], t2[b:], labels)  # (B, ...): the "unconditional" half
+        return jnp.concatenate([main, weak.astype(main.dtype)])  # (2B, ...)
+
+    # The null label is never read: pair() gives both halves the real labels.
+    return classifier_free_guidance(pair, labels, 0, scale, interval, channels=channels)

@@ -497,7 +497,7 @@ _SAMPLER_FNS: dict[str, Callable[..., Array]] = {
 
 
 # The options of the time grid, which every sampler takes (`time_grid`'s keywords).
-GRID_OPTIONS = ("spacing", "shift", "t_min", "t_max", "num_train_steps")
+GRID_OPTIONS = ("spacing", "shift", "t_min", "t_max", "num_train_steps", "time_shift")
 # The options each sampler takes beyond those (through `sample`'s **options).
 SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
     "ddpm": ("variance", "clip_denoised"),
@@ -528,7 +528,8 @@ def sample(
     `SamplingModel` that adds the batch's sharding and DDT's encoder sharing to it.
     options: the time grid's (GRID_OPTIONS: spacing, shift, t_min, t_max = None for
     `default_t_max(schedule)` (1 for 'meanflow', whose network is evaluated at t = 1 without a
-    conversion through λ), num_train_steps = T of spacing='ddpm_respaced') and the sampler's
+    conversion through λ), num_train_steps = T of spacing='ddpm_respaced', time_shift = the
+    model's α, which warps every point of the grid) and the sampler's
     (SAMPLER_OPTIONS: eta, variance, clip_denoised, lower_order_final).
     z_init: start from this z_{t_max} instead of `initial_noise` (e.g. a DDIM-inverted latent).
     Jittable with everything but rng static, e.g.

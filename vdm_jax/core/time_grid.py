@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm_jax.core.schedules import Schedule, alpha_sigma
+from vdm_jax.core.time_sampling import time_shift as warp_time
 
 Array = jax.Array
 SPACINGS = ("uniform", "quadratic", "shifted", "ddpm_respaced")
@@ -25,6 +26,7 @@ def time_grid(
     shift: float = 3.0,
     num_train_steps: int | None = None,
     dtype: Any = None,
+    time_shift: float = 1.0,
 ) -> Array:
     """(num_steps + 1,) times decreasing from t_max to t_min: t_i = t_min + (t_max − t_min) r(u_i),
     u_i = 1 − i/N, with r(u) =
@@ -37,6 +39,9 @@ def time_grid(
     then 0: (k_{N−1} + 1)/T = 1, …, (k_0 + 1)/T, 0. DiT's index k is our level k + 1 (its
     ᾱ_k = Π_{j≤k} (1 − β_j) is our α²((k + 1)/T)), so with `ddpm_linear(T)` this grid is the
     respaced process exactly; t_min and t_max are not used.
+    time_shift = α ≠ 1 then warps every point, t_i ← α t_i / (1 + (α − 1) t_i) (the model's
+    time shift, core.time_sampling.time_shift; RAE's grid is φ_α of the uniform grid on
+    [0.001, 1]).
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
@@ -62,7 +67,8 @@ def time_grid(
         r = u
     t_min, t_max = jnp.asarray(t_min, dtype), jnp.asarray(t_max, dtype)
     ts = t_min + (t_max - t_min) * r
-    return ts.at[0].set(t_max).at[-1].set(t_min)  # exact endpoints
+    ts = ts.at[0].set(t_max).at[-1].set(t_min)  # exact endpoints
+    return ts if time_shift == 1.0 else warp_time(ts, time_shift)
 
 
 def ddpm_respaced_indices(num_train_steps: int, num_steps: int) -> np.ndarray:

@@ -21,6 +21,10 @@ NAME (`default_name`) carries the spec (sampler, steps, guidance, EMA, seed and 
 field), the checkpoint step, N and B, so runs of other settings never share a file; an explicit
 --out that holds a finished batch of other settings is refused, never overwritten.
 
+AutoGuidance (spec.guidance 'auto'): `guide` is a second restored run (`check_guide_run`: same
+DataSpec, so the same latent space, and a model of the same prediction); its run directory, step
+and EMA are part of the settings and of the default NAME.
+
 Multi-host: every process runs every chunk (the global batch, sharded over all devices when B is
 a multiple of their number), the output is gathered to the hosts, and only process 0 reads or
 writes files; the list of missing chunks is process 0's, broadcast to the others.
@@ -29,6 +33,7 @@ writes files; the list of missing chunks is process 0's, broadcast to the others
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -46,7 +51,7 @@ from tqdm import tqdm
 from vdm_jax.checkpoints.restore import Restored
 from vdm_jax.data.adm_npz import save_samples
 from vdm_jax.generation.decode import output_shape
-from vdm_jax.generation.generate import class_balanced_labels
+from vdm_jax.generation.generate import check_guide, class_balanced_labels
 from vdm_jax.generation.grids import grid_upscale, save_grid
 from vdm_jax.generation.images import make_image_sampler
 from vdm_jax.io import read_json, write_json, write_npz
@@ -54,7 +59,8 @@ from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.rundir import RunDir
 from vdm_jax.sampling_spec import SamplingSpec
 
-__all__ = ["SamplingResult", "default_name", "generate_samples", "sample_settings"]
+__all__ = ["SamplingResult", "check_guide_run", "default_name", "generate_samples",
+           "guide_record", "sample_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +81,37 @@ class SamplingResult:
     settings: dict[str, Any]
 
 
-def default_name(spec: SamplingSpec, step: int, num_samples: int, batch_size: int) -> str:
+def default_name(spec: SamplingSpec, step: int, num_samples: int, batch_size: int,
+                 guide: dict[str, Any] | None = None) -> str:
     """samples/<NAME>.npz of a run: every setting of `spec`, the checkpoint step, N and the
-    chunk size B (chunk i draws B images from fold_in(key(seed), i): B changes the samples)."""
-    return f"{spec.slug()}_step{step}_n{num_samples}_b{batch_size}"
+    chunk size B (chunk i draws B images from fold_in(key(seed), i): B changes the samples),
+    and with AutoGuidance a hash of the guide's record (`guide_record`)."""
+    name = f"{spec.slug()}_step{step}_n{num_samples}_b{batch_size}"
+    if guide is not None:
+        name += "_guide" + hashlib.sha1(json.dumps(guide, sort_keys=True).encode()).hexdigest()[:8]
+    return name
+
+
+def guide_record(guide: Restored) -> dict[str, Any]:
+    """What identifies an AutoGuidance guide: its run directory, checkpoint step and EMA."""
+    return {"workdir": str(guide.rundir.root), "step": int(guide.step),
+            "ema": guide.ema or "none"}
+
+
+def check_guide_run(restored: Restored, guide: Restored) -> None:
+    """ValueError naming what differs when run `guide` cannot guide run `restored`: another
+    DataSpec (data shape, classes, levels, latent space: the autoencoder and latent scaling), or
+    another prediction / noise path (generation.generate.check_guide)."""
+    ours, theirs = restored.data.to_dict(), guide.data.to_dict()
+    differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    if differ:
+        raise ValueError(f"the guide run {guide.rundir.root} was trained on other data than "
+                         f"{restored.rundir.root}: its data spec differs in {', '.join(differ)} "
+                         "(AutoGuidance needs the same data and latent space)")
+    try:
+        check_guide(restored.model, guide.model)
+    except ValueError as e:
+        raise ValueError(f"the guide run {guide.rundir.root}: {e}") from None
 
 
 def _chunk_path(directory: Path, i: int) -> Path:
@@ -175,15 +208,23 @@ def generate_samples(
     batch_size: int,
     out: str | os.PathLike | None = None,
     progress: bool = True,
+    guide: Restored | None = None,
 ) -> SamplingResult:
     """Draws `num_samples` images from `restored` with `spec` into the ADM batch `out` (default
     RunDir.samples/<default_name>.npz), in resumable chunks of `batch_size` (module docstring).
     Returns the paths and settings. Bad values raise ValueError before anything is written.
     """
     settings = sample_settings(restored, spec, num_samples=num_samples, batch_size=batch_size)
+    auto = spec.guidance == "auto" and spec.guided(restored.model.num_classes)
+    if auto:
+        if guide is None:
+            raise ValueError("guidance 'auto' (AutoGuidance) needs a guide run: --guide_workdir")
+        check_guide_run(restored, guide)
+        settings["guide"] = guide_record(guide)
+        settings["nfe_batch_multiplier"] = 2  # the guide runs beside the model
     npz = (Path(out).expanduser() if out is not None else
            restored.rundir.sample_batch(default_name(spec, restored.step, num_samples,
-                                                     batch_size)))
+                                                     batch_size, settings.get("guide"))))
     if npz.suffix != ".npz":
         raise ValueError(f"the sample batch must be a .npz file, got {npz}")
     model, mesh = restored.model, restored.mesh
@@ -192,12 +233,14 @@ def generate_samples(
                          "on more than one host")
     sharding = mesh_lib.batch_sharding(mesh) if batch_size % mesh.size == 0 else None
     images_of = make_image_sampler(model, batch_size, spec, restored.data,
-                                   _autoencoder_weights(restored.config), sharding=sharding)
+                                   _autoencoder_weights(restored.config), sharding=sharding,
+                                   guide=guide.model if auto else None)
+    params = (restored.params, guide.params) if auto else restored.params
     num_chunks = math.ceil(num_samples / batch_size)
     all_labels = class_balanced_labels(num_chunks * batch_size, model.num_classes)
     key = jax.random.key(spec.seed)
     # Tracing checks the sampler options before any file exists.
-    jax.eval_shape(images_of.generate, restored.params, all_labels[:batch_size], key)
+    jax.eval_shape(images_of.generate, params, all_labels[:batch_size], key)
 
     is_main = jax.process_index() == 0
     result = SamplingResult(npz, RunDir.grid_of(npz), RunDir.settings_of(npz), settings)
@@ -233,7 +276,7 @@ def generate_samples(
         for i in [*todo, None]:
             if i is not None:
                 labels = all_labels[i * batch_size:(i + 1) * batch_size]
-                images = images_of.draw(restored.params, labels, jax.random.fold_in(key, i))
+                images = images_of.draw(params, labels, jax.random.fold_in(key, i))
             if pending is not None:
                 j, dev_images = pending
                 host = images_of.fetch(dev_images)

@@ -58,10 +58,11 @@ class ImageSampler:
 def make_image_sampler(
     model: DiffusionModel, batch_size: int, spec: SamplingSpec, data: DataSpec,
     autoencoder_weights: str | os.PathLike | None, *,
-    sharding: jax.sharding.Sharding | None = None,
+    sharding: jax.sharding.Sharding | None = None, guide: DiffusionModel | None = None,
 ) -> ImageSampler:
     """The `ImageSampler` of `model` drawing `batch_size` images with `spec` (module docstring);
-    autoencoder_weights: a latent model's decoder weights (`make_decoder`), unused for pixels."""
+    autoencoder_weights: a latent model's decoder weights (`make_decoder`), unused for pixels;
+    guide: AutoGuidance's guide network (then params = (model's, guide's): make_generate_fn)."""
     decode = make_decoder(data, autoencoder_weights)  # None for a pixel model
-    return ImageSampler(make_generate_fn(model, batch_size, spec, sharding=sharding), decode,
-                        model.num_levels)
+    generate = make_generate_fn(model, batch_size, spec, sharding=sharding, guide=guide)
+    return ImageSampler(generate, decode, model.num_levels)

@@ -5,13 +5,14 @@ switches on (vdm_jax.model.terms.TERMS); the terms' inputs and data checks, by t
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from flax import nnx
 
-from vdm_jax.core import meanflow, objectives
+from vdm_jax.core import meanflow, objectives, time_sampling
 from vdm_jax.core import schedules as sch
 from vdm_jax.model.core import DTYPES, DiffusionModel, Params
 from vdm_jax.model.data_spec import DataSpec
@@ -98,11 +99,16 @@ def build(config: Mapping[str, Any], data: DataSpec, seed: int) -> tuple[Diffusi
         if term_params is not None:
             params[name], specs[name] = term_params, term_specs
         terms.append(term)
+    objective = build_objective(dcfg)
+    alpha = time_sampling.resolve_time_shift(dcfg.get("time_shift", 1.0), data.image_shape)
+    if alpha != 1.0:  # validate() allows it for weighted-ELBO objectives only (not MeanFlow)
+        objective = dataclasses.replace(
+            objective, density=time_sampling.shifted(objective.density, alpha))
     model = DiffusionModel(
         denoiser_def=denoiser_def,
         schedule_def=schedule_def,
         fixed_schedule=fixed,
-        objective=build_objective(dcfg),
+        objective=objective,
         prediction=mcfg["prediction"],
         image_shape=data.image_shape,
         num_classes=num_classes,
@@ -113,6 +119,7 @@ def build(config: Mapping[str, Any], data: DataSpec, seed: int) -> tuple[Diffusi
         param_specs=specs,
         terms=tuple(terms),
         network_family=resolve_spec(spec)["family"],
+        time_shift=alpha,
     )
     return model, params
 

@@ -91,7 +91,10 @@ class DiffusionModel:
     ddpm_steps: int  # T of the discrete grid (diffusion.timesteps; DiT: 1000), 0 if continuous
     param_specs: Any  # logical PartitionSpecs, a pytree like params (see parallel.mesh)
     terms: tuple[Any, ...] = ()
-    network_family: str = "dit"  # the denoiser's (vdm_jax.nn.registry): 'dit' | 'jit' | 'ddt'
+    network_family: str = "dit"  # vdm_jax.nn.registry's: 'dit' | 'jit' | 'ddt' | 'dit_dh'
+    # α of diffusion.time_shift: training draws and the sampling grid are φ_α-warped
+    # (core.time_sampling.time_shift); 1 = none.
+    time_shift: float = 1.0
 
     # ------------------------------------------------------------------------------ pieces
     def schedule(self, params: Params) -> sch.Schedule:

@@ -6,11 +6,12 @@
     blocks               the one AdaLN-Zero transformer block (norm, attention, MLP chosen by a
                          BlockSpec) and the backbones' common constructor (`Backbone`)
     dit, jit, ddt        the DiT, JiT and DDT (decoupled encoder/decoder) denoisers
+    dit_dh               DiT^DH (RAE): a DiT backbone with a wide, shallow DDT head
     repa                 REPA's projector head and alignment loss, and the target features of
                          the frozen encoders
     learned_schedule     VDM's monotone network for a learned γ(t) = −λ(t)
-    registry             named sizes ("DiT-XL/2", "JiT-B/16", "DDT-XL/2"), spec validation,
-                         `build_model`
+    registry             named sizes ("DiT-XL/2", "JiT-B/16", "DDT-XL/2", "DiTDH-XL/1"), spec
+                         validation, `build_model`
     cost                 exact parameter counts and forward MACs / FLOPs
     encoders/            frozen feature networks (the FID Inception-v3, DINOv2, the digits CNN,
                          LPIPS-VGG16, the RAE's DINO discriminator)

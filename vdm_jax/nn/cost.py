@@ -1,4 +1,4 @@
-"""Parameter count and analytic forward cost of DiT / JiT models.
+"""Parameter count and analytic forward cost of DiT / JiT / DDT / DiT^DH models.
 
 MACs count the multiply-accumulates of every matmul in one forward pass of ONE image: the
 patch embedding, the timestep MLP, the adaLN modulations, q/k/v/out projections, the attention
@@ -40,6 +40,8 @@ def model_cost(
     spec = resolve_spec(name_or_spec)
     if spec["family"] == "ddt":
         return _ddt_cost(spec, input_size, in_channels, num_classes, learn_sigma)
+    if spec["family"] == "dit_dh":
+        return _dit_dh_cost(spec, input_size, in_channels, num_classes, learn_sigma)
     gh, gw = grid_size(input_size, spec["patch_size"])
     n_tok = gh * gw  # T
     d, p, depth = spec["hidden_size"], spec["patch_size"], spec["depth"]
@@ -123,6 +125,47 @@ def _ddt_cost(
     macs += n_tok * 2 * d * d + n_tok * d * out_dim  # final adaLN (per token) + linear
     macs += (n_enc + n_dec) * (n_tok * (4 * d * d + 3 * d * swiglu) + 2 * n_tok * n_tok * d)
     return dict(params=params, params_with_pos_embed=params, macs=float(macs),
+                flops=2.0 * float(macs))
+
+
+def _dit_dh_cost(
+    spec: Mapping[str, Any], input_size: tuple[int, int] | int, in_channels: int,
+    num_classes: int, learn_sigma: bool,
+) -> dict[str, float | int]:
+    """DiT^DH (vdm_jax.nn.dit_dh): two patch embeddings, the Gaussian Fourier time MLP (with
+    its fixed W, 256 numbers), a D → D_h projector when the widths differ, RAE_BLOCK blocks
+    (biased qkv and SwiGLU, RMSNorm scales, no q/k norm) of width D then D_h, an RMSNorm final
+    layer. The head's blocks and the final layer are modulated per token (T·6D_h², T·2D_h²
+    MACs). `params_with_pos_embed` adds the backbone's sin-cos table (T·D): the count of the
+    reference module's parameters()."""
+    gh, gw = grid_size(input_size, spec["patch_size"])
+    n_tok = gh * gw  # T
+    d, dh, p = spec["hidden_size"], spec["head_hidden_size"], spec["patch_size"]
+    c_out = 2 * in_channels if learn_sigma else in_channels
+    patch_dim, out_dim = p * p * in_channels, p * p * c_out
+
+    def block(w: int) -> tuple[int, int]:
+        """(parameters, per-token projection + MLP MACs) of one block of width w."""
+        swiglu = int(int(w * spec["mlp_ratio"]) * 2 / 3)
+        n = _linear(w, 3 * w) + _linear(w, w) + _linear(w, 6 * w)  # qkv, proj, adaLN
+        n += _linear(w, 2 * swiglu) + _linear(swiglu, w) + 2 * w  # SwiGLU, norm scales
+        return n, 4 * w * w + 3 * w * swiglu
+
+    (p_back, m_back), (p_head, m_head) = block(d), block(dh)
+    params = _linear(patch_dim, d) + _linear(patch_dim, dh)  # s_embedder, x_embedder
+    params += 256 + _linear(512, d) + _linear(d, d)  # Fourier W and the time MLP
+    params += (num_classes + 1) * d  # label table incl. the null class
+    params += _linear(d, dh) if d != dh else 0  # s_projector
+    params += dh + _linear(dh, 2 * dh) + _linear(dh, out_dim)  # final RMSNorm, adaLN, linear
+    params += spec["depth"] * p_back + spec["head_depth"] * p_head
+
+    macs = n_tok * patch_dim * (d + dh)  # two patch embeddings
+    macs += 512 * d + d * d  # time MLP
+    macs += n_tok * d * dh if d != dh else 0  # projector
+    macs += spec["depth"] * (6 * d * d + n_tok * m_back + 2 * n_tok * n_tok * d)
+    macs += spec["head_depth"] * n_tok * (6 * dh * dh + m_head + 2 * n_tok * dh)
+    macs += n_tok * (2 * dh * dh + dh * out_dim)  # final adaLN (per token) + linear
+    return dict(params=params, params_with_pos_embed=params + n_tok * d, macs=float(macs),
                 flops=2.0 * float(macs))
 
 

@@ -1,7 +1,8 @@
 """Model size registry and validation of custom specs.
 
-A spec is a plain dict. Common keys: family ('dit' | 'jit' | 'ddt'), depth, hidden_size,
-num_heads, patch_size, mlp_ratio; a DDT has encoder_depth and decoder_depth instead of depth.
+A spec is a plain dict. Common keys: family ('dit' | 'jit' | 'ddt' | 'dit_dh'), depth,
+hidden_size, num_heads, patch_size, mlp_ratio; a DDT has encoder_depth and decoder_depth instead
+of depth; a DiT^DH adds its head's head_depth, head_hidden_size and head_num_heads.
 DiT adds time_scale and time_shift (optional, default 1000 and 0): the timestep embedder sees
 time_scale·t + time_shift, which is how imported checkpoints keep their own time convention
 (vdm_jax.importers.dit); and second_time (bool, default False): MeanFlow's
@@ -10,7 +11,9 @@ in_context_len (number of class tokens) and in_context_start (index of the first
 them). Registry sizes follow DiT (Peebles & Xie 2023, Table 1), JiT (Li & He 2025,
 github.com/LTH14/JiT model_jit.py) and DDT (Wang et al. 2025, github.com/MCG-NJU/DDT
 configs/repa_improved_ddt_xlen22de6_256.yaml: 22 encoder + 6 decoder blocks of width 1152 with
-16 heads; other splits are custom specs).
+16 heads; other splits are custom specs) and DiT^DH (RAE, github.com/bytetriper/RAE
+configs/stage2: DiT's S/B/L/XL backbones, patch 1, with a head of 2 blocks of width 2048 and
+16 heads).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from flax import nnx
 
 from vdm_jax.nn.ddt import DDT
 from vdm_jax.nn.dit import DiT
+from vdm_jax.nn.dit_dh import DiTDH
 from vdm_jax.nn.jit import JiT
 from vdm_jax.nn.layers import grid_size
 
@@ -55,16 +59,28 @@ for _size, (_enc, _dec, _hidden, _heads) in _DDT_SIZES.items():
         num_heads=_heads, patch_size=2, mlp_ratio=4.0,
     )
 
+# The DiT^DH head of the released configs: (head_depth, head_hidden_size, head_num_heads).
+_DIT_DH_HEAD = (2, 2048, 16)
+for _size, (_depth, _hidden, _heads) in _DIT_SIZES.items():
+    MODEL_CONFIGS[f"DiTDH-{_size}/1"] = dict(
+        family="dit_dh", depth=_depth, hidden_size=_hidden, num_heads=_heads, patch_size=1,
+        mlp_ratio=4.0, head_depth=_DIT_DH_HEAD[0], head_hidden_size=_DIT_DH_HEAD[1],
+        head_num_heads=_DIT_DH_HEAD[2],
+    )
+
 _COMMON_KEYS = ("family", "hidden_size", "num_heads", "patch_size", "mlp_ratio")
 _FAMILY_KEYS = {
     "dit": ("depth", "time_scale", "time_shift", "second_time"),
     "jit": ("depth", "bottleneck_dim", "in_context_len", "in_context_start"),
     "ddt": ("encoder_depth", "decoder_depth"),
+    "dit_dh": ("depth", "head_depth", "head_hidden_size", "head_num_heads"),
 }
 _REQUIRED = {
     "dit": ("depth", "hidden_size", "num_heads", "patch_size"),
     "jit": ("depth", "hidden_size", "num_heads", "patch_size"),
     "ddt": ("encoder_depth", "decoder_depth", "hidden_size", "num_heads", "patch_size"),
+    "dit_dh": ("depth", "hidden_size", "num_heads", "patch_size", "head_depth",
+               "head_hidden_size", "head_num_heads"),
 }
 FAMILIES = tuple(_FAMILY_KEYS)
 
@@ -136,7 +152,12 @@ def _validate(spec: dict[str, Any]) -> None:
             raise ValueError(f"Spec {key!r} must be a finite number, got {value!r}.")
     if spec.get("time_scale", 1.0) == 0:
         raise ValueError("Spec 'time_scale' must be nonzero (0 would hide t from the network).")
-    if spec["family"] in ("jit", "ddt") and (d // heads) % 4:
+    if spec["family"] == "dit_dh":
+        dh, hh = spec["head_hidden_size"], spec["head_num_heads"]
+        if dh % hh or (dh // hh) % 4:
+            raise ValueError(f"DiT^DH head_hidden_size {dh} must be divisible by head_num_heads "
+                             f"{hh} into a head dim that is a multiple of 4 (2D RoPE).")
+    if spec["family"] in ("jit", "ddt", "dit_dh") and (d // heads) % 4:
         # 2D RoPE rotates pairs, half of the head dimension per image axis.
         raise ValueError(f"{spec['family'].upper()} head dim {d // heads} must be a multiple of 4 "
                          "(2D RoPE).")
@@ -161,7 +182,7 @@ def build_model(
     scan_layers: bool = False,
     remat: str = "none",
     rngs: nnx.Rngs,
-) -> DiT | JiT | DDT:
+) -> DiT | JiT | DDT | DiTDH:
     """Build a registry model ("DiT-XL/2", "JiT-B/16", "DDT-XL/2", ...) or a custom spec dict, e.g.
     {"family": "dit", "depth": 2, "hidden_size": 64, "num_heads": 4, "patch_size": 2}.
 
@@ -181,7 +202,7 @@ def build_model(
         )
     grid_size(input_size, spec["patch_size"])  # divisibility check with a clear message
     family = spec.pop("family")
-    cls = {"dit": DiT, "jit": JiT, "ddt": DDT}[family]
+    cls = {"dit": DiT, "jit": JiT, "ddt": DDT, "dit_dh": DiTDH}[family]
     kwargs = dict(
         input_size=input_size, in_channels=in_channels, num_classes=num_classes,
         learn_sigma=learn_sigma, dtype=dtype, scan_layers=scan_layers, remat=remat, rngs=rngs,

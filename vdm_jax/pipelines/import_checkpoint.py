@@ -1,5 +1,5 @@
-"""Released DiT / SiT checkpoints as run directories, and back: what launch/import_checkpoint.py
-runs.
+"""Released DiT / SiT / RAE (DiT^DH) checkpoints as run directories, and back: what
+launch/import_checkpoint.py runs.
 
     import_run(checkpoint, config, workdir, format="dit")   # → a run directory at step 0
     export_run(workdir, out, format="dit")                  # → an official-layout state dict
@@ -12,6 +12,11 @@ are the file's weights (released files are EMA weights), with a fresh optimizer 
 `launch/sample.py` and `launch/evaluate.py` use it like any other run, and `launch/train.py`
 can fine-tune it. `import.json` beside it records the source file, its SHA-256, the format, the
 weights taken, whether the label table had a null class, and the pos_embed check.
+
+RAE's stage-2 models (format 'rae_dit', vdm_jax.importers.rae_dit) are latent models of RAE's
+representation autoencoder, not of the SD-VAE: their run's DataSpec is that of the latent
+dataset `config.data.latent_dir` (made by launch/encode_latents.py with that autoencoder), which
+must hold latents of the network's shape and classes.
 """
 
 from __future__ import annotations
@@ -27,8 +32,11 @@ from ml_collections import ConfigDict
 from vdm_jax.checkpoints.manager import Checkpointer
 from vdm_jax.checkpoints.restore import load_for_inference
 from vdm_jax.config import ema_name
+from vdm_jax.data import dataset_info
 from vdm_jax.importers.common import file_sha256, save_state_dict
-from vdm_jax.importers.dit import FORMATS, export_dit, import_dit
+from vdm_jax.importers.dit import FORMATS as DIT_FORMATS
+from vdm_jax.importers.dit import export_dit, import_dit
+from vdm_jax.importers.rae_dit import export_rae_dit, import_rae_dit
 from vdm_jax.importers.sd_vae import describe_weights
 from vdm_jax.io import write_json
 from vdm_jax.model import DataSpec, build
@@ -36,7 +44,23 @@ from vdm_jax.nn.blocks import stack_layers
 from vdm_jax.rundir import RunDir
 from vdm_jax.training import state as state_lib
 
-__all__ = ["export_run", "import_run"]
+__all__ = ["FORMATS", "export_run", "import_run"]
+
+FORMATS = (*DIT_FORMATS, "rae_dit")
+
+
+def _latent_data_spec(imported: Any, config: ConfigDict) -> DataSpec:
+    """The DataSpec of the latent dataset config.data.latent_dir, checked against the network."""
+    if config.data.kind != "latents" or not config.data.latent_dir:
+        raise ValueError("--format=rae_dit needs the RAE latent dataset the model samples in: "
+                         "--config.data.latent_dir=DIR (launch/encode_latents.py)")
+    data = DataSpec.from_info(dataset_info(config.data))
+    side, c = imported.input_size, imported.in_channels
+    if tuple(data.image_shape) != (side, side, c) or data.num_classes != imported.num_classes:
+        raise ValueError(f"the checkpoint's network takes {side}×{side}×{c} latents of "
+                         f"{imported.num_classes} classes, but {config.data.latent_dir} holds "
+                         f"{'×'.join(map(str, data.image_shape))} of {data.num_classes}")
+    return data
 
 
 def _data_spec(imported: Any, weights: str) -> DataSpec:
@@ -66,19 +90,24 @@ def import_run(checkpoint: str | os.PathLike, config: ConfigDict, workdir: str |
     if rundir.has_run():
         raise ValueError(f"{rundir.root} already holds a run: import into a new --workdir")
     rundir.check_writable()
-    if not config.autoencoder.weights:
+    if format == "rae_dit":
+        imported = import_rae_dit(checkpoint, weights=weights)
+        data = _latent_data_spec(imported, config)
+    elif not config.autoencoder.weights:
         raise ValueError("--config.autoencoder.weights=PATH is required: the released models "
                          "are latent models, decoded by the SD-VAE (stabilityai/sd-vae-ft-ema)")
-    imported = import_dit(checkpoint, format=format, weights=weights, num_heads=num_heads)
-    data = _data_spec(imported, config.autoencoder.weights)
+    else:
+        imported = import_dit(checkpoint, format=format, weights=weights, num_heads=num_heads)
+        data = _data_spec(imported, config.autoencoder.weights)
     with config.unlocked():
         config.model.spec = dict(imported.spec)
-        config.model.learn_sigma = imported.learn_sigma
+        config.model.learn_sigma = getattr(imported, "learn_sigma", False)
         config.model.prediction = imported.prediction
         config.diffusion.schedule = imported.schedule
         config.data.kind = "latents"
-        config.data.image_size = data.pixel_shape[0]
-        if not imported.null_class_trained:
+        if data.pixel_shape:
+            config.data.image_size = data.pixel_shape[0]
+        if not getattr(imported, "null_class_trained", True):
             config.sample.guidance_scale = 1.0  # the null row is untrained: no guidance
     params_holder: dict[str, Any] = {}
 
@@ -112,9 +141,10 @@ def import_run(checkpoint: str | os.PathLike, config: ConfigDict, workdir: str |
         "checkpoint": str(Path(checkpoint).expanduser().resolve()),
         "sha256": file_sha256(Path(checkpoint).expanduser()),
         "format": format, "weights": imported.weights,
-        "emas": [ema_name(d) for d in decays], "null_class_trained": imported.null_class_trained,
+        "emas": [ema_name(d) for d in decays],
+        "null_class_trained": getattr(imported, "null_class_trained", True),
         "pos_embed_max_abs_diff": imported.pos_embed_max_abs_diff,
-        "train_args": imported.train_args,
+        "train_args": getattr(imported, "train_args", None),
     })
     return rundir
 
@@ -130,5 +160,8 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike, *, format: st
     if h != w:
         raise ValueError(f"the official code runs square inputs only; this model takes {h}×{w}")
     params = jax.tree.map(np.asarray, jax.device_get(restored.params["denoiser"]))
-    state_dict = export_dit(spec, params, format=format, input_size=h, null_class=null_class)
+    if format == "rae_dit":
+        state_dict = export_rae_dit(spec, params, input_size=h)
+    else:
+        state_dict = export_dit(spec, params, format=format, input_size=h, null_class=null_class)
     return save_state_dict(out, state_dict)

@@ -4,6 +4,7 @@ and returns it as a `RunSetup`; nothing is written yet."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,11 @@ def set_up(config: ConfigDict, workdir: str | Path, devices: list | None = None)
     model, state, shardings = state_lib.create_state(
         lambda: build(config, data, config.seed), tx, decays, config.seed, mesh
     )
+    if model.time_shift != 1.0 and jax.process_index() == 0:
+        print(f"time shift: α = {model.time_shift:.4f} (diffusion.time_shift="
+              f"{config.diffusion.time_shift!r}, data {'×'.join(map(str, data.image_shape))}); "
+              "training times and the sampling grid are α t / (1 + (α − 1) t)",
+              file=sys.stderr, flush=True)
     data_iter = train_iterator(
         config.data, global_batch_size=config.train.global_batch_size, seed=config.seed,
         mesh_sharding=mesh_lib.batch_sharding(mesh),

@@ -31,15 +31,23 @@ State = dict[str, Any]
 
 
 def learning_rate_schedule(optim: Mapping[str, Any], num_steps: int) -> optax.Schedule:
-    """Linear warm-up to optim.lr over optim.warmup_steps, then 'constant' or 'cosine' decay."""
+    """Linear warm-up to optim.lr over optim.warmup_steps, then 'constant', 'cosine' decay, or
+    'linear' (RAE): optim.lr until step optim.decay_start_steps, linearly to optim.final_lr at
+    optim.decay_end_steps, optim.final_lr after."""
     lr, warmup = float(optim["lr"]), int(optim["warmup_steps"])
     kind = optim["schedule"]
     if kind == "constant":
         after = optax.constant_schedule(lr)
     elif kind == "cosine":
         after = optax.cosine_decay_schedule(lr, max(1, num_steps - warmup))
+    elif kind == "linear":
+        start = int(optim["decay_start_steps"]) - warmup  # counted after the warm-up
+        end = int(optim["decay_end_steps"]) - warmup
+        after = optax.join_schedules([
+            optax.constant_schedule(lr),
+            optax.linear_schedule(lr, float(optim["final_lr"]), end - start)], [start])
     else:
-        raise ValueError(f"optim.schedule={kind!r}; expected 'constant' or 'cosine'.")
+        raise ValueError(f"optim.schedule={kind!r}; expected 'constant', 'cosine' or 'linear'.")
     if warmup <= 0:
         return after
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
