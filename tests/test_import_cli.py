@@ -137,7 +137,7 @@ def test_rae_dit_imports_into_a_latent_run_and_exports_back(latent_setup, tmp_pa
                 f"--config.data.latent_dir={latent_setup['latents']}", *common)
     assert proc.returncode == 0, proc.stderr[-3000:]
     restored = load_for_inference(tmp_path / "run")
-    assert restored.model.family == "dit_dh" and restored.model.prediction == "flow"
+    assert restored.model.network_family == "dit_dh" and restored.model.prediction == "flow"
     assert restored.model.time_shift == pytest.approx((h * h * ch / 4096) ** 0.5)  # 'dimension'
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                  jax.device_get(restored.params["denoiser"]), nnx.to_pure_dict(nnx.state(net)))
