@@ -95,6 +95,8 @@ def make_config(args: argparse.Namespace, dtype: str, batch: int) -> Any:
     cfg.train.global_batch_size = batch
     if getattr(args, "grad_clip", None) is not None:
         cfg.optim.grad_clip = float(args.grad_clip)
+    cfg.model.scan_layers = bool(getattr(args, "scan_layers", False))
+    cfg.model.remat = getattr(args, "remat", "none")
     return cfg
 
 

@@ -3,8 +3,11 @@
     .venv/bin/python -m benchmarks.train_step --model=DiT-S/2 --batch=32 --dtype=float32 \
         --out results/train_step.json
 
-For each (batch, dtype) configuration: the host is set up as launch/train.py sets it up
-(vdm_jax.parallel.host: malloc retention, XLA flags, on a CPU host one virtual device per core);
+--scan_layers=false,true (and --remat=none,full, ...) add rows of the same step with the blocks
+scanned over stacked layers (model.scan_layers) and under each remat policy (model.remat), from
+the same run. For each (batch, dtype, scan_layers, remat) configuration: the host is set up as
+launch/train.py sets it up (vdm_jax.parallel.host: malloc retention, XLA flags, on a CPU host
+one virtual device per core);
 the run is prepared the trainer's way (`loop.set_up`: the default config with --model, the
 synthetic dataset of the given shape, AdamW with grad clipping, one EMA, the config's mesh over
 all devices) and `loop.step_function`, the jitted step `loop.train` runs, is compiled ahead of
@@ -32,6 +35,7 @@ clip, AdamW and the EMA update; only the network's matmuls count as FLOPs.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 from typing import Any
@@ -39,9 +43,11 @@ from typing import Any
 import jax
 
 from benchmarks import cli_args, host, report, timing
+from vdm_jax.nn.blocks import REMAT_POLICIES
 
 COLUMNS = [
-    ("model", "model"), ("batch", "batch"), ("dtype", "dtype"), ("devices", "devices"),
+    ("model", "model"), ("batch", "batch"), ("dtype", "dtype"), ("scan", "scan_layers"),
+    ("remat", "remat"), ("devices", "devices"),
     ("step ms", "step_ms"), ("images/s", "images_per_s"), ("compile s", "compile_s"),
     ("peak MiB", "peak_mib"), ("TFLOP/s", "achieved_tflops"), ("peak TFLOP/s", "peak_tflops"),
     ("MFU %", "mfu_pct"),
@@ -67,6 +73,7 @@ def run_config(
         "input_size": args.input_size, "in_channels": args.in_channels,
         "num_classes": args.num_classes, "learn_sigma": bool(args.learn_sigma),
         "batch": batch, "dtype": dtype, "devices": len(devices),
+        "scan_layers": bool(args.scan_layers), "remat": args.remat,
         "params": cost["params"], "forward_macs_per_image": cost["macs"],
         "forward_flops_per_image": cost["flops"], "train_flops_per_step": train_flops,
         "step_ms": 1e3 * stats["median_s"], "step_time": stats, "step_walls_s": timed_run["walls"],
@@ -106,8 +113,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="data-parallel devices (default: the trainer's, all; on a CPU host "
                              "N virtual ones sharing its cores; the peak is measured on all of "
                              "them at once)")
+    parser.add_argument("--scan_layers", type=cli_args.str_list, default=["false"],
+                        help="model.scan_layers value(s), comma-separated: false, true")
+    parser.add_argument("--remat", type=cli_args.str_list, default=["none"],
+                        help=f"model.remat policy(ies), comma-separated, of {REMAT_POLICIES}")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    bad = [v for v in args.scan_layers if v not in ("false", "true")]
+    bad += [v for v in args.remat if v not in REMAT_POLICIES]
+    if bad:
+        parser.error(f"--scan_layers takes false/true and --remat one of {REMAT_POLICIES}; "
+                     f"got {bad}")
     host.setup_host(args, cpu_devices=args.devices)  # before JAX starts
     cli_args.check_dtypes(args.dtype)
     if args.devices is not None and args.devices > jax.device_count():
@@ -118,8 +134,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for dtype in args.dtype:
         peak = (timing.MatmulPeak(cli_args.DTYPES[dtype], args.peak_size, devices=devices)
                 if args.peak_size else None)
-        for batch in args.batch:
-            rows.append(run_config(args, batch, dtype, peak))
+        for batch, scan, remat in itertools.product(args.batch, args.scan_layers, args.remat):
+            row_args = argparse.Namespace(**{**vars(args), "scan_layers": scan == "true",
+                                             "remat": remat})
+            rows.append(run_config(row_args, batch, dtype, peak))
             report.print_table(rows[-1:], COLUMNS)
     result = {"benchmark": "train_step", "environment": report.environment(__file__, argv, args),
               "results": rows}

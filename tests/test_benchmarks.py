@@ -64,6 +64,19 @@ def test_train_step_benchmark(tmp_path, devices):
         assert mem is None or mem["peak_bytes"] >= mem["argument_size"] > 0
 
 
+def test_train_step_benchmark_rows_per_scan_and_remat(tmp_path):
+    """--scan_layers/--remat lists: one row per combination from the same run, in order."""
+    result = _load("train_step").main(
+        [*TINY_ARGS, "--batch", "4", "--steps", "1", "--warmup", "0", "--peak_size", "0",
+         "--devices", "1", "--scan_layers", "false,true", "--remat", "full",
+         "--out", str(tmp_path / "t.json")])
+    rows = result["results"]
+    assert [(r["scan_layers"], r["remat"]) for r in rows] == [(False, "full"), (True, "full")]
+    assert all(r["final_loss"] == r["final_loss"] for r in rows)  # not NaN
+    with pytest.raises(SystemExit):
+        _load("train_step").main([*TINY_ARGS, "--remat", "sometimes"])
+
+
 def test_sampling_benchmark(tmp_path):
     out = tmp_path / "sampling.json"
     result = _load("sampling").main(

@@ -18,6 +18,7 @@ from safetensors.numpy import load_file
 from vdm_jax.checkpoints.restore import load_for_inference
 from vdm_jax.data.adm_npz import load_samples
 from vdm_jax.importers.dit import import_dit
+from vdm_jax.nn.blocks import stack_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "dit" / "official_weights.safetensors"
@@ -48,6 +49,8 @@ def imported(tmp_path_factory) -> dict[str, Path]:
 def test_imported_run_holds_the_file_and_samples_as_dit(imported):
     restored = load_for_inference(imported["run"])
     expected = import_dit(FIXTURE, format="dit", num_heads=4).params
+    assert restored.config.model.scan_layers  # configs/imagenet_dit.py scans its blocks
+    expected = stack_layers(expected)  # the official per-block layout, stacked
     for a, b in zip(jax.tree.leaves(jax.device_get(restored.params["denoiser"])),
                     jax.tree.leaves(expected), strict=True):
         np.testing.assert_array_equal(a, b)

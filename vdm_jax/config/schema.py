@@ -192,10 +192,10 @@ def validate(config: Mapping[str, Any]) -> None:
     _require(m["prediction"] in PREDICTIONS,
              f"model.prediction={m['prediction']!r}; expected one of {PREDICTIONS}")
     _require(m["dtype"] in DTYPES, f"model.dtype={m['dtype']!r}; expected one of {DTYPES}")
-    _require(isinstance(m["scan_layers"], bool),
-             f"model.scan_layers={m['scan_layers']!r} must be True or False")
-    _require(m["remat"] in REMAT_POLICIES,
-             f"model.remat={m['remat']!r}; expected one of {REMAT_POLICIES}")
+    # .get: configs stored by runs that predate the keys resume with the defaults
+    scan, remat = m.get("scan_layers", False), m.get("remat", "none")
+    _require(isinstance(scan, bool), f"model.scan_layers={scan!r} must be True or False")
+    _require(remat in REMAT_POLICIES, f"model.remat={remat!r}; expected one of {REMAT_POLICIES}")
     _require(not m["learn_sigma"] or m["prediction"] == "eps",
              "model.learn_sigma needs model.prediction='eps' (the DiT/IDDPM recipe)")
     # diffusion

@@ -4,7 +4,8 @@
                          timestep embeddings, AdaLN modulation, RMSNorm, 2D RoPE, GELU and
                          SwiGLU MLPs, the final layer)
     blocks               the one AdaLN-Zero transformer block (norm, attention, MLP chosen by a
-                         BlockSpec) and the backbones' common constructor (`Backbone`)
+                         BlockSpec), the backbones' common constructor (`Backbone`), scan over
+                         stacked layers and remat, stacked <-> per-block parameter layouts
     dit, jit, ddt        the DiT, JiT and DDT (decoupled encoder/decoder) denoisers
     dit_dh               DiT^DH (RAE): a DiT backbone with a wide, shallow DDT head
     repa                 REPA's projector head and alignment loss, and the target features of
