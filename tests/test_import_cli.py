@@ -142,8 +142,10 @@ def test_rae_dit_imports_into_a_latent_run_and_exports_back(latent_setup, tmp_pa
     restored = load_for_inference(tmp_path / "run")
     assert restored.model.network_family == "dit_dh" and restored.model.prediction == "flow"
     assert restored.model.time_shift == pytest.approx((h * h * ch / 4096) ** 0.5)  # 'dimension'
+    assert restored.config.model.scan_layers  # configs/imagenet_rae.py scans its blocks
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-                 jax.device_get(restored.params["denoiser"]), nnx.to_pure_dict(nnx.state(net)))
+                 jax.device_get(restored.params["denoiser"]),
+                 stack_layers(nnx.to_pure_dict(nnx.state(net))))
     out = tmp_path / "back.safetensors"
     proc = _run(str(ROOT / "launch" / "import_checkpoint.py"), "--format=rae_dit",
                 f"--workdir={tmp_path / 'run'}", f"--export={out}")

@@ -60,6 +60,7 @@ from vdm_jax.importers.common import (
     linear_kernel,
 )
 from vdm_jax.importers.dit import POS_EMBED_ATOL, _flatten, _load
+from vdm_jax.nn.blocks import unstack_layers
 from vdm_jax.nn.dit_dh import DiTDH
 from vdm_jax.nn.layers import rope_2d, sincos_2d
 from vdm_jax.nn.registry import build_model, resolve_spec
@@ -212,7 +213,8 @@ def export_rae_dit(
     if spec["family"] != "dit_dh":
         raise ValueError(f"only DiT^DH models export to RAE's layout, got a {spec['family']!r} "
                          "spec.")
-    flat = {path: np.asarray(v) for path, v in _flatten(params).items()}
+    # A scanned network's stacked blocks are unstacked to the official per-block layout.
+    flat = {path: np.asarray(v) for path, v in _flatten(unstack_layers(params)).items()}
     p = spec["patch_size"]
     try:
         in_channels = flat[("x_embedder", "kernel")].shape[0] // (p * p)

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vdm_jax.nn.blocks import AdaLNBlock, Backbone, BackboneArgs, BlockSpec
+from vdm_jax.nn.blocks import AdaLNBlock, Backbone, BackboneArgs, BlockSpec, num_layers
 from vdm_jax.nn.layers import (
     FinalLayer,
     LabelEmbedder,
@@ -122,23 +122,21 @@ class DiTDH(Backbone):
     def __call__(
         self, x: Array, t: Array, y: Array, *, return_hidden: int | None = None
     ) -> Array | tuple[Array, Array]:
-        self.check(x, t, y, return_hidden, len(self.blocks))
+        self.check(x, t, y, return_hidden, num_layers(self.blocks))
         tokens = self.tokens(x)  # (B, T, p·p·C)
         t_emb = self.t_embedder(t)  # (B, D)
         c = nnx.silu(t_emb + self.y_embedder(y))  # (B, D)
         s = self.s_embedder(tokens) + self.pos_embed().astype(self.dtype)  # (B, T, D)
         rope = self._rope(self.hidden_size, self.num_heads)
-        hidden = None
-        for i, block in enumerate(self.blocks):
-            s = block(s, c, rope)  # (B, T, D)
-            if i + 1 == return_hidden:
-                hidden = s  # (B, T, D) after i + 1 backbone blocks
+        # The backbone's blocks (scanned and rematerialized as the spec says), split after
+        # block return_hidden when asked: s (B, T, D), hidden (B, T, D) or None.
+        s, hidden = self.run_with_hidden(self.blocks, s, c, rope, return_hidden)
         s = nnx.silu(per_token(t_emb) + s)  # (B, T, D)
         if self.s_projector is not None:
             s = self.s_projector(s)  # (B, T, D_h)
         h = self.x_embedder(tokens)  # (B, T, D_h)
         rope = self._rope(self.head_hidden_size, self.head_num_heads)
-        for block in self.head_blocks:
+        for block in self.head_blocks:  # 2 wide blocks, always unrolled
             h = block(h, s, rope)  # (B, T, D_h)
         out = self.image(self.final_layer(h, s))  # (B, H, W, C_out) f32
         return out if return_hidden is None else (out, hidden)
