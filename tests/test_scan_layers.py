@@ -37,6 +37,9 @@ SPECS = {
                 bottleneck_dim=8, in_context_len=3, in_context_start=1),
     "ddt": dict(family="ddt", encoder_depth=3, decoder_depth=2, hidden_size=32, num_heads=2,
                 patch_size=2),
+    # RAE's DiT^DH: the backbone scans, its wide head (another width) stays unrolled
+    "dit_dh": dict(family="dit_dh", depth=3, hidden_size=32, num_heads=2, patch_size=2,
+                   head_depth=1, head_hidden_size=48, head_num_heads=2),
 }
 
 
