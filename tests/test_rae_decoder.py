@@ -81,3 +81,44 @@ def test_schedule_is_the_official_cosine_from_zero():
     np.testing.assert_allclose(float(lr(20)), 2e-5 + 0.5 * 1.8e-4, rtol=1e-6)  # half way
     np.testing.assert_allclose(float(lr(30)), 2e-5, rtol=1e-6)
     np.testing.assert_allclose(float(lr(1000)), 2e-5, rtol=1e-6)
+
+
+def test_imagenet_config_is_the_official_recipe():
+    """configs/imagenet_rae_decoder.py against configs/stage1/training/DINOv2-B_decXL.yaml."""
+    from pathlib import Path
+
+    from vdm_jax.config import load
+
+    c = load(Path(__file__).resolve().parents[1] / "configs" / "imagenet_rae_decoder.py")
+    assert (c.train.batch_size, c.train.num_epochs) == (512, 16.0)
+    assert (c.optim.lr, c.optim.final_lr, c.optim.b1, c.optim.b2, c.optim.weight_decay) == (
+        2e-4, 2e-5, 0.9, 0.95, 0.0)
+    assert (c.optim.warmup_epochs, c.optim.decay_end_epoch, list(c.optim.ema_decays)) == (
+        1.0, 16.0, [0.9978])
+    loss = c.loss
+    assert (loss.perceptual_weight, loss.disc_weight, loss.disc_start_epoch,
+            loss.disc_update_start_epoch, loss.lpips_start_epoch, loss.max_d_weight) == (
+        1.0, 0.75, 8.0, 6.0, 0.0, 1e4)
+    assert (loss.noise_tau, loss.diffaug_prob, loss.diffaug_cutout) == (0.8, 1.0, 0.0)
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path):
+    """An RAE decoder run without the RAE's weights: one `error:` line, exit 2, nothing
+    written."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import xla_flags
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XLA_FLAGS": xla_flags(2)}
+    work = tmp_path / "run"
+    r = subprocess.run([sys.executable, str(root / "launch" / "train_decoder.py"),
+                        "--config=configs/imagenet_rae_decoder.py", f"--workdir={work}"],
+                       capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: model.weights is required"), lines
+    assert not work.exists()

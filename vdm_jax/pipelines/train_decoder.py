@@ -1,7 +1,7 @@
 """RAE decoder training as `launch/train_decoder.py` runs it: the networks a config names, the
 training loop (vdm_jax.training.decoder), then the whole RAE path on the evaluation split.
 
-    config = load(path, overrides)      # configs/imagenet_rae_decoder.py, configs/digits_rae_decoder.py
+    config = load(path, overrides)      # configs/*_rae_decoder.py
     summary = run(config, workdir)      # trains (or resumes); evaluates the EMA decoder
 
 `model.kind`:

@@ -25,7 +25,9 @@ The train state is the project's (vdm_jax.checkpoints): params = {"decoder": θ}
 AdamW state plus, with a discriminator, its AdamW state, its trained head parameters and the
 spectral norms' power-iteration vectors; meta = step and the base key, whose
 fold_in(key, step) draws every step's noise and augmentations, so a resumed run repeats the
-uninterrupted one bit for bit (the data iterator's position is checkpointed too).
+uninterrupted one bit for bit on the same devices (the data iterator's position is
+checkpointed too). Data parallel over every device (jit + NamedSharding: the batch split along
+'data', parameters and optimizer state replicated).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from vdm_jax.io import write_json
 from vdm_jax.model import DataSpec
 from vdm_jax.nn.autoencoders.rae import NOISE_TAU, noise_tokens
 from vdm_jax.nn.encoders.dino_disc import SpectralState
+from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.rundir import RunDir
 
 __all__ = ["DecoderTrainer", "cosine_warmup_lr", "decoder_train_config", "train_decoder"]
@@ -304,11 +307,18 @@ def train_decoder(config: ml_collections.ConfigDict, workdir: str, model: nnx.Mo
     info = dataset_info(config.data)
     steps = _Steps.of(config, info.num_train)
     stop = int(config.train.num_steps) or steps.total
+    mesh = mesh_lib.make_mesh()
+    if int(config.train.batch_size) % mesh.size:
+        raise ValueError(f"train.batch_size {config.train.batch_size} is not divisible by the "
+                         f"{mesh.size} devices")
     trainer = DecoderTrainer(config, steps, model, lpips, disc)
-    state = trainer.init_state(int(config.seed))
+    # Data parallel: the batch split over every device, everything else replicated.
+    state = jax.device_put(trainer.init_state(int(config.seed)), mesh_lib.replicated(mesh))
+    frozen = jax.device_put(trainer.frozen, mesh_lib.replicated(mesh))
     data_spec = DataSpec.from_info(info).to_dict()
     data_iter = train_iterator(config.data, global_batch_size=int(config.train.batch_size),
-                               seed=int(config.seed))
+                               seed=int(config.seed),
+                               mesh_sharding=mesh_lib.batch_sharding(mesh))
     t0 = time.perf_counter()
     with rundir.lock():
         write_json(rundir.config_json, config.to_dict())
@@ -324,8 +334,8 @@ def train_decoder(config: ml_collections.ConfigDict, workdir: str, model: nnx.Mo
             every = int(config.train.checkpoint_every)
             log_every = max(int(config.train.log_every), 1)
             while int(state["step"]) < stop:
-                images = jnp.asarray(next(data_iter)["image"])
-                state, metrics = trainer.step(state, trainer.frozen, images)
+                images = next(data_iter)["image"]  # (B, H, W, C), sharded over the batch
+                state, metrics = trainer.step(state, frozen, images)
                 k = int(state["step"])
                 if k % log_every == 0 or k == stop:
                     log(f"step {k}/{stop}: " + ", ".join(
