@@ -23,14 +23,14 @@ def get_config():
     c.data.name = "digits"
     c.model.kind = "digits"
     c.train.batch_size = 64          # 1,497 train digits → 23 steps per epoch
-    c.train.num_epochs = 120.0       # 2,760 steps
-    c.train.checkpoint_every = 500
-    c.train.log_every = 250
+    c.train.num_epochs = 40.0        # 920 steps
+    c.train.checkpoint_every = 250
+    c.train.log_every = 100
     c.optim.lr = 1e-3
     c.optim.final_lr = 1e-4
-    c.optim.warmup_epochs = 5.0
-    c.optim.decay_end_epoch = 120.0
-    c.optim.ema_decays = [0.999]
+    c.optim.warmup_epochs = 2.0
+    c.optim.decay_end_epoch = 40.0
+    c.optim.ema_decays = [0.99]      # a horizon of ~100 of the 920 steps
     c.loss.perceptual_weight = 0.0
     c.loss.disc_weight = 0.0
     return c

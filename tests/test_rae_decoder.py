@@ -21,16 +21,16 @@ def _config(num_steps: int):
     c = decoder_train_config()
     c.data.name = "synthetic"
     c.data.image_size = 16
-    c.train.batch_size = 4
-    # 65,536 synthetic records / 4 = 16,384 steps per epoch: the starts below fall inside 6 steps
-    c.train.num_epochs = 6 / 16384
+    c.train.batch_size = 8
+    # 65,536 synthetic records / 8 = 8,192 steps per epoch: the starts below fall inside 6 steps
+    c.train.num_epochs = 6 / 8192
     c.train.num_steps = num_steps
     c.train.checkpoint_every = 0
     c.train.async_checkpoints = False
-    c.optim.warmup_epochs = 2 / 16384
-    c.optim.decay_end_epoch = 6 / 16384
-    c.loss.disc_update_start_epoch = 1 / 16384
-    c.loss.disc_start_epoch = 2 / 16384
+    c.optim.warmup_epochs = 2 / 8192
+    c.optim.decay_end_epoch = 6 / 8192
+    c.loss.disc_update_start_epoch = 1 / 8192
+    c.loss.disc_start_epoch = 2 / 8192
     return c
 
 
@@ -47,16 +47,25 @@ def _models():
     return rae, lpips, disc
 
 
-def _run(workdir, num_steps):
+def _run(workdir, num_steps, lines=None):
     rae, lpips, disc = _models()
-    return train_decoder(_config(num_steps), str(workdir), rae, lpips=lpips, disc=disc,
-                         log=lambda s: None)
+    config = _config(num_steps)
+    config.train.log_every = 1
+    return train_decoder(config, str(workdir), rae, lpips=lpips, disc=disc,
+                         log=(lines if lines is not None else []).append)
 
 
 @pytest.mark.slow
 def test_stopped_and_resumed_equals_uninterrupted(tmp_path):
-    whole = _run(tmp_path / "whole", 0)
+    lines = []
+    whole = _run(tmp_path / "whole", 0, lines)
     assert whole["step"] == 6
+    # every term ran: the discriminator from step 2 (its loss > 0), the GAN term from step 3
+    metrics = {int(line.split()[1].split("/")[0]): dict(
+        (kv.split()[0], float(kv.split()[1])) for kv in line.split(": ", 1)[1].split(", "))
+        for line in lines if line.startswith("step ")}
+    assert metrics[1]["disc_loss"] == 0 and metrics[2]["disc_loss"] > 0
+    assert metrics[6]["adaptive_weight"] > 0 and metrics[6]["rec"] > metrics[6]["l1"]
     first = _run(tmp_path / "split", 3)
     assert first["step"] == 3
     resumed = _run(tmp_path / "split", 0)
