@@ -19,8 +19,10 @@ from vdm_jax.pipelines import train as pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 # Every module of configs/ that is a config (has get_config); imagenet_common is a shared recipe.
+# The RAE decoder configs (*_rae_decoder.py) are launch/train_decoder.py's, tested in
+# tests/test_rae_decoder.py.
 CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.py")
-                 if "def get_config" in p.read_text())
+                 if "def get_config" in p.read_text() and not p.stem.endswith("_rae_decoder"))
 METADATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 TINY = {
     "dit": dict(family="dit", depth=1, hidden_size=32, num_heads=2, patch_size=2),

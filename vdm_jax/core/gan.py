@@ -3,7 +3,7 @@
 
     hinge_d_loss(l_real, l_fake) = ½ (mean relu(1 − l_real) + mean relu(1 + l_fake))
     vanilla_g_loss(l_fake)       = −mean l_fake        (the official "vanilla" G loss)
-    adaptive_weight(g_rec, g_gan) = clip(‖g_rec‖ / (‖g_gan‖ + 1e-4), 0, max)  (VQGAN's, on the
+    adaptive_weight(g_rec, g_gan) = clip(‖g_rec‖ / (‖g_gan‖ + ε), 0, max)  (VQGAN's, on the
                                    gradients of the reconstruction and GAN losses w.r.t. the
                                    decoder's last layer)
 
@@ -39,9 +39,11 @@ def vanilla_g_loss(logits_fake: Array) -> Array:
     return -jnp.mean(logits_fake)
 
 
-def adaptive_weight(grad_rec: Array, grad_gan: Array, max_weight: float = 1e4) -> Array:
-    """VQGAN's λ = ‖∇L_rec‖ / (‖∇L_gan‖ + 1e-4), clipped to [0, max_weight], no gradient."""
-    w = jnp.linalg.norm(grad_rec) / (jnp.linalg.norm(grad_gan) + 1e-4)
+def adaptive_weight(grad_rec: Array, grad_gan: Array, max_weight: float = 1e4,
+                    eps: float = 1e-4) -> Array:
+    """VQGAN's λ = ‖∇L_rec‖ / (‖∇L_gan‖ + eps), clipped to [0, max_weight], no gradient (eps
+    1e-4 in VQGAN; RAE's `train_stage1.calculate_adaptive_weight` uses 1e-6)."""
+    w = jnp.linalg.norm(grad_rec) / (jnp.linalg.norm(grad_gan) + eps)
     return jax.lax.stop_gradient(jnp.clip(w, 0.0, max_weight))
 
 

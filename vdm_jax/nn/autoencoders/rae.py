@@ -54,6 +54,7 @@ import numpy as np
 from einops import rearrange
 from flax import nnx
 
+from vdm_jax.nn.encoders.digits import TOKEN_DIM, DigitsCNN
 from vdm_jax.nn.encoders.dinov2 import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -71,12 +72,14 @@ __all__ = [
     "RAE",
     "STATS_EPS",
     "STATS_FORMULAS",
+    "DigitsRAE",
     "LatentStatistics",
     "RAEConfig",
     "RAEDecoder",
     "ViTLayer",
     "abstract_rae",
     "decoder_position_table",
+    "digits_rae_config",
     "noise_tokens",
 ]
 
@@ -353,10 +356,62 @@ class RAE(nnx.Module):
             raise ValueError(f"latents must be (B, {', '.join(map(str, cfg.latent_shape))}), got "
                              f"{tuple(latents.shape)}")
         tokens = self.denormalize(latents).reshape(latents.shape[0], cfg.grid * cfg.grid, -1)
-        x = self.decoder(tokens)  # (B, H, W, 3) ImageNet-normalized
-        x01 = x * np.asarray(cfg.image_std, np.float32) + np.asarray(cfg.image_mean, np.float32)
-        x = 2.0 * x01 - 1.0  # (B, H, W, 3): [0, 1] → [−1, 1]
+        x = self.decode_tokens(tokens)  # (B, H, W, 3) in [−1, 1]
         return jnp.clip(x, -1.0, 1.0) if clip else x
+
+    def decode_tokens(self, tokens: Array) -> Array:
+        """The encoder's tokens (B, g·g, C), before the statistics → images (B, p·g, p·g, 3) in
+        [−1, 1], not clipped: the decoder as its training sees it."""
+        return _decoder_images(self.decoder, tokens)
+
+
+def _decoder_images(decoder: RAEDecoder, tokens: Array) -> Array:
+    """x = 2(decoder(tokens) · σ_img + μ_img) − 1: the decoder's output, normalized as the
+    encoder's input, back to [−1, 1]. (B, T, C) → (B, H, W, channels)."""
+    cfg = decoder.config
+    x = decoder(tokens)  # (B, H, W, c) in the encoder's input normalization
+    x01 = x * np.asarray(cfg.image_std, np.float32) + np.asarray(cfg.image_mean, np.float32)
+    return 2.0 * x01 - 1.0  # (B, H, W, c): [0, 1] → [−1, 1]
+
+
+class DigitsRAE(nnx.Module):
+    """An RAE at the digits' scale (the CPU demonstration of the decoder training): the frozen
+    digits CNN (`vdm_jax.nn.encoders.digits`, trained as the digits classifier) as the
+    representation encoder, its 4 × 4 × 64 `tokens` as the latents (no statistics), and the
+    same ViT-MAE decoder (`RAEDecoder`, patch 2 → 8 × 8 × 1, μ_img = σ_img = ½ so its output
+    space is [0, 1] as the ImageNet-normalized one is for the RAE).
+
+    images (B, 8, 8, 1) in [−1, 1] → encode_tokens → (B, 4, 4, 64) → decode_tokens → (B, 8, 8, 1).
+    """
+
+    def __init__(self, encoder: DigitsCNN, *, hidden: int = 128, layers: int = 2, heads: int = 4,
+                 mlp: int = 256, rngs: nnx.Rngs):
+        self.encoder = encoder
+        self.config = digits_rae_config(hidden=hidden, layers=layers, heads=heads, mlp=mlp)
+        with _sharding_context():
+            self.decoder = RAEDecoder(self.config, rngs=rngs)
+
+    def encode_tokens(self, images: Array) -> Array:
+        """images (B, 8, 8, 1) in [−1, 1] → tokens (B, 4, 4, 64) float32, without gradient."""
+        t = jax.lax.stop_gradient(self.encoder.feature_map(images))  # (B, 4, 4, 64)
+        return t.astype(jnp.float32)
+
+    def decode_tokens(self, tokens: Array) -> Array:
+        """tokens (B, 16, 64) → images (B, 8, 8, 1) in [−1, 1], not clipped."""
+        return _decoder_images(self.decoder, tokens)
+
+
+def digits_rae_config(*, hidden: int = 128, layers: int = 2, heads: int = 4,
+                      mlp: int = 256) -> RAEConfig:
+    """The RAEConfig whose decoder fits the digits CNN's 4 × 4 × 64 tokens and 8 × 8 × 1 images
+    (only the decoder reads it: the encoder entry describes the token grid, 8 / 2 = 4, and
+    width 64)."""
+    enc = DinoV2Config(hidden_size=TOKEN_DIM, num_layers=0, num_heads=4, patch_size=2,
+                       image_size=8, norm_affine=False)
+    return RAEConfig(encoder=enc, encoder_input_size=8, decoder_hidden_size=hidden,
+                     decoder_num_layers=layers, decoder_num_heads=heads, decoder_mlp_size=mlp,
+                     patch_size=2, num_channels=1, image_mean=(0.5,), image_std=(0.5,),
+                     stats_formula="none")
 
 
 def abstract_rae(config: RAEConfig | None = None, *, dtype: Dtype = jnp.float32) -> RAE:

@@ -1,0 +1,133 @@
+"""The RAE decoder-training loop (vdm_jax/training/decoder.py) on a tiny RGB setting with all
+three terms (L1, LPIPS, the DINO discriminator with DiffAug and the adaptive weight) and the
+noise augmentation: a run stopped and resumed equals the uninterrupted run bit for bit, and the
+official schedule's shape."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from vdm_jax.nn.autoencoders.rae import RAE, RAEConfig
+from vdm_jax.nn.encoders.dino_disc import DinoDiscConfig, DinoDiscriminator
+from vdm_jax.nn.encoders.dinov2 import DinoV2Config
+from vdm_jax.nn.encoders.lpips import LPIPS
+from vdm_jax.training.decoder import cosine_warmup_lr, decoder_train_config, train_decoder
+
+
+def _config(num_steps: int):
+    c = decoder_train_config()
+    c.data.name = "synthetic"
+    c.data.image_size = 16
+    c.train.batch_size = 8
+    # 65,536 synthetic records / 8 = 8,192 steps per epoch: the starts below fall inside 6 steps
+    c.train.num_epochs = 6 / 8192
+    c.train.num_steps = num_steps
+    c.train.checkpoint_every = 0
+    c.train.async_checkpoints = False
+    c.optim.warmup_epochs = 2 / 8192
+    c.optim.decay_end_epoch = 6 / 8192
+    c.loss.disc_update_start_epoch = 1 / 8192
+    c.loss.disc_start_epoch = 2 / 8192
+    return c
+
+
+def _models():
+    enc = DinoV2Config(hidden_size=16, num_layers=1, num_heads=2, patch_size=4, image_size=16,
+                       num_registers=4, norm_affine=False)
+    cfg = RAEConfig(encoder=enc, encoder_input_size=16, decoder_hidden_size=16,
+                    decoder_num_layers=1, decoder_num_heads=2, decoder_mlp_size=32, patch_size=4)
+    rae = RAE(cfg, rngs=nnx.Rngs(0))
+    lpips = LPIPS(stages=((4,), (8,)), rngs=nnx.Rngs(1))
+    disc = DinoDiscriminator(DinoDiscConfig(embed_dim=16, depth=2, num_heads=2, patch_size=4,
+                                            image_size=16, key_depths=(0,), kernel_size=3),
+                             rngs=nnx.Rngs(2))
+    return rae, lpips, disc
+
+
+def _run(workdir, num_steps, lines=None):
+    rae, lpips, disc = _models()
+    config = _config(num_steps)
+    config.train.log_every = 1
+    return train_decoder(config, str(workdir), rae, lpips=lpips, disc=disc,
+                         log=(lines if lines is not None else []).append)
+
+
+@pytest.mark.slow
+def test_stopped_and_resumed_equals_uninterrupted(tmp_path):
+    lines = []
+    whole = _run(tmp_path / "whole", 0, lines)
+    assert whole["step"] == 6
+    # every term ran: the discriminator from step 2 (its loss > 0), the GAN term from step 3
+    metrics = {int(line.split()[1].split("/")[0]): dict(
+        (kv.split()[0], float(kv.split()[1])) for kv in line.split(": ", 1)[1].split(", "))
+        for line in lines if line.startswith("step ")}
+    assert metrics[1]["disc_loss"] == 0 and metrics[2]["disc_loss"] > 0
+    assert metrics[6]["adaptive_weight"] > 0 and metrics[6]["rec"] > metrics[6]["l1"]
+    first = _run(tmp_path / "split", 3)
+    assert first["step"] == 3
+    resumed = _run(tmp_path / "split", 0)
+    assert resumed["step"] == 6
+    for a, b in ((whole["params"], resumed["params"]), (whole["ema"], resumed["ema"])):
+        la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+        assert len(la) == len(lb) > 0
+        for x, y in zip(la, lb, strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # the decoder moved, and the EMA trails it
+    moved = [np.abs(np.asarray(x) - np.asarray(y)).max()
+             for x, y in zip(jax.tree.leaves(first["params"]), jax.tree.leaves(whole["params"]),
+                             strict=True)]
+    assert max(moved) > 0
+
+
+def test_schedule_is_the_official_cosine_from_zero():
+    lr = cosine_warmup_lr(2e-4, 2e-5, warmup=10, decay_end=30)
+    np.testing.assert_allclose(float(lr(0)), 2e-4 / 10, rtol=1e-6)
+    np.testing.assert_allclose(float(lr(9)), 2e-4, rtol=1e-6)
+    np.testing.assert_allclose(float(lr(10)), 2e-4, rtol=1e-6)  # cosine starts at base
+    np.testing.assert_allclose(float(lr(20)), 2e-5 + 0.5 * 1.8e-4, rtol=1e-6)  # half way
+    np.testing.assert_allclose(float(lr(30)), 2e-5, rtol=1e-6)
+    np.testing.assert_allclose(float(lr(1000)), 2e-5, rtol=1e-6)
+
+
+def test_imagenet_config_is_the_official_recipe():
+    """configs/imagenet_rae_decoder.py against configs/stage1/training/DINOv2-B_decXL.yaml."""
+    from pathlib import Path
+
+    from vdm_jax.config import load
+
+    c = load(Path(__file__).resolve().parents[1] / "configs" / "imagenet_rae_decoder.py")
+    assert (c.train.batch_size, c.train.num_epochs) == (512, 16.0)
+    assert (c.optim.lr, c.optim.final_lr, c.optim.b1, c.optim.b2, c.optim.weight_decay) == (
+        2e-4, 2e-5, 0.9, 0.95, 0.0)
+    assert (c.optim.warmup_epochs, c.optim.decay_end_epoch, list(c.optim.ema_decays)) == (
+        1.0, 16.0, [0.9978])
+    loss = c.loss
+    assert (loss.perceptual_weight, loss.disc_weight, loss.disc_start_epoch,
+            loss.disc_update_start_epoch, loss.lpips_start_epoch, loss.max_d_weight) == (
+        1.0, 0.75, 8.0, 6.0, 0.0, 1e4)
+    assert (loss.noise_tau, loss.diffaug_prob, loss.diffaug_cutout) == (0.8, 1.0, 0.0)
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path):
+    """An RAE decoder run without the RAE's weights: one `error:` line, exit 2, nothing
+    written."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import xla_flags
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XLA_FLAGS": xla_flags(2)}
+    work = tmp_path / "run"
+    r = subprocess.run([sys.executable, str(root / "launch" / "train_decoder.py"),
+                        "--config=configs/imagenet_rae_decoder.py", f"--workdir={work}"],
+                       capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: model.weights is required"), lines
+    assert not work.exists()
