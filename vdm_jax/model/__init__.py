@@ -10,6 +10,7 @@ The names below are the package's interface; callers import them from `vdm_jax.m
 """
 
 from vdm_jax.model.build import (
+    abstract_term_inputs,
     build,
     build_objective,
     check_data,
@@ -27,6 +28,6 @@ from vdm_jax.model.terms.repa import (
 )
 
 __all__ = ["BPD_NOT_APPLICABLE", "DTYPES", "REPA_FEATURES", "DataSpec", "DiffusionModel",
-           "Forward", "Params", "TargetEncoder", "build", "build_objective", "check_data",
-           "load_target_encoder_for", "load_term_inputs", "objective_kwargs", "repa_encoder_dim",
-           "schedule_kwargs"]
+           "Forward", "Params", "TargetEncoder", "abstract_term_inputs", "build",
+           "build_objective", "check_data", "load_target_encoder_for", "load_term_inputs",
+           "objective_kwargs", "repa_encoder_dim", "schedule_kwargs"]

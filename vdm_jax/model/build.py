@@ -131,6 +131,12 @@ def load_term_inputs(config: Mapping[str, Any]) -> dict[str, Any]:
     return {name: inputs for name, inputs in loaded.items() if inputs is not None}
 
 
+def abstract_term_inputs(config: Mapping[str, Any]) -> dict[str, Any]:
+    """`load_term_inputs` with shape-only leaves and no file read (ahead-of-time compilation)."""
+    abstract = {name: kind.abstract_inputs(config) for name, kind in TERMS.items()}
+    return {name: inputs for name, inputs in abstract.items() if inputs is not None}
+
+
 def check_data(config: Mapping[str, Any], info: Any) -> None:
     """ValueError when the dataset (`info`, a vdm_jax.data.DatasetInfo) lacks what a term needs."""
     for kind in TERMS.values():

@@ -7,11 +7,12 @@ From shapes alone (nothing is initialized or allocated): the config's model is t
 `jax.eval_shape` (vdm_jax.training.state.abstract_state), its train state gets the trainer's
 FSDP shardings on the config's mesh over the topology's compile-only devices
 (vdm_jax.parallel.aot.topology_devices; a hybrid mesh over several slices), and the trainer's
-own jitted step (vdm_jax.training.loop.step_function: micro-batches, EMAs, REPA's frozen encoder
-as an input) is lowered on ShapeDtypeStructs of the state, a global batch and the step's key,
-then compiled by libtpu. The sampler is `launch/sample.py`'s program (generation.generate.
-make_generate_fn with the config's SamplingSpec) on the sampler's mesh (data parallel over every
-chip, parameters replicated), for one chunk of `sample_batch` images.
+own jitted step (vdm_jax.training.step.config_train_step, which the loop runs: micro-batches,
+EMAs, the loss terms' inputs such as REPA's frozen encoder) is lowered on ShapeDtypeStructs of
+the state, a global batch and the step's key, then compiled by libtpu. The sampler is
+`launch/sample.py`'s program (generation.generate.make_generate_fn with the config's
+SamplingSpec) on the sampler's mesh (data parallel over every chip, parameters replicated), for
+one chunk of `sample_batch` images.
 
 Figures per chip (XLA's memory and cost analyses of the TPU executable):
     argument / output / alias / temp bytes and peak = argument + output − alias + temp,
@@ -35,7 +36,6 @@ modelled (None), the XLA figure stands alone.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import os
 import time
@@ -45,23 +45,20 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 from ml_collections import ConfigDict
 
 from vdm_jax import config as config_lib
 from vdm_jax.data import imagenet
 from vdm_jax.data.pipeline import dataset_info
 from vdm_jax.generation.generate import make_generate_fn
-from vdm_jax.importers.repa import abstract_target_encoder
-from vdm_jax.model import DTYPES, DataSpec, TargetEncoder, build, repa_encoder_dim
+from vdm_jax.model import DataSpec, abstract_term_inputs, build, repa_encoder_dim
 from vdm_jax.nn.cost import dinov2_cost, model_cost
 from vdm_jax.nn.encoders.dinov2 import SIZES as DINOV2_SIZES
 from vdm_jax.nn.registry import grid_size, resolve_spec
 from vdm_jax.parallel import aot
 from vdm_jax.parallel import mesh as mesh_lib
-from vdm_jax.training import loop
 from vdm_jax.training import state as state_lib
-from vdm_jax.training.step import frozen_shardings
+from vdm_jax.training.step import config_train_step, term_input_shardings
 
 __all__ = ["compile_programs", "compile_train_step", "data_spec_of", "find_max_batch",
            "format_report"]
@@ -114,7 +111,7 @@ def abstract_batch(config: Mapping[str, Any], data: DataSpec, model: Any, batch:
     uint8 (online features on latents) or "repa_features" (B, T, D_enc) float16 (stored)."""
     out = {"image": _sds((batch, *data.image_shape), jnp.float32, sharding),
            "label": _sds((batch,), jnp.int32, sharding)}
-    repa = model.repa
+    repa = _repa_term(model)
     if repa is not None and repa.features == "online" and repa.image_key == "pixels":
         out["pixels"] = _sds((batch, *data.pixel_shape), jnp.uint8, sharding)
     if repa is not None and repa.features == "stored":
@@ -123,19 +120,19 @@ def abstract_batch(config: Mapping[str, Any], data: DataSpec, model: Any, batch:
     return out
 
 
-def abstract_frozen(config: Mapping[str, Any], mesh: Any) -> TargetEncoder | None:
-    """REPA's frozen encoder (online features) with shape-only parameters, sharded as the
-    trainer shards it; None without REPA or with stored features."""
-    rcfg = config.get("repa")
-    if rcfg is None or not rcfg["enabled"] or rcfg["features"] != "online":
-        return None
-    net = abstract_target_encoder(rcfg["encoder"], size=rcfg["encoder_size"],
-                                  dtype=DTYPES[config["model"]["dtype"]])
-    graphdef, params = nnx.split(net)
-    frozen = TargetEncoder(graphdef, nnx.to_pure_dict(params))
-    shardings = frozen_shardings(frozen, mesh)
-    return dataclasses.replace(frozen, params=jax.tree.map(
-        lambda a, s: _sds(a.shape, a.dtype, s), frozen.params, shardings.params))
+def abstract_inputs(config: Mapping[str, Any], model: Any, mesh: Any) -> dict[str, Any]:
+    """The loss terms' non-trained inputs (REPA's frozen encoder with online features) with
+    shape-only leaves, sharded as the trainer shards them ({} when no term needs any)."""
+    inputs = abstract_term_inputs(config)
+    if not inputs:
+        return {}
+    shardings = term_input_shardings(model, inputs, mesh)
+    return jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), inputs, shardings)
+
+
+def _repa_term(model: Any) -> Any | None:
+    """The model's REPA loss term (vdm_jax.model.terms.repa.Repa), or None."""
+    return next((t for t in model.terms if t.name == "repa"), None)
 
 
 def analytic_flops(config: Mapping[str, Any], data: DataSpec, model: Any) -> dict[str, Any]:
@@ -149,12 +146,13 @@ def analytic_flops(config: Mapping[str, Any], data: DataSpec, model: Any) -> dic
     out: dict[str, Any] = {"network": net["flops"], "params": net["params"], "projector": 0.0,
                            "encoder": 0.0}
     rcfg = config.get("repa")
-    if model.repa is not None:
+    repa = _repa_term(model)
+    if repa is not None:
         d = resolve_spec(spec)["hidden_size"]
         p, e = int(rcfg["projector_dim"]), repa_encoder_dim(rcfg)
-        tokens = model.repa.grid[0] * model.repa.grid[1]
+        tokens = repa.grid[0] * repa.grid[1]
         out["projector"] = 2.0 * tokens * (d * p + p * p + p * e)
-        if model.repa.features == "online" and rcfg["encoder"] == "dinov2":
+        if repa.features == "online" and rcfg["encoder"] == "dinov2":
             size = rcfg["encoder_size"] or "vitb14"
             hidden, layers, _, _ = DINOV2_SIZES[size]
             gh, gw = grid_size((h, w), resolve_spec(spec)["patch_size"])
@@ -207,17 +205,15 @@ def compile_train_step(config: ConfigDict, devices: list[Any], chip: aot.Chip,
     decays = tuple(config.optim.ema_decays)
     model, state, shardings = state_lib.abstract_state(
         lambda: build(config, data, config.seed), tx, decays, config.seed, mesh)
-    frozen = abstract_frozen(config, mesh)
-    env = dict(model=model, tx=tx, lr_schedule=lr_schedule, shardings=shardings, mesh=mesh,
-               frozen=frozen)
-    fn = loop.step_function(config, env)
+    term_inputs = abstract_inputs(config, model, mesh)
+    fn = config_train_step(config, model, tx, lr_schedule, shardings, mesh, term_inputs)
     batch = int(config.train.global_batch_size)
     args: tuple = (state, abstract_batch(config, data, model, batch,
                                          mesh_lib.batch_sharding(mesh)),
                    jax.eval_shape(lambda: jax.random.key(0)))
     args = (*args[:2], _sds(args[2].shape, args[2].dtype, mesh_lib.replicated(mesh)))
-    if frozen is not None:
-        args += (frozen,)
+    if term_inputs:
+        args += (term_inputs,)
     compiled, lower_s, compile_s = _lower_compile(fn, args)
     costs = analytic_flops(config, data, model)
     micro = int(config.train.micro_batches)

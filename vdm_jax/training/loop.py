@@ -70,7 +70,7 @@ from vdm_jax.rundir import PreemptionSignals, RunDir
 from vdm_jax.training import state as state_lib
 from vdm_jax.training.logs import MetricWriter, RunLog
 from vdm_jax.training.setup import RunSetup, set_up
-from vdm_jax.training.step import jit_train_step
+from vdm_jax.training.step import config_train_step
 
 __all__ = ["DiskFullError", "NonFiniteLossError", "RunSetup", "StepContext", "set_up",
            "step_function", "train"]
@@ -132,11 +132,8 @@ def _check_finite(metrics: Mapping[str, float], step: int, last_saved: int | Non
 def step_function(config: ConfigDict, setup: RunSetup) -> Any:
     """The jitted train step the loop runs for `config` and `set_up`'s `setup` (not yet
     compiled; benchmarks/train_step.py times this same function)."""
-    return jit_train_step(
-        setup.model, setup.tx, setup.lr_schedule, tuple(config.optim.ema_decays),
-        config.train.micro_batches, setup.shardings, setup.mesh, config.train.num_t_bins,
-        term_inputs=setup.term_inputs,
-    )
+    return config_train_step(config, setup.model, setup.tx, setup.lr_schedule, setup.shardings,
+                             setup.mesh, setup.term_inputs)
 
 
 def _remove_leftovers(rundir: RunDir) -> None:

@@ -140,6 +140,20 @@ def jit_train_step(
     )
 
 
+def config_train_step(
+    config: Mapping[str, Any], model: DiffusionModel, tx: optax.GradientTransformation,
+    lr_schedule: optax.Schedule, shardings: Any, mesh: Mesh, term_inputs: TermInputs,
+) -> Any:
+    """`jit_train_step` with the step settings of `config` (optim.ema_decays,
+    train.micro_batches, train.num_t_bins): the step the trainer runs and the ahead-of-time
+    compiler (vdm_jax.pipelines.compile) compiles."""
+    return jit_train_step(
+        model, tx, lr_schedule, tuple(config["optim"]["ema_decays"]),
+        config["train"]["micro_batches"], shardings, mesh, config["train"]["num_t_bins"],
+        term_inputs=term_inputs,
+    )
+
+
 def term_input_shardings(model: DiffusionModel, term_inputs: TermInputs, mesh: Mesh
                          ) -> dict[str, Any]:
     """NamedShardings of the loss terms' inputs (FSDP over 'fsdp' by their logical axes, as the

@@ -56,6 +56,13 @@ class LossTerm:
         return None
 
     @classmethod
+    def abstract_inputs(cls, config: Mapping[str, Any]) -> Any | None:
+        """`load_inputs`' pytree with shape-only leaves (jax.ShapeDtypeStruct) and no file read,
+        for compiling the train step ahead of time (vdm_jax.pipelines.compile); None when the
+        term needs no inputs under `config`."""
+        return None
+
+    @classmethod
     def check_data(cls, config: Mapping[str, Any], info: Any) -> None:
         """Raise ValueError when the dataset described by `info` (a vdm_jax.data.DatasetInfo)
         lacks what the term needs under `config`."""

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vdm_jax.importers.repa import load_target_encoder
+from vdm_jax.importers.repa import abstract_target_encoder, load_target_encoder
 from vdm_jax.model.core import DTYPES
 from vdm_jax.model.terms.base import Forward, LossTerm
 from vdm_jax.nn.encoders.digits import TOKEN_DIM as DIGITS_DIM
@@ -108,6 +108,16 @@ class Repa(LossTerm):
     @classmethod
     def load_inputs(cls, config: Mapping[str, Any]) -> TargetEncoder | None:
         return load_target_encoder_for(config)
+
+    @classmethod
+    def abstract_inputs(cls, config: Mapping[str, Any]) -> TargetEncoder | None:
+        rcfg = config.get("repa")
+        if rcfg is None or not rcfg["enabled"] or rcfg["features"] != "online":
+            return None
+        net = abstract_target_encoder(rcfg["encoder"], size=rcfg["encoder_size"],
+                                      dtype=DTYPES[config["model"]["dtype"]])
+        graphdef, params = nnx.split(net)
+        return TargetEncoder(graphdef, nnx.to_pure_dict(params))
 
     @classmethod
     def check_data(cls, config: Mapping[str, Any], info: Any) -> None:
