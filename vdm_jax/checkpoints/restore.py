@@ -22,7 +22,7 @@ from vdm_jax import config as config_lib
 from vdm_jax.checkpoints.manager import Checkpointer
 from vdm_jax.data import dataset_info
 from vdm_jax.io import read_json
-from vdm_jax.model import DataSpec, DiffusionModel, build
+from vdm_jax.model import DataSpec, DiffusionModel, build_abstract
 from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.rundir import RunDir
 
@@ -79,14 +79,7 @@ def load_for_inference(
             info = dataset_info(config.data)
             data = DataSpec.from_info(info)
         mesh = mesh or mesh_lib.make_mesh(-1, 1)
-        holder: dict[str, DiffusionModel] = {}
-
-        def params_only():
-            holder["model"], params = build(config, data, config.seed)
-            return params
-
-        abstract = jax.eval_shape(params_only)
-        model = holder["model"]
+        model, abstract = build_abstract(config, data)
         shardings = mesh_lib.param_shardings(model.param_specs, abstract, mesh)
         target = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings

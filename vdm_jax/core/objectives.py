@@ -153,7 +153,7 @@ def _flow_velocity_weight(lam, t, dlam, p, schedule):
 def flow_matching(mean: float = 0.0, std: float = 1.0, density: str = "logit_normal") -> Objective:
     """Conditional flow matching (Lipman et al. 2023): ‖u − û‖², u = ε − x for rectified flow,
     with logit(t) ~ N(mean, std²) (density 'logit_normal': SD3, DDT) or t ~ U[0, 1]
-    ('uniform': SiT, REPA)."""
+    ('uniform': SiT and the SiT-based recipes)."""
     if density == "uniform":
         return Objective("flow_matching", _flow_velocity_weight, ts.uniform())
     if density != "logit_normal":
@@ -235,7 +235,7 @@ def t_bin_statistics(values: Array, t: Array, num_bins: int) -> dict[str, Array]
 def noisy_inputs(
     objective: Objective, schedule: Schedule, x: Array, rng: Array, *, antithetic: bool = True,
 ) -> tuple[Array, Array, Array]:
-    """The training inputs of a batch x (B, ...): t ~ p(t) (low-discrepancy when `antithetic`),
+    """The training inputs of a batch x (B, ...): t ~ p(t) (stratified when `antithetic`),
     ε ~ N(0, I) and z_t = α_t x + σ_t ε. Returns (t (B,), ε, z_t)."""
     rng_t, rng_eps = jax.random.split(rng)
     t = ts.sample_time(objective.density, rng_t, x.shape[0], schedule, antithetic)

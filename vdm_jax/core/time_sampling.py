@@ -1,7 +1,7 @@
 """Densities p(t) over diffusion time and variance-reduced sampling from them.
 
 Every density is sampled by its inverse CDF applied to uniforms u ∈ (0, 1). By default the
-uniforms are VDM's low-discrepancy ("antithetic") set u_i = (u₀ + i/B) mod 1, which covers [0, 1)
+uniforms are VDM's stratified ("antithetic") set u_i = (u₀ + i/B) mod 1, which covers [0, 1)
 evenly within a batch and lowers the variance of the ELBO estimate (Kingma et al. 2021, app. I.1).
 A density over λ (EDM's log-normal σ) is turned into one over t through the schedule: t = λ⁻¹(λ)
 and p(t) = p_λ(λ(t)) |dλ/dt|.
@@ -45,7 +45,7 @@ class TimeDensity:
 
 
 def uniform_samples(rng: Array, batch_size: int, antithetic: bool = True) -> Array:
-    """u ∈ (0, 1) of shape (B,): VDM's low-discrepancy set if `antithetic`, else i.i.d."""
+    """u ∈ (0, 1) of shape (B,): VDM's stratified set if `antithetic`, else i.i.d."""
     if antithetic:
         u = jnp.mod(jax.random.uniform(rng, ()) + jnp.arange(batch_size) / batch_size, 1.0)
     else:

@@ -12,6 +12,7 @@ The names below are the package's interface; callers import them from `vdm_jax.m
 from vdm_jax.model.build import (
     abstract_term_inputs,
     build,
+    build_abstract,
     build_objective,
     check_data,
     load_term_inputs,
@@ -29,5 +30,5 @@ from vdm_jax.model.terms.repa import (
 
 __all__ = ["BPD_NOT_APPLICABLE", "DTYPES", "REPA_FEATURES", "DataSpec", "DiffusionModel",
            "Forward", "Params", "TargetEncoder", "abstract_term_inputs", "build",
-           "build_objective", "check_data", "load_target_encoder_for", "load_term_inputs",
-           "objective_kwargs", "repa_encoder_dim", "schedule_kwargs"]
+           "build_abstract", "build_objective", "check_data", "load_target_encoder_for",
+           "load_term_inputs", "objective_kwargs", "repa_encoder_dim", "schedule_kwargs"]

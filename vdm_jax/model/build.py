@@ -10,6 +10,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 from flax import nnx
 
 from vdm_jax.core import meanflow, objectives, time_sampling
@@ -122,6 +123,19 @@ def build(config: Mapping[str, Any], data: DataSpec, seed: int) -> tuple[Diffusi
         time_shift=alpha,
     )
     return model, params
+
+
+def build_abstract(config: Mapping[str, Any], data: DataSpec) -> tuple[DiffusionModel, Params]:
+    """`build(config, data, config.seed)` from shapes alone: the model and its params as
+    jax.ShapeDtypeStructs (nothing is initialized), for restoring into or compiling."""
+    holder: dict[str, DiffusionModel] = {}
+
+    def params_only() -> Params:
+        holder["model"], params = build(config, data, int(config["seed"]))
+        return params
+
+    abstract = jax.eval_shape(params_only)
+    return holder["model"], abstract
 
 
 def load_term_inputs(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from vdm_jax import config as config_lib
 from vdm_jax.data import imagenet
 from vdm_jax.data.pipeline import dataset_info
 from vdm_jax.generation.generate import make_generate_fn
-from vdm_jax.model import DataSpec, abstract_term_inputs, build, repa_encoder_dim
+from vdm_jax.model import DataSpec, abstract_term_inputs, build, build_abstract, repa_encoder_dim
 from vdm_jax.nn.cost import dinov2_cost, model_cost
 from vdm_jax.nn.encoders.dinov2 import SIZES as DINOV2_SIZES
 from vdm_jax.nn.registry import grid_size, resolve_spec
@@ -249,14 +249,7 @@ def compile_sampler(config: ConfigDict, devices: list[Any], chip: aot.Chip, batc
     """Compile `launch/sample.py`'s program of `config.sample` for one chunk of `batch`."""
     mesh = mesh_lib.make_mesh(-1, 1, devices)  # the sampler's mesh (checkpoints.restore)
     data = data_spec_of(config)
-    holder: dict[str, Any] = {}
-
-    def params_only():
-        holder["model"], params = build(config, data, config.seed)
-        return params
-
-    abstract = jax.eval_shape(params_only)
-    model = holder["model"]
+    model, abstract = build_abstract(config, data)
     shardings = mesh_lib.param_shardings(model.param_specs, abstract, mesh)
     params = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), abstract, shardings)
     spec = config_lib.sampling_spec(config)
