@@ -46,6 +46,7 @@ data need the clean pixels in the batch ("pixels").
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect
@@ -432,6 +433,28 @@ def build(config: Mapping[str, Any], data: DataSpec, seed: int) -> tuple[Diffusi
         family=resolve_spec(spec)["family"],
     )
     return model, params
+
+
+def with_compute_dtype(
+    model: DiffusionModel, config: Mapping[str, Any], data: DataSpec, dtype: str,
+) -> DiffusionModel:
+    """`model` (built from `config`) computing in `dtype` ('float32' | 'bfloat16'; '' = as
+    built): the same parameters (float32 whatever the compute dtype), another graph. Sampling
+    precision is a sampling setting (SamplingSpec.dtype), independent of training's."""
+    if not dtype or dtype == config["model"]["dtype"]:
+        return model
+    if dtype not in DTYPES:
+        raise ValueError(f"compute dtype {dtype!r}; expected one of {tuple(DTYPES)}")
+    changed = copy.deepcopy(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+    changed["model"]["dtype"] = dtype
+    holder: dict[str, DiffusionModel] = {}
+
+    def params_only() -> Params:
+        holder["model"], params = build(changed, data, int(changed.get("seed", 0)))
+        return params
+
+    jax.eval_shape(params_only)  # the graph only: no parameter is computed
+    return holder["model"]
 
 
 def repa_encoder_dim(repa: Mapping[str, Any]) -> int:

@@ -30,6 +30,11 @@ step goes from t = t_i to s = t_{i+1} < t:
                       u(z, r, t) with a second time r = s (prediction 'average_velocity', see
                       core.meanflow); t_max defaults to 1, so one step is the 1-NFE
                       z_0 = z_1 − u(z_1, 0, 1)
+    'sit_sde'         SiT's SDE (its diffusion-coefficient forms and last step; REPA's SDE too):
+                      core.sit_sde. N NFE
+    'dopri5'          the probability-flow ODE by adaptive Dormand–Prince 5(4) (diffrax) to
+                      tolerances rtol, atol: core.adaptive_ode; NFE measured (SampleOutput
+                      .evaluations), the grid's interior unused
 with a = α_{t|s} σ_s²/σ_t², b = α_s c, c = −expm1(λ_t − λ_s) and ξ ~ N(0, I) fresh each step.
 The final step adds no noise (Ho et al. 2020, Alg. 2): the stochastic samplers end on the mean.
 'ddpm' and 'ddim' take `clip_denoised` (x̂ clipped to [−1, 1], and for 'ddim' ε̂ re-derived from
@@ -88,7 +93,10 @@ from vdm_jax.core.schedules import (
 
 Array = jax.Array
 ModelFn = Callable[[Array, Array], Array]
-SAMPLERS = ("ddpm", "ddim", "euler", "heun", "euler_maruyama", "dpm_solver_2m", "meanflow")
+SAMPLERS = ("ddpm", "ddim", "euler", "heun", "euler_maruyama", "dpm_solver_2m", "meanflow",
+            "sit_sde", "dopri5")
+# Samplers whose number of model evaluations is known only after sampling (adaptive steps).
+ADAPTIVE = ("dopri5",)
 # The prediction of a MeanFlow network u(z, r, t): the average velocity over [r, t]. It has two
 # times, so it is no function of (x̂, ε̂) at one time: only the 'meanflow' sampler reads it.
 AVERAGE_VELOCITY = "average_velocity"
@@ -97,18 +105,24 @@ VARIANCES = ("posterior", "forward", "learned")
 T_MAX_IF_SINGULAR = 1.0 - 1e-3  # default t_max where λ(1) is not finite
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["samples"], meta_fields=["nfe"])
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["samples", "evaluations"],
+                   meta_fields=["nfe"])
 @dataclasses.dataclass(frozen=True)
 class SampleOutput:
-    """Samples z_{t_min}: (B, ...) and the number of model evaluations (a static int)."""
+    """Samples z_{t_min}: (B, ...) and the number of model evaluations: a static int, or, for an
+    adaptive solver (nfe None), the measured count `evaluations` (an int32 scalar array)."""
 
     samples: Array
-    nfe: int
+    nfe: int | None
+    evaluations: Array | None = None
 
 
-def nfe(sampler: str, num_steps: int) -> int:
-    """Model evaluations of `sampler` with `num_steps` steps: N, or 2N − 1 for 'heun'."""
+def nfe(sampler: str, num_steps: int) -> int | None:
+    """Model evaluations of `sampler` with `num_steps` steps: N, or 2N − 1 for 'heun'; None for
+    an adaptive solver (its count comes with the samples: `SampleOutput.nfe`)."""
     _check_sampler(sampler)
+    if sampler in ADAPTIVE:
+        return None
     return 2 * num_steps - 1 if sampler == "heun" else num_steps
 
 
@@ -120,6 +134,7 @@ def time_grid(
     t_max: float | Array = 1.0,
     shift: float = 3.0,
     num_train_steps: int | None = None,
+    last_step_size: float = 0.0,
     dtype: Any = None,
 ) -> Array:
     """(num_steps + 1,) times decreasing from t_max to t_min: t_i = t_min + (t_max − t_min) r(u_i),
@@ -133,7 +148,13 @@ def time_grid(
     then 0: (k_{N−1} + 1)/T = 1, …, (k_0 + 1)/T, 0. DiT's index k is our level k + 1 (its
     ᾱ_k = Π_{j≤k} (1 − β_j) is our α²((k + 1)/T)), so with `ddpm_linear(T)` this grid is the
     respaced process exactly; t_min and t_max are not used.
+    last_step_size = h > 0 (SiT's, REPA's and DDT's grids, h = 0.04 there): the first N − 1
+    steps run this spacing from t_max to t_min + h, the last one from t_min + h to t_min.
     """
+    if last_step_size > 0 and num_steps > 1 and spacing != "ddpm_respaced":
+        head = time_grid(num_steps - 1, spacing, t_min=jnp.asarray(t_min) + last_step_size,
+                         t_max=t_max, shift=shift, dtype=dtype)
+        return jnp.append(head, jnp.asarray(t_min, head.dtype))
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
     if spacing not in SPACINGS:
@@ -530,7 +551,18 @@ SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
     "euler_maruyama": (),
     "dpm_solver_2m": ("lower_order_final",),
     "meanflow": (),
+    "sit_sde": ("diffusion_form", "diffusion_norm", "last_step"),  # core.sit_sde
+    "dopri5": ("rtol", "atol"),  # core.adaptive_ode
 }
+
+
+# Samplers in their own modules: they use the helpers above, so they are imported last and looked
+# up at call time (either module may be imported first).
+from vdm_jax.core import adaptive_ode as _adaptive_ode  # noqa: E402
+from vdm_jax.core import sit_sde as _sit_sde  # noqa: E402
+
+_SAMPLER_FNS["sit_sde"] = lambda *args, **kwargs: _sit_sde.sit_sde(*args, **kwargs)
+_SAMPLER_FNS["dopri5"] = lambda *args, **kwargs: _adaptive_ode.dopri5(*args, **kwargs)
 
 
 def _check_sampler(sampler: str) -> None:
@@ -542,7 +574,7 @@ def sample(
     model_fn: ModelFn, schedule: Schedule, shape: tuple[int, ...], rng: Array, *,
     sampler: str, num_steps: int, prediction: str = "eps", spacing: str = "uniform",
     t_min: float | Array = 0.0, t_max: float | Array | None = None, shift: float = 3.0,
-    num_train_steps: int | None = None, z_init: Array | None = None,
+    num_train_steps: int | None = None, last_step_size: float = 0.0, z_init: Array | None = None,
     sharding: jax.sharding.Sharding | None = None, dtype: Any = None,
     cache: ConditionCache | None = None, **options: Any,
 ) -> SampleOutput:
@@ -551,6 +583,7 @@ def sample(
 
     t_max: None for `default_t_max(schedule)` (1 for 'meanflow', whose network is evaluated at
     t = 1 without a conversion through λ). num_train_steps: T of spacing='ddpm_respaced'.
+    last_step_size: the size of a separate last step of the grid (`time_grid`).
     z_init: start from this z_{t_max} instead of `initial_noise` (e.g. a DDIM-inverted latent).
     model_fn: (z, t) -> prediction; for 'meanflow', (z, r, t) -> u with prediction
     'average_velocity' (and no other sampler takes that prediction). sharding: the batch's
@@ -575,7 +608,8 @@ def sample(
     if t_max is None:
         t_max = 1.0 if sampler == "meanflow" else default_t_max(schedule, dtype)
     ts = time_grid(num_steps, spacing, t_min=t_min, t_max=t_max, shift=shift,
-                   num_train_steps=num_train_steps, dtype=dtype)
+                   num_train_steps=num_train_steps, last_step_size=last_step_size,
+                   dtype=dtype)
     rng_init, rng_steps = jax.random.split(rng)
     if z_init is None:
         z = initial_noise(schedule, tuple(shape), rng_init, ts[0], dtype)
@@ -587,6 +621,8 @@ def sample(
     fn = _SAMPLER_FNS[sampler]
     out = fn(model_fn, schedule, z, ts, rng_steps, prediction=prediction, sharding=sharding,
              cache=cache, **options)
+    if sampler in ADAPTIVE:  # (samples, NFE): the count is known only after solving
+        return SampleOutput(samples=out[0], nfe=None, evaluations=out[1])
     return SampleOutput(samples=out, nfe=nfe(sampler, num_steps))
 
 

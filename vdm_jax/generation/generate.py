@@ -40,21 +40,33 @@ def make_generate_fn(
     spec: SamplingSpec,
     *,
     sharding: jax.sharding.Sharding | None = None,
+    return_nfe: bool = False,
 ) -> Callable[[Any, Array, Array], Array]:
-    """A jitted fn(params, labels (B,), rng) -> images (B, H, W, C), the sampler's z_{t_min}.
+    """A jitted fn(params, labels (B,), rng) -> images (B, H, W, C), the sampler's z_{t_min};
+    with return_nfe, (images, NFE): an int32 scalar, measured by an adaptive solver ('dopri5')
+    and the fixed count of the others. The network computes in the model's dtype: a spec of
+    another dtype samples a model from `vdm_jax.model.with_compute_dtype`.
 
     Compiles once per (batch_size, spec); new params, labels or rng do not recompile.
     """
     fn = _sample_fn(model, batch_size, spec, sharding)
-    return jax.jit(lambda params, labels, rng: fn(params, labels, rng)[0])
+
+    def run(params: Any, labels: Array, rng: Array) -> Array | tuple[Array, Array]:
+        out = fn(params, labels, rng)[0]
+        if not return_nfe:
+            return out.samples
+        nfe = out.evaluations if out.evaluations is not None else out.nfe
+        return out.samples, jnp.asarray(nfe, jnp.int32)
+
+    return jax.jit(run)
 
 
 def _sample_fn(
     model: DiffusionModel, batch_size: int, spec: SamplingSpec,
     sharding: jax.sharding.Sharding | None, refresh: np.ndarray | None = None,
     record: bool = False,
-) -> Callable[[Any, Array, Array], tuple[Array, Array | None]]:
-    """fn(params, labels, rng) -> (samples, recorded encoder outputs or None), to trace."""
+) -> Callable[[Any, Array, Array], tuple[Any, Array | None]]:
+    """fn(params, labels, rng) -> (SampleOutput, recorded encoder outputs or None), to trace."""
     shape = (batch_size, *model.image_shape)
     guided = spec.guided(model.num_classes)
     learned = spec.sampler_options.get("variance") == "learned"
@@ -78,7 +90,7 @@ def _sample_fn(
         raise ValueError("encoder_interval / encoder_steps share a condition encoder across "
                          "sampling steps; only DDT models have one (model.spec family 'ddt')")
 
-    def apply(params: Any, labels: Array, rng: Array) -> tuple[Array, Array | None]:
+    def apply(params: Any, labels: Array, rng: Array) -> tuple[Any, Array | None]:
         # One cache per trace: its value rides in the sampler's scan carry.
         cache = None if refresh is None else ConditionCache(refresh, record=record)
 
@@ -105,7 +117,7 @@ def _sample_fn(
             num_steps=spec.num_steps, prediction=model.prediction, sharding=sharding,
             cache=cache, **grid, **spec.sampler_options,
         )
-        return out.samples, (cache.history if cache is not None and record else None)
+        return out, (cache.history if cache is not None and record else None)
 
     return apply
 
