@@ -14,9 +14,9 @@ Where λ(t_min) = +∞ and the model is not a 'flow' model (ε, x, v or score ca
 x̂(z, T_MIN_IF_SINGULAR) (DDPM's last step; SiT's ODE likewise stops at its eps for such models).
 
 NFE: Dopri5 has 7 stages, the last reused as the next step's first (FSAL), so each attempted
-step (accepted or rejected) costs 6 evaluations, plus 2 for the initial step size and 1 for the
-first stage: NFE = 6 · steps + 3 (+ 1 for the x̂ jump), the count `dopri5` returns (checked by
-tests/test_adaptive_ode.py against a counter). Jittable (diffrax solves inside lax.while_loop).
+step (accepted or rejected) costs 6 evaluations, plus 1 at the start: NFE = 6 · steps + 1
+(+ 1 for the x̂ jump), the count `dopri5` returns (equal to a counter of the model's calls in
+tests/test_adaptive_ode.py). Jittable (diffrax solves inside lax.while_loop).
 
 Layering: diffrax is a JAX numerics library (equinox pytrees, no I/O, no networks), so the
 pure-math core may import it (pyproject's import-linter contract says so).
@@ -39,7 +39,7 @@ Array = jax.Array
 RTOL, ATOL = 1e-3, 1e-6  # SiT's sample_ode defaults (train_utils.parse_ode_args)
 T_MIN_IF_SINGULAR = 1e-3
 MAX_STEPS = 4096
-STAGES_PER_STEP, INITIAL_EVALUATIONS = 6, 3
+STAGES_PER_STEP, INITIAL_EVALUATIONS = 6, 1
 OPTIONS = ("rtol", "atol")
 
 

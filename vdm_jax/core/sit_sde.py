@@ -14,7 +14,6 @@ and D(t) = norm × (diffusion_form):
     'sigma'                  σ_t             (SiT's default; the linear path's 1 − τ)
     'linear'                 t               (SiT's 1 − τ)
     'decreasing'             ¼ (norm cos(π τ) + 1)²   (not scaled by norm again)
-    'increasing-decreasing'  sin²(π τ)
 The grid is SiT's when the spec's sampler options give t_max = 1 and last_step_size = 0.04:
 N − 1 equal Euler–Maruyama steps from t = 1 to t = 0.04 (SiT's τ ∈ [0, 0.96]), then a last
 step to t = 0 without noise (`samplers.time_grid`), N model evaluations in all:
@@ -42,7 +41,9 @@ from vdm_jax.core.schedules import Schedule, alpha_sigma, log_snr_and_derivative
 
 Array = jax.Array
 
-DIFFUSION_FORMS = ("constant", "SBDM", "sigma", "linear", "decreasing", "increasing-decreasing")
+# SiT's sample.py also lists "increasing-decreasing", but its path.py spells the key
+# "inccreasing-decreasing", so SiT cannot run it: not offered.
+DIFFUSION_FORMS = ("constant", "SBDM", "sigma", "linear", "decreasing")
 LAST_STEPS = ("mean", "tweedie", "euler")
 
 
@@ -61,8 +62,6 @@ def diffusion_coefficient(schedule: Schedule, t: Array, form: str, norm: float) 
         return norm * t
     if form == "decreasing":
         return 0.25 * (norm * jnp.cos(jnp.pi * tau) + 1) ** 2
-    if form == "increasing-decreasing":
-        return norm * jnp.sin(jnp.pi * tau) ** 2
     raise ValueError(f"Unknown SiT diffusion form {form!r}; expected one of {DIFFUSION_FORMS}.")
 
 
