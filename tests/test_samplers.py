@@ -333,13 +333,17 @@ def test_float64_cosine_ddim_avoids_t_one_and_stays_finite():
     n, rngs = BATCH // 2, jax.random.split(jax.random.PRNGKey(11))
     z_init, err = (np.asarray(jax.random.normal(r, (n, 2)), np.float64) for r in rngs)
     outs = {}
+    # Fresh copies of the data's NumPy arrays: once such an array has been a constant of a
+    # nested jit in the x32 mode (as in the dopri5 case above: diffrax's solve is a jit),
+    # JAX 0.10.2 lowers it as float32 under enable_x64 too (a verifier error).
+    gaussian = {k: np.array(v) for k, v in GAUSSIAN.items()}
     for dtype in ("float32", "float64"):
         with jax.enable_x64(dtype == "float64"):
             t_max = smp.default_t_max(schedule, dtype)
             assert t_max.dtype == dtype and float(t_max) == pytest.approx(1 - 1e-3)
             # The error is an argument, not a constant XLA could fold away.
             run = fast_jit(lambda z, e: smp.sample(
-                lambda z_t, t: exact(GAUSSIAN, z_t, t) + 1e-7 * e, schedule, (n, 2),
+                lambda z_t, t: exact(gaussian, z_t, t) + 1e-7 * e, schedule, (n, 2),
                 jax.random.PRNGKey(0), sampler="ddim", num_steps=500, z_init=z).samples)
             out = run(jnp.asarray(z_init, dtype), jnp.asarray(err, dtype))
             assert out.dtype == dtype

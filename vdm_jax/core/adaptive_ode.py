@@ -60,12 +60,16 @@ def dopri5(
     jump = jnp.logical_and(prediction != "flow", ~jnp.isfinite(schedule.log_snr(t_min)))
     t_end = jnp.where(jump, jnp.maximum(t_min, T_MIN_IF_SINGULAR), t_min)
 
-    def field(t: Array, y: Array, args: Any) -> Array:
+    def velocity(t: Array, y: Array) -> Array:
         u = samplers._velocity(model_fn, schedule, prediction, y, t.astype(y.dtype))
         return samplers._constrain(u, sharding)
 
+    # The arrays the model closes over (weights, labels) enter diffrax's solve as arguments,
+    # not as constants of its inner jit.
+    converted, consts = jax.closure_convert(velocity, t_max, z)
     solution = diffrax.diffeqsolve(
-        diffrax.ODETerm(field), diffrax.Dopri5(), t0=t_max, t1=t_end, dt0=None, y0=z,
+        diffrax.ODETerm(lambda t, y, args: converted(t, y, *args)), diffrax.Dopri5(),
+        t0=t_max, t1=t_end, dt0=None, y0=z, args=tuple(consts),
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
         saveat=diffrax.SaveAt(t1=True), max_steps=MAX_STEPS,
     )
