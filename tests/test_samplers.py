@@ -453,13 +453,18 @@ def test_one_compilation_a_loop_and_the_nfe(sampler):
                                      num_steps=50, prediction=prediction))
     a = run(jax.random.PRNGKey(0))
     sites = len(traces)
-    assert sites == (2 if sampler == "heun" else 1)
+    if sampler not in smp.ADAPTIVE:  # diffrax traces the field at its initial step and stages
+        assert sites == (2 if sampler == "heun" else 1)
     b = run(jax.random.PRNGKey(1))
     a2 = run(jax.random.PRNGKey(0))
     jax.effects_barrier()
     assert len(traces) == sites and run._cache_size() == 1  # no retrace, no recompilation
-    assert a.nfe == smp.nfe(sampler, 50) == (99 if sampler == "heun" else 50)
-    assert len(calls) == 3 * a.nfe
+    if sampler in smp.ADAPTIVE:  # the measured count: the steps depend on the noise
+        assert a.nfe is None is smp.nfe(sampler, 50) and int(a.evaluations) > 6
+        assert len(calls) == sum(int(o.evaluations) for o in (a, b, a2))
+    else:
+        assert a.nfe == smp.nfe(sampler, 50) == (99 if sampler == "heun" else 50)
+        assert len(calls) == 3 * a.nfe
     np.testing.assert_array_equal(a.samples, a2.samples)  # same rng, same samples
     assert not np.allclose(a.samples, b.samples)  # another rng, other samples
     text = run.lower(jax.random.PRNGKey(0)).as_text()

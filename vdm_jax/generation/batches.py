@@ -65,7 +65,8 @@ GRID_IMAGES = 100
 _CHUNK_RE = re.compile(r"chunk_(\d{6})\.npz")
 # Settings that do not change any sample: a job may resume with other values of these (a longer
 # or shorter N reuses the chunks, since chunk i does not depend on N).
-_NOT_IN_MANIFEST = ("num_samples", "num_devices", "num_processes", "workdir")
+# nfe_per_chunk is a measurement, recorded when the batch is finished.
+_NOT_IN_MANIFEST = ("num_samples", "num_devices", "num_processes", "workdir", "nfe_per_chunk")
 
 
 @dataclasses.dataclass(frozen=True)
