@@ -24,6 +24,7 @@ def time_grid(
     t_max: float | Array = 1.0,
     shift: float = 3.0,
     num_train_steps: int | None = None,
+    last_step_size: float = 0.0,
     dtype: Any = None,
 ) -> Array:
     """(num_steps + 1,) times decreasing from t_max to t_min: t_i = t_min + (t_max − t_min) r(u_i),
@@ -37,7 +38,13 @@ def time_grid(
     then 0: (k_{N−1} + 1)/T = 1, …, (k_0 + 1)/T, 0. DiT's index k is our level k + 1 (its
     ᾱ_k = Π_{j≤k} (1 − β_j) is our α²((k + 1)/T)), so with `ddpm_linear(T)` this grid is the
     respaced process exactly; t_min and t_max are not used.
+    last_step_size = h > 0 (SiT's, REPA's and DDT's grids, h = 0.04 there): the first N − 1
+    steps run this spacing from t_max to t_min + h, the last one from t_min + h to t_min.
     """
+    if last_step_size > 0 and num_steps > 1 and spacing != "ddpm_respaced":
+        head = time_grid(num_steps - 1, spacing, t_min=jnp.asarray(t_min) + last_step_size,
+                         t_max=t_max, shift=shift, dtype=dtype)
+        return jnp.append(head, jnp.asarray(t_min, head.dtype))
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
     if spacing not in SPACINGS:

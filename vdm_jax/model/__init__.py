@@ -16,6 +16,7 @@ from vdm_jax.model.build import (
     load_term_inputs,
     objective_kwargs,
     schedule_kwargs,
+    with_compute_dtype,
 )
 from vdm_jax.model.core import BPD_NOT_APPLICABLE, DTYPES, DiffusionModel, Forward, Params
 from vdm_jax.model.data_spec import DataSpec
@@ -29,4 +30,4 @@ from vdm_jax.model.terms.repa import (
 __all__ = ["BPD_NOT_APPLICABLE", "DTYPES", "REPA_FEATURES", "DataSpec", "DiffusionModel",
            "Forward", "Params", "TargetEncoder", "build", "build_objective", "check_data",
            "load_target_encoder_for", "load_term_inputs", "objective_kwargs", "repa_encoder_dim",
-           "schedule_kwargs"]
+           "schedule_kwargs", "with_compute_dtype"]

@@ -5,7 +5,8 @@ runs.
     export_run(workdir, out, format="dit")                  # → an official-layout state dict
 
 An imported run is an ordinary run directory: its config (the ImageNet recipe of the format with
-the network the file holds, vdm_jax.importers.dit's time map and sign convention, and the SD-VAE
+the network the file holds, vdm_jax.importers.dit's time map and sign convention, the sampling
+precision of the source's code (sample.dtype = float32, whatever model.dtype), and the SD-VAE
 of `autoencoder.weights` that decodes its latents), its DataSpec (latent shape, classes, the
 autoencoder's SHA-256 and latent scaling), and a checkpoint at step 0 whose parameters AND EMA
 are the file's weights (released files are EMA weights), with a fresh optimizer state — so
@@ -28,7 +29,7 @@ from vdm_jax.checkpoints.manager import Checkpointer
 from vdm_jax.checkpoints.restore import load_for_inference
 from vdm_jax.config import ema_name
 from vdm_jax.importers.common import file_sha256, save_state_dict
-from vdm_jax.importers.dit import FORMATS, export_dit, import_dit
+from vdm_jax.importers.dit import CONVENTIONS, FORMATS, export_dit, import_dit
 from vdm_jax.importers.sd_vae import describe_weights
 from vdm_jax.io import write_json
 from vdm_jax.model import DataSpec, build
@@ -78,6 +79,8 @@ def import_run(checkpoint: str | os.PathLike, config: ConfigDict, workdir: str |
         config.diffusion.schedule = imported.schedule
         config.data.kind = "latents"
         config.data.image_size = data.pixel_shape[0]
+        if not config.sample.get("dtype"):  # sample as the source's code did (unless overridden)
+            config.sample.dtype = CONVENTIONS[format].sample_dtype
         if not imported.null_class_trained:
             config.sample.guidance_scale = 1.0  # the null row is untrained: no guidance
     params_holder: dict[str, Any] = {}
