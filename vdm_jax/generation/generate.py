@@ -42,7 +42,7 @@ def make_generate_fn(
     *,
     sharding: jax.sharding.Sharding | None = None,
     return_nfe: bool = False,
-) -> Callable[[Any, Array, Array], Array]:
+) -> Callable[[Any, Array, Array], Array | tuple[Array, Array]]:
     """A jitted fn(params, labels (B,), rng) -> images (B, H, W, C), the sampler's z_{t_min};
     with return_nfe, (images, NFE): an int32 scalar, measured by an adaptive solver ('dopri5')
     and the fixed count of the others. The network computes in the model's dtype: a spec of
