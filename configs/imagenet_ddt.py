@@ -17,13 +17,15 @@ symmetric, so the same in our direction), velocity prediction; REPA on the encod
 with a projector of width 1152 (proj_hidden_dim = D) to DINOv2-B/14's 768, λ = 0.5, loss
 1 − cos; AdamW lr 1e-4, β = (0.9, 0.95), no weight decay, batch 256, EMA 0.9999, bf16.
 
-Sampler (its EulerSampler): Euler on the probability-flow ODE, 250 steps, guidance 2.0 with
-interval (0.3, 1.0) in DDT's t, where t = 1 is the data (α_t = t, its LinearScheduler): in ours
-(t = 0 data) that is t ∈ (0, 0.7), so (0.0, 0.7) — no guidance on the noisiest 30%, as REPA. DDT
-predicts v = x − ε, our 'flow' is u = ε − x (the sign flips with the time direction). Its grid
-runs uniformly from noise to t = 0.04 and takes a last step to the data; ours is uniform from
-t_max = 1 (a flow model may start there) to 0. The encoder is recomputed every step
-(state_refresh_rate 1): sharing is a sampling option.
+Sampler (the defaults below; MCG-NJU/DDT 1d1b4d2, the yaml's diffusion_sampler: EulerSampler,
+num_steps 250, guidance 2.0, timeshift 1, state_refresh_rate 1, guidance interval (0.3, 1.0),
+last_step 0.04, ode_step_fn, simple_guidance_fn): Euler on the probability-flow ODE, 250
+steps, guidance 2.0 on every channel. Its grid is DDT's time linspace(0, 0.96, 250) then 1, with
+t = 1 the data (α_t = t, its LinearScheduler): in ours (t = 0 data) 249 equal steps from t = 1
+to 0.04 and a last step to 0 (t_max = 1, last_step_size = 0.04). Its interval (0.3, 1.0) in
+its t is our (0.0, 0.7) — no guidance on the noisiest 30%, as REPA. DDT predicts v = x − ε,
+our 'flow' is u = ε − x (the sign flips with the time direction). The encoder is recomputed
+every step (state_refresh_rate 1): sharing is a sampling option.
 
 Data: as configs/imagenet_dit.py (ImageNet pixels at 32×32×3 until the SD-VAE latent loader
 lands; DDT trains on sd-vae-ft-ema latents).
@@ -50,5 +52,5 @@ def get_config():
     c.sample.num_steps = 250
     c.sample.guidance_scale = 2.0
     c.sample.guidance_interval = (0.0, 0.7)
-    c.sample.options = {"t_max": 1.0}
+    c.sample.options = {"t_max": 1.0, "last_step_size": 0.04}
     return c

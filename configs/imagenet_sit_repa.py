@@ -17,15 +17,18 @@ for the 16×16 token grid of 32×32/2 latents), λ = 0.5. AdamW lr 1e-4, β = (0
 weight decay, gradient clipping at 1, batch 256, EMA 0.9999, label dropout 0.1; REPA trains in
 fp16 mixed precision, here bfloat16.
 
-Sampler: REPA's `--mode=sde --num_steps=250 --cfg-scale=1.8 --guidance_high=0.7`, i.e. Euler–
-Maruyama on the reverse SDE with guidance for t ≤ 0.7. Conventions: REPA's linear path is
-already ours (α_t = 1 − t, σ_t = t: t = 0 data, t = 1 noise; its loss.py `interpolant`), unlike
-SiT's code (t = 1 data); so its guidance interval [guidance_low, guidance_high] = [0, 0.7] is
-our (0.0, 0.7) unchanged — no guidance on the noisiest 30% of the path. Its velocity is ours
-(u = ε − x). Differences of our `euler_maruyama`: the reverse SDE's diffusion is
-g² = −σ² dλ/dt = 2t/(1 − t) (REPA: w(t) = 2t, the same marginals), and the grid runs uniformly
-from t_max = 1 − 10⁻³ to 0 with a noise-free last step (REPA: 1 → 0.04 uniformly, then one
-deterministic step to 0).
+Sampler (the defaults below; sihyun-yu/REPA 67f7145: README's generate.py command
+`--mode=sde --num-steps=250 --cfg-scale=1.8 --guidance-high=0.7`, guidance_low 0 by default,
+and samplers.py's euler_maruyama_sampler): REPA's SDE is SiT's with diffusion 'sigma' — its
+w(t) = 2t with drift v − ½ w s and noise √w is D = σ_t = t in SiT's form — on SiT's grid: 249
+Euler–Maruyama steps from t = 1 to 0.04, then a noise-free mean step to 0. So: `sit_sde`, 250
+steps, t_max = 1, last_step_size = 0.04, diffusion_form 'sigma', last_step 'mean', guidance
+1.8 on every channel (REPA combines the whole drift) for t ≤ 0.7. Conventions: REPA's linear
+path is already ours (α_t = 1 − t, σ_t = t: t = 0 data, t = 1 noise; its loss.py
+`interpolant`), unlike SiT's code (t = 1 data); so its guidance interval [guidance_low,
+guidance_high] = [0, 0.7] is our (0.0, 0.7) unchanged — no guidance on the noisiest 30% of the
+path. Its velocity is ours (u = ε − x). REPA runs the sampler's arithmetic in float64 around a
+float32 network; here float32 throughout.
 
 Data: as configs/imagenet_dit.py, ImageNet pixels at 32×32×3 (the 16×16 tokens of the latents)
 until the SD-VAE latent loader lands; REPA's DINOv2 then sees the 32² image upsampled to 224².
@@ -51,8 +54,10 @@ def get_config():
     c.repa.weight = 0.5
     c.repa.projector_dim = 2048
     c.train.num_steps = 4_000_000
-    c.sample.sampler = "euler_maruyama"
+    c.sample.sampler = "sit_sde"
     c.sample.num_steps = 250
     c.sample.guidance_scale = 1.8
     c.sample.guidance_interval = (0.0, 0.7)
+    c.sample.options = {"t_max": 1.0, "last_step_size": 0.04, "diffusion_form": "sigma",
+                        "diffusion_norm": 1.0, "last_step": "mean"}
     return c

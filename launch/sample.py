@@ -7,13 +7,16 @@
     python launch/sample.py --workdir=DDT_RUN --num_samples=50000 --encoder_interval=2   # DDT
     python launch/sample.py --workdir=RUN --sampler=euler --steps=49 --guidance=auto \
         --guidance_scale=1.42 --guide_workdir=SMALL_RUN --guide_step=20000   # AutoGuidance
+    python launch/sample.py --workdir=SIT_RUN --sampler=dopri5 --rtol=1e-3 --atol=1e-6  # SiT ODE
+    python launch/sample.py --workdir=RUN --dtype=bfloat16      # sample in another precision
 
 The run directory alone is enough: the checkpoint's config and data spec rebuild the model (no
 dataset is opened). Restores the newest checkpoint of --workdir (or --step) with its first EMA
-(--ema: '' = first, 'none' = raw parameters, or a decay), and samples class-balanced labels for
-conditional models, sharded over all devices (and hosts: jax.distributed is initialized from the
-environment on Cloud TPU / SLURM). The sampling settings start from the run's config.sample (one
-`SamplingSpec`); each flag given replaces its field. Writes --out (default
+(--ema: '' = first, 'none' = raw parameters, or a decay), computing in --dtype (default the
+run's sample.dtype: float32 for imported runs, else its model.dtype), and samples class-balanced
+labels for conditional models, sharded over all devices (and hosts: jax.distributed is
+initialized from the environment on Cloud TPU / SLURM). The sampling settings start from the
+run's config.sample (one `SamplingSpec`); each flag given replaces its field. Writes --out (default
 WORKDIR/samples/<name>.npz, the name carrying every setting, the checkpoint step, N and the batch
 size: `arr_0` uint8 NHWC, `arr_1` labels), the settings beside it (<out>.json, read by
 launch/evaluate.py) and a grid of the first 100 samples (<out>.png). Chunks of --batch_size are
@@ -53,6 +56,8 @@ _GUIDE = flags.DEFINE_string("guide_workdir", None, "AutoGuidance: the guide's r
 _GUIDE_EMA = flags.DEFINE_string("guide_ema", None, "The guide's EMA ('' first, 'none', decay).")
 _GUIDE_STEP = flags.DEFINE_integer("guide_step", None, "The guide's checkpoint step (default: "
                                    "its newest).")
+_DTYPE = flags.DEFINE_string("dtype", None, "Sampling compute dtype: float32 | bfloat16 (default: "
+                             "the run's sample.dtype, else its model.dtype; imports: float32).")
 # Sampler options (SamplingSpec.options).
 _ETA = flags.DEFINE_float("eta", None, "DDIM η in [0, 1] (0: deterministic).")
 _VARIANCE = flags.DEFINE_string("variance", None, "DDPM step variance (see samplers.VARIANCES).")
@@ -61,13 +66,23 @@ _SPACING = flags.DEFINE_string("spacing", None, "Time grid spacing (see samplers
 _SHIFT = flags.DEFINE_float("shift", None, "Time shift of --spacing=shifted.")
 _T_MIN = flags.DEFINE_float("t_min", None, "Last time of the grid (default 0).")
 _T_MAX = flags.DEFINE_float("t_max", None, "First time of the grid (default 1, or 1 − 1e-3).")
+_LAST_SIZE = flags.DEFINE_float("last_step_size", None, "A separate last grid step of this size "
+                                "(SiT, REPA, DDT: 0.04); 0 = none.")
+_FORM = flags.DEFINE_string("diffusion_form", None, "sit_sde: SiT's diffusion coefficient "
+                            "(see core.sit_sde.DIFFUSION_FORMS; SiT's default sigma).")
+_NORM = flags.DEFINE_float("diffusion_norm", None, "sit_sde: scale of the diffusion coefficient.")
+_LAST = flags.DEFINE_string("last_step", None, "sit_sde: last step mean | tweedie | euler.")
+_RTOL = flags.DEFINE_float("rtol", None, "dopri5: relative tolerance (SiT's 1e-3).")
+_ATOL = flags.DEFINE_float("atol", None, "dopri5: absolute tolerance (SiT's 1e-6).")
 # DDT's encoder sharing (SamplingSpec SHARING_OPTIONS), with every sampler.
 _ENC_INTERVAL = flags.DEFINE_integer("encoder_interval", None, "DDT: recompute the condition "
                                      "encoder every k steps (1 = every step).")
 _ENC_STEPS = flags.DEFINE_list("encoder_steps", None, "DDT: the steps that recompute the "
                                "condition encoder, e.g. 0,1,3,7 (a non-uniform schedule).")
 _OPTIONS = {"eta": _ETA, "variance": _VARIANCE, "lower_order_final": _LOF, "spacing": _SPACING,
-            "shift": _SHIFT, "t_min": _T_MIN, "t_max": _T_MAX, "encoder_interval": _ENC_INTERVAL}
+            "shift": _SHIFT, "t_min": _T_MIN, "t_max": _T_MAX, "encoder_interval": _ENC_INTERVAL,
+            "last_step_size": _LAST_SIZE, "diffusion_form": _FORM, "diffusion_norm": _NORM,
+            "last_step": _LAST, "rtol": _RTOL, "atol": _ATOL}
 
 
 def parse_interval(text: str) -> tuple[float, float] | None:
@@ -86,7 +101,8 @@ def spec_changes() -> dict:
     """The SamplingSpec fields given on the command line."""
     changes: dict = {}
     for key, flag in (("sampler", _SAMPLER), ("num_steps", _STEPS), ("guidance_scale", _SCALE),
-                      ("ema", _EMA), ("seed", _SEED), ("guidance", _GUIDANCE)):
+                      ("ema", _EMA), ("seed", _SEED), ("guidance", _GUIDANCE),
+                      ("dtype", _DTYPE)):
         if flag.value is not None:
             changes[key] = flag.value
     if _INTERVAL.value is not None:
@@ -152,8 +168,11 @@ def main(argv: list[str]) -> None:
         result = generate_samples(restored, spec, num_samples=_NUM.value,
                                   batch_size=_BATCH.value, out=_OUT.value, guide=guide)
     if jax.process_index() == 0:
-        print(f"wrote {result.npz} ({_NUM.value} samples), {result.settings_json} and "
-              f"{result.grid}")
+        nfe = result.settings.get("nfe_per_chunk")
+        cost = f", NFE {nfe['mean']:g} per chunk (min {nfe['min']}, max {nfe['max']})" if nfe \
+            else ""
+        print(f"wrote {result.npz} ({_NUM.value} samples, {result.settings['dtype']}{cost}), "
+              f"{result.settings_json} and {result.grid}")
 
 
 if __name__ == "__main__":

@@ -333,13 +333,17 @@ def test_float64_cosine_ddim_avoids_t_one_and_stays_finite():
     n, rngs = BATCH // 2, jax.random.split(jax.random.PRNGKey(11))
     z_init, err = (np.asarray(jax.random.normal(r, (n, 2)), np.float64) for r in rngs)
     outs = {}
+    # Fresh copies of the data's NumPy arrays: once such an array has been a constant of a
+    # nested jit in the x32 mode (as in the dopri5 case above: diffrax's solve is a jit),
+    # JAX 0.10.2 lowers it as float32 under enable_x64 too (a verifier error).
+    gaussian = {k: np.array(v) for k, v in GAUSSIAN.items()}
     for dtype in ("float32", "float64"):
         with jax.enable_x64(dtype == "float64"):
             t_max = smp.default_t_max(schedule, dtype)
             assert t_max.dtype == dtype and float(t_max) == pytest.approx(1 - 1e-3)
             # The error is an argument, not a constant XLA could fold away.
             run = fast_jit(lambda z, e: smp.sample(
-                lambda z_t, t: exact(GAUSSIAN, z_t, t) + 1e-7 * e, schedule, (n, 2),
+                lambda z_t, t: exact(gaussian, z_t, t) + 1e-7 * e, schedule, (n, 2),
                 jax.random.PRNGKey(0), sampler="ddim", num_steps=500, z_init=z).samples)
             out = run(jnp.asarray(z_init, dtype), jnp.asarray(err, dtype))
             assert out.dtype == dtype
@@ -449,13 +453,18 @@ def test_one_compilation_a_loop_and_the_nfe(sampler):
                                      num_steps=50, prediction=prediction))
     a = run(jax.random.PRNGKey(0))
     sites = len(traces)
-    assert sites == (2 if sampler == "heun" else 1)
+    if sampler not in smp.ADAPTIVE:  # diffrax traces the field at its initial step and stages
+        assert sites == (2 if sampler == "heun" else 1)
     b = run(jax.random.PRNGKey(1))
     a2 = run(jax.random.PRNGKey(0))
     jax.effects_barrier()
     assert len(traces) == sites and run._cache_size() == 1  # no retrace, no recompilation
-    assert a.nfe == smp.nfe(sampler, 50) == (99 if sampler == "heun" else 50)
-    assert len(calls) == 3 * a.nfe
+    if sampler in smp.ADAPTIVE:  # the measured count: the steps depend on the noise
+        assert a.nfe is None is smp.nfe(sampler, 50) and int(a.evaluations) > 6
+        assert len(calls) == sum(int(o.evaluations) for o in (a, b, a2))
+    else:
+        assert a.nfe == smp.nfe(sampler, 50) == (99 if sampler == "heun" else 50)
+        assert len(calls) == 3 * a.nfe
     np.testing.assert_array_equal(a.samples, a2.samples)  # same rng, same samples
     assert not np.allclose(a.samples, b.samples)  # another rng, other samples
     text = run.lower(jax.random.PRNGKey(0)).as_text()

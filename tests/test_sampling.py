@@ -176,10 +176,10 @@ def test_bad_input_exits_2_and_writes_nothing(case, run_dir, tmp_path):
 
 def test_image_sampler_is_generate_then_decode_then_uint8():
     """generation.images.ImageSampler, the one path from samples to host pixels: fetch(draw) is
-    unit_to_uint8 of the decoded samples (decode skipped for a pixel model), and __call__ is the
-    two halves in order."""
+    unit_to_uint8 of the decoded samples (decode skipped for a pixel model), draw also hands on
+    the sampler's NFE, and __call__ is the two halves in order."""
     z = np.random.default_rng(0).uniform(-1.2, 1.2, (3, 4, 4, 1)).astype(np.float32)
-    generate = lambda params, labels, rng: jnp.asarray(z) * params
+    generate = lambda params, labels, rng: (jnp.asarray(z) * params, jnp.int32(7))  # (z, NFE)
     decode = lambda x: jnp.tanh(2 * x)
     half = jnp.asarray(z) * 0.5
     for dec, expected in ((None, half), (decode, jnp.tanh(2 * half))):
@@ -187,7 +187,10 @@ def test_image_sampler_is_generate_then_decode_then_uint8():
         out = images(jnp.float32(0.5), None, None)
         assert out.dtype == np.uint8 and out.shape == z.shape
         np.testing.assert_array_equal(out, unit_to_uint8(np.asarray(expected, np.float32), 17))
-        np.testing.assert_array_equal(out, images.fetch(images.draw(jnp.float32(0.5), None, None)))
+        drawn, nfe = images.draw(jnp.float32(0.5), None, None)
+        np.testing.assert_array_equal(out, images.fetch(drawn))
+        assert int(nfe) == 7  # the sampler's count passes through untouched
+
 
 def test_autoguidance_from_the_command_line(run_dir, tmp_path):
     """--guidance=auto: a run guided by itself is the unguided run (D + w (D − D) = D), and a

@@ -17,9 +17,14 @@ once, when it is made (`ValueError` naming the field and what it accepts). Field
                          channels alike
     ema                  '' = the run's first EMA, 'none' = raw parameters, or a decay '0.9999'
     seed                 the sampling seed
+    dtype                the network's compute dtype while sampling: 'float32', 'bfloat16', or
+                         '' = the run's model.dtype (resolved, and recorded, when a run samples:
+                         `resolve_dtype`); imported runs default to their source's float32
     options              sampler options, only those the sampler takes (core.samplers
                          .SAMPLER_OPTIONS): eta (ddim), variance (ddpm), lower_order_final
-                         (dpm_solver_2m), clip_denoised, spacing, shift, t_min, t_max; and,
+                         (dpm_solver_2m), diffusion_form, diffusion_norm, last_step (sit_sde),
+                         rtol, atol (dopri5), clip_denoised, spacing, shift, t_min, t_max,
+                         last_step_size (the grid's separate last step, SiT's 0.04); and,
                          with every sampler, DDT's encoder sharing (SHARING_OPTIONS):
                          encoder_interval k (recompute the condition encoder on steps 0, k,
                          2k, …: ⌈N/k⌉ encoder passes; 1 = no sharing) or encoder_steps (the
@@ -42,15 +47,16 @@ from typing import Any
 
 import numpy as np
 
-from vdm_jax.core import samplers
+from vdm_jax.core import adaptive_ode, samplers, sit_sde
 from vdm_jax.core.encoder_sharing import sharing_refresh
 
-__all__ = ["COMMON_OPTIONS", "GUIDANCE_MODES", "SHARING_OPTIONS", "SamplingSpec"]
+__all__ = ["COMMON_OPTIONS", "DTYPES", "GUIDANCE_MODES", "SHARING_OPTIONS", "SamplingSpec"]
 
 GUIDANCE_MODES = ("cfg", "auto")
 
 # Options every sampler takes (the time grid); the rest are per sampler (SAMPLER_OPTIONS).
-COMMON_OPTIONS = ("spacing", "shift", "t_min", "t_max")
+COMMON_OPTIONS = ("spacing", "shift", "t_min", "t_max", "last_step_size")
+DTYPES = ("float32", "bfloat16")  # sampling compute dtypes ('' = the run's model.dtype)
 # Options of the model function rather than the sampler, taken with every sampler: DDT's
 # encoder sharing (the generation layer builds a core.encoder_sharing.SharedEncoder from them).
 SHARING_OPTIONS = ("encoder_interval", "encoder_steps")
@@ -64,6 +70,15 @@ def _number(value: Any, name: str) -> float:
 
 def _check_option(sampler: str, key: str, value: Any) -> Any:
     """A validated, JSON-plain value of sampler option `key`."""
+    if key in sit_sde.OPTIONS:
+        return sit_sde.check_option(key, value)
+    if key in adaptive_ode.OPTIONS:
+        return adaptive_ode.check_option(key, value)
+    if key == "last_step_size":
+        h = _number(value, "sampler option last_step_size")
+        if not 0.0 <= h < 1.0:
+            raise ValueError(f"sampler option last_step_size must lie in [0, 1), got {h}")
+        return h
     if key == "eta":
         return samplers.check_eta(_number(value, "sampler option eta"))
     if key == "variance":
@@ -112,6 +127,7 @@ class SamplingSpec:
     ema: str = ""
     seed: int = 0
     options: tuple[tuple[str, Any], ...] = ()  # sorted (key, value) pairs: hashable
+    dtype: str = ""
 
     def __post_init__(self) -> None:
         if self.sampler not in samplers.SAMPLERS:
@@ -148,6 +164,9 @@ class SamplingSpec:
                              f"{self.ema!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if self.dtype not in ("", *DTYPES):
+            raise ValueError(f"sampling dtype {self.dtype!r}; expected one of {', '.join(DTYPES)} "
+                             "(or '' for the run's model.dtype)")
         options = dict(self.options)
         allowed = COMMON_OPTIONS + samplers.SAMPLER_OPTIONS[self.sampler] + SHARING_OPTIONS
         unknown = sorted(set(options) - set(allowed))
@@ -206,9 +225,14 @@ class SamplingSpec:
             raise ValueError("give encoder_interval or encoder_steps, not both")
         return sharing_refresh(self.num_steps, interval=interval, steps=steps)
 
+    def resolve_dtype(self, model_dtype: str) -> SamplingSpec:
+        """This spec with dtype '' replaced by the run's `model_dtype` (what a run samples in)."""
+        return self if self.dtype else self.replace(dtype=str(model_dtype))
+
     @property
-    def nfe(self) -> int:
-        """Network evaluations per sample (a guided evaluation runs a 2B batch)."""
+    def nfe(self) -> int | None:
+        """Network evaluations per sample (a guided evaluation runs a 2B batch); None for an
+        adaptive solver (measured while sampling)."""
         return samplers.nfe(self.sampler, self.num_steps)
 
     def check_prediction(self, prediction: str) -> None:
@@ -235,7 +259,7 @@ class SamplingSpec:
             "guidance_scale": self.guidance_scale,
             "guidance_interval": list(self.guidance_interval) if self.guidance_interval else None,
             "guidance_channels": self.guidance_channels, "ema": self.ema or "first",
-            "seed": self.seed, "options": dict(self.options),
+            "seed": self.seed, "options": dict(self.options), "dtype": self.dtype or "model",
             # Only when set: a CFG spec's record (and slug) stays what it was.
             **({"guidance": self.guidance} if self.guidance != "cfg" else {}),
         }
@@ -244,6 +268,8 @@ class SamplingSpec:
         """One line for logs and tables, e.g. 'ddpm, 250 steps, guidance 1.5 on [0.1, 0.9]'."""
         kind = "autoguidance" if self.guidance == "auto" else "guidance"
         text = f"{self.sampler}, {self.num_steps} steps, {kind} {self.guidance_scale:g}"
+        if self.dtype:
+            text += f", {self.dtype}"
         if self.guidance_interval:
             text += f" on [{self.guidance_interval[0]:g}, {self.guidance_interval[1]:g}]"
         if self.guidance_channels:
@@ -257,5 +283,6 @@ class SamplingSpec:
         whole spec so two specs never share a name."""
         digest = hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
         ema = {"": "ema", "none": "raw"}.get(self.ema, "ema" + self.ema.replace(".", "p"))
-        return (f"{self.sampler}{self.num_steps}_w{self.guidance_scale:g}_{ema}_s{self.seed}_"
-                f"{digest[:8]}")
+        dtype = {"float32": "_f32", "bfloat16": "_bf16"}.get(self.dtype, "")
+        return (f"{self.sampler}{self.num_steps}_w{self.guidance_scale:g}_{ema}_s{self.seed}"
+                f"{dtype}_{digest[:8]}")

@@ -119,6 +119,7 @@ def default_config() -> ConfigDict:
         guide_ema="",
         ema="",
         options={},
+        dtype="",  # sampling compute dtype: '' = model.dtype; imports set their source's
     ))
     c.eval = ConfigDict(dict(at_end=False, batch_size=256, bpd_passes=1, num_samples=0,
                              num_steps=()))

@@ -30,6 +30,11 @@ step goes from t = t_i to s = t_{i+1} < t:
                       u(z, r, t) with a second time r = s (prediction 'average_velocity', see
                       core.meanflow); t_max defaults to 1, so one step is the 1-NFE
                       z_0 = z_1 − u(z_1, 0, 1)
+    'sit_sde'         SiT's SDE (its diffusion-coefficient forms and last step; REPA's SDE too):
+                      core.sit_sde. N NFE
+    'dopri5'          the probability-flow ODE by adaptive Dormand–Prince 5(4) (diffrax) to
+                      tolerances rtol, atol: core.adaptive_ode; NFE measured (SampleOutput
+                      .evaluations), the grid's interior unused
 with a = α_{t|s} σ_s²/σ_t², b = α_s c, c = −expm1(λ_t − λ_s) and ξ ~ N(0, I) fresh each step.
 The final step adds no noise (Ho et al. 2020, Alg. 2): the stochastic samplers end on the mean.
 'ddpm' and 'ddim' take `clip_denoised` (x̂ clipped to [−1, 1], and for 'ddim' ε̂ re-derived from
@@ -68,160 +73,60 @@ registered in SAMPLERS, _SAMPLER_FNS and SAMPLER_OPTIONS; a fixed-grid one write
 step(carry, t, s, key, i, last, out, f) (out: the model's output at (z_t, t); f: any further
 evaluation) and runs it with `scan_steps`, which handles rng keys, sharding and the shared
 condition. Every loop is a `lax.scan` (one compiled step, not N copies); nothing returns to
-the host between steps. The same rng gives the same samples.
+the host between steps. The same rng gives the same samples. `SamplingModel`, `SampleOutput`
+and `scan_steps` live in core.sampling_loop (re-exported here), below the samplers, so the
+samplers in their own modules (core.sit_sde, core.adaptive_ode) import it and not this one.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from vdm_jax.core.adaptive_ode import dopri5 as dopri5
 from vdm_jax.core.diffusion import posterior_coefficients, q_transition
-from vdm_jax.core.encoder_sharing import SharedEncoder
 from vdm_jax.core.guidance import classifier_free_guidance as classifier_free_guidance
 from vdm_jax.core.guidance import guided_inputs as guided_inputs
 from vdm_jax.core.parameterizations import PREDICTIONS, from_x_eps, to_x_eps
+from vdm_jax.core.sampling_loop import ModelFn as ModelFn
+from vdm_jax.core.sampling_loop import SampleOutput as SampleOutput
+from vdm_jax.core.sampling_loop import SamplingModel as SamplingModel
+from vdm_jax.core.sampling_loop import as_sampling_model as as_sampling_model
+from vdm_jax.core.sampling_loop import constrain, need_rng, step_noise, times, velocity, x_eps
+from vdm_jax.core.sampling_loop import scan_steps as scan_steps
 from vdm_jax.core.schedules import (
     Schedule,
     alpha_sigma,
     alpha_sigma_from_log_snr,
     log_snr_and_derivative,
 )
+from vdm_jax.core.sit_sde import sit_sde as sit_sde
 from vdm_jax.core.time_grid import SPACINGS as SPACINGS
 from vdm_jax.core.time_grid import T_MAX_IF_SINGULAR as T_MAX_IF_SINGULAR
 from vdm_jax.core.time_grid import ddpm_respaced_indices as ddpm_respaced_indices
 from vdm_jax.core.time_grid import default_t_max, initial_noise, time_grid
 
 Array = jax.Array
-ModelFn = Callable[[Array, Array], Array]
-SAMPLERS = ("ddpm", "ddim", "euler", "heun", "euler_maruyama", "dpm_solver_2m", "meanflow")
+SAMPLERS = ("ddpm", "ddim", "euler", "heun", "euler_maruyama", "dpm_solver_2m", "meanflow",
+            "sit_sde", "dopri5")
+# Samplers whose number of model evaluations is known only after sampling (adaptive steps).
+ADAPTIVE = ("dopri5",)
 # The prediction of a MeanFlow network u(z, r, t): the average velocity over [r, t]. It has two
 # times, so it is no function of (x̂, ε̂) at one time: only the 'meanflow' sampler reads it.
 AVERAGE_VELOCITY = "average_velocity"
 VARIANCES = ("posterior", "forward", "learned")
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["samples", "conditions"],
-                   meta_fields=["nfe"])
-@dataclasses.dataclass(frozen=True)
-class SampleOutput:
-    """Samples z_{t_min}: (B, ...), the number of model evaluations (a static int) and, with a
-    recording `SharedEncoder`, every step's shared condition (N, ...) (else None)."""
-
-    samples: Array
-    nfe: int
-    conditions: Array | None = None
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class SamplingModel:
-    """What a sampler samples with: the model function and how to run it.
-
-    fn: (z (B, ...), t (B,)) -> output; for 'meanflow' (z, r, t) -> u; with `shared`, the
-        decoder (z, t, c) -> output of a model whose condition c is shared across steps.
-    sharding: the batch's sharding, kept on z through the loop (None: unconstrained).
-    shared: DDT's encoder sharing (`core.encoder_sharing.SharedEncoder`), or None.
-    Every sampler also takes a plain model function, read as SamplingModel(fn).
-    """
-
-    fn: Callable[..., Array]
-    sharding: jax.sharding.Sharding | None = None
-    shared: SharedEncoder | None = None
-
-
-def as_sampling_model(model: ModelFn | SamplingModel) -> SamplingModel:
-    """`model` itself, or a plain model function wrapped as SamplingModel(model)."""
-    return model if isinstance(model, SamplingModel) else SamplingModel(model)
-
-
-def nfe(sampler: str, num_steps: int) -> int:
-    """Model evaluations of `sampler` with `num_steps` steps: N, or 2N − 1 for 'heun'."""
+def nfe(sampler: str, num_steps: int) -> int | None:
+    """Model evaluations of `sampler` with `num_steps` steps: N, or 2N − 1 for 'heun'; None for
+    an adaptive solver (its count comes with the samples: `SampleOutput.evaluations`)."""
     _check_sampler(sampler)
+    if sampler in ADAPTIVE:
+        return None
     return 2 * num_steps - 1 if sampler == "heun" else num_steps
-
-
-# ----------------------------------------------------------------------------------------------
-# Model evaluation through the parameterizations.
-# ----------------------------------------------------------------------------------------------
-
-
-def _times(z: Array, t: Array) -> Array:
-    """A scalar time t as the model's (B,) time vector."""
-    return jnp.full((z.shape[0],), t, z.dtype)
-
-
-def _x_eps(schedule: Schedule, prediction: str, out: Array, z: Array, t: Array):
-    """(x̂, ε̂) at (z_t, t) from the model's output `out` there; t a scalar."""
-    return to_x_eps(schedule, out, prediction, z, _times(z, t))
-
-
-def _velocity(schedule: Schedule, prediction: str, out: Array, z: Array, t: Array):
-    """û = α' x̂ + σ' ε̂ at (z_t, t) from the model's output `out` there. A 'flow' model's output
-    is û itself (no conversion)."""
-    if prediction == "flow":
-        return out
-    x_hat, eps_hat = _x_eps(schedule, prediction, out, z, t)
-    return from_x_eps(schedule, x_hat, eps_hat, "flow", z, _times(z, t))
-
-
-def _constrain(z: Array, sharding: jax.sharding.Sharding | None) -> Array:
-    return z if sharding is None else jax.lax.with_sharding_constraint(z, sharding)
-
-
-def scan_steps(step, carry, ts: Array, rng: Array | None, model: SamplingModel, *,
-          nfe: int | None = None, first: bool = True) -> SampleOutput:
-    """Run step(carry, t, s, key, i, last, out, f) over the N steps of ts in one `lax.scan`:
-    SampleOutput(samples=the final carry[0], nfe=nfe or N).
-
-    out is the model's output at the step's start (z_t = carry[0], t), f(z', t') (t' a scalar)
-    evaluates the model anywhere else within the step. first=False (a model function of other
-    arguments, 'meanflow'): out is None and f is model.fn itself. With `model.shared` the
-    condition c rides in the carry (see `SharedEncoder`).
-    """
-    n = ts.shape[0] - 1
-    idx = jnp.arange(n)
-    keys = jax.random.split(rng, n) if rng is not None else idx
-    shared = model.shared
-    if shared is not None:
-        if not first:
-            raise ValueError("encoder sharing needs a model function of (z, t).")
-        carry = (*carry, shared.initial(carry[0], _times(carry[0], ts[0]), n))
-        refresh = jnp.asarray(shared.refresh)
-
-    def plain(z: Array, t: Array) -> Array:
-        return model.fn(z, _times(z, t)).astype(z.dtype)
-
-    def body(carry, xs):
-        t, s, key, i = xs
-        key = key if rng is not None else None
-        z = carry[0]
-        if not first:
-            out, f, record = None, model.fn, None
-        elif shared is None:
-            out, f, record = plain(z, t), plain, None
-        else:
-            *carry, c_in = carry
-            fresh = refresh[i]
-
-            def f(z_: Array, t_: Array) -> Array:
-                c = shared.read(fresh, c_in, z_, _times(z_, t_))
-                return model.fn(z_, _times(z_, t_), c).astype(z_.dtype)
-
-            c = shared.read(fresh, c_in, z, _times(z, t))  # carried on to the next step
-            out, record = model.fn(z, _times(z, t), c).astype(z.dtype), c
-        carry = step(tuple(carry), t, s, key, i, i == n - 1, out, f)
-        if shared is not None:
-            carry = (*carry, c)
-        z = _constrain(carry[0], model.sharding)
-        return (z, *carry[1:]), (record if shared is not None and shared.record else None)
-
-    carry, conditions = jax.lax.scan(body, carry, (ts[:-1], ts[1:], keys, idx))
-    return SampleOutput(samples=carry[0], nfe=n if nfe is None else nfe, conditions=conditions)
 
 
 def check_eta(eta: Any) -> float:
@@ -237,17 +142,6 @@ def check_variance(variance: Any) -> str:
     if variance not in VARIANCES:
         raise ValueError(f"Unknown DDPM variance {variance!r}; expected one of {VARIANCES}")
     return variance
-
-
-def _need_rng(rng: Array | None, name: str) -> Array:
-    if rng is None:
-        raise ValueError(f"Sampler {name!r} is stochastic and needs an rng.")
-    return rng
-
-
-def _noise(key: Array, z: Array, scale: Array, last: Array) -> Array:
-    """scale · ξ, ξ ~ N(0, I), and 0 on the final step."""
-    return jnp.where(last, 0.0, scale) * jax.random.normal(key, z.shape, z.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -316,7 +210,7 @@ def ddpm(
     clip_denoised: clip x̂ to [−1, 1] before the step.
     """
     check_variance(variance)
-    rng = _need_rng(rng, "ddpm")
+    rng = need_rng(rng, "ddpm")
     learned = variance == "learned"
     n = ts.shape[0] - 1
 
@@ -325,7 +219,7 @@ def ddpm(
         var_output = None
         if learned:
             out, var_output = _split_learned(out, z)
-        x_hat, _ = _x_eps(schedule, prediction, out, z, t)
+        x_hat, _ = x_eps(schedule, prediction, out, z, t)
         if clip_denoised:
             x_hat = jnp.clip(x_hat, -1.0, 1.0)
         clip_step = None
@@ -333,7 +227,7 @@ def ddpm(
             clip_step = (jnp.where(last, ts[n - 2], t), jnp.where(last, ts[n - 1], s))
         mean, log_var = ddpm_mean_log_variance(schedule, z, x_hat, t, s, variance=variance,
                                                var_output=var_output, clip_step=clip_step)
-        return (mean + _noise(key, z, jnp.exp(0.5 * log_var), last),)
+        return (mean + step_noise(key, z, jnp.exp(0.5 * log_var), last),)
 
     return scan_steps(step, (z,), ts, rng, as_sampling_model(model))
 
@@ -351,11 +245,11 @@ def ddim(
     """
     eta = check_eta(eta)
     stochastic = eta > 0
-    rng = _need_rng(rng, "ddim") if stochastic else None
+    rng = need_rng(rng, "ddim") if stochastic else None
 
     def step(carry, t, s, key, i, last, out, f):
         (z,) = carry
-        x_hat, eps_hat = _x_eps(schedule, prediction, out, z, t)
+        x_hat, eps_hat = x_eps(schedule, prediction, out, z, t)
         if clip_denoised:
             x_hat = jnp.clip(x_hat, -1.0, 1.0)
             alpha_t, sigma_t = alpha_sigma(schedule, t)
@@ -366,7 +260,7 @@ def ddim(
             return (alpha_s * x_hat + sigma_s * eps_hat,)
         c = -jnp.expm1(schedule.log_snr(t) - lam_s)
         z_s = alpha_s * x_hat + sigma_s * jnp.sqrt(1 - eta**2 * c) * eps_hat
-        return (z_s + _noise(key, z, eta * jnp.sqrt(c) * sigma_s, last),)
+        return (z_s + step_noise(key, z, eta * jnp.sqrt(c) * sigma_s, last),)
 
     return scan_steps(step, (z,), ts, rng, as_sampling_model(model))
 
@@ -380,7 +274,7 @@ def euler(
 
     def step(carry, t, s, key, i, last, out, f):
         (z,) = carry
-        return (z + (s - t) * _velocity(schedule, prediction, out, z, t),)
+        return (z + (s - t) * velocity(schedule, prediction, out, z, t),)
 
     return scan_steps(step, (z,), ts, None, as_sampling_model(model))
 
@@ -398,11 +292,11 @@ def heun(
 
     def step(carry, t, s, key, i, last, out, f):
         (z,) = carry
-        u = _velocity(schedule, prediction, out, z, t)
+        u = velocity(schedule, prediction, out, z, t)
         z_euler = z + (s - t) * u
 
         def correct(z_euler):
-            u_s = _velocity(schedule, prediction, f(z_euler, s), z_euler, s)
+            u_s = velocity(schedule, prediction, f(z_euler, s), z_euler, s)
             return z + (s - t) / 2 * (u + u_s)
 
         return (jax.lax.cond(last, lambda z_euler: z_euler, correct, z_euler),)
@@ -419,18 +313,18 @@ def euler_maruyama(
     """Reverse SDE dz = [û − ½ g² ∇log p] dt + g dw̄ with g² = −σ_t² λ'_t and ∇log p = −ε̂/σ_t,
     Euler–Maruyama: z_s = z_t + (s − t)(û − ½ σ_t λ'_t ε̂) + √(g² (t − s)) ξ. One NFE a step.
     """
-    rng = _need_rng(rng, "euler_maruyama")
+    rng = need_rng(rng, "euler_maruyama")
 
     def step(carry, t, s, key, i, last, out, f):
         (z,) = carry
-        t_vec = _times(z, t)
+        t_vec = times(z, t)
         x_hat, eps_hat = to_x_eps(schedule, out, prediction, z, t_vec)
         u = out if prediction == "flow" else from_x_eps(schedule, x_hat, eps_hat, "flow", z, t_vec)
         lam, d_lam = log_snr_and_derivative(schedule, t)
         _, sigma = alpha_sigma_from_log_snr(lam, schedule.family)
         drift = u - 0.5 * sigma * d_lam * eps_hat
         g2 = -(sigma**2) * d_lam
-        return (z + (s - t) * drift + _noise(key, z, jnp.sqrt(g2 * (t - s)), last),)
+        return (z + (s - t) * drift + step_noise(key, z, jnp.sqrt(g2 * (t - s)), last),)
 
     return scan_steps(step, (z,), ts, rng, as_sampling_model(model))
 
@@ -451,7 +345,7 @@ def dpm_solver_2m(
 
     def step(carry, t, s, key, i, last, out, f):
         z, x_prev, h_prev = carry
-        x_hat, _ = _x_eps(schedule, prediction, out, z, t)
+        x_hat, _ = x_eps(schedule, prediction, out, z, t)
         lam_t, lam_s = schedule.log_snr(t), schedule.log_snr(s)
         _, sigma_t = alpha_sigma_from_log_snr(lam_t, schedule.family)
         alpha_s, sigma_s = alpha_sigma_from_log_snr(lam_s, schedule.family)
@@ -479,7 +373,7 @@ def meanflow(
 
     def step(carry, t, s, key, i, last, out, f):
         (z,) = carry
-        u = f(z, _times(z, s), _times(z, t)).astype(z.dtype)  # f = model.fn: u(z, r, t)
+        u = f(z, times(z, s), times(z, t)).astype(z.dtype)  # f = model.fn: u(z, r, t)
         return (z - (t - s) * u,)
 
     return scan_steps(step, (z,), ts, None, as_sampling_model(model), first=False)
@@ -493,11 +387,14 @@ _SAMPLER_FNS: dict[str, Callable[..., Array]] = {
     "euler_maruyama": euler_maruyama,
     "dpm_solver_2m": dpm_solver_2m,
     "meanflow": meanflow,
+    "sit_sde": sit_sde,
+    "dopri5": dopri5,
 }
 
 
 # The options of the time grid, which every sampler takes (`time_grid`'s keywords).
-GRID_OPTIONS = ("spacing", "shift", "t_min", "t_max", "num_train_steps", "time_shift")
+GRID_OPTIONS = ("spacing", "shift", "t_min", "t_max", "num_train_steps", "last_step_size",
+                "time_shift")
 # The options each sampler takes beyond those (through `sample`'s **options).
 SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
     "ddpm": ("variance", "clip_denoised"),
@@ -507,6 +404,8 @@ SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
     "euler_maruyama": (),
     "dpm_solver_2m": ("lower_order_final",),
     "meanflow": (),
+    "sit_sde": ("diffusion_form", "diffusion_norm", "last_step"),  # core.sit_sde
+    "dopri5": ("rtol", "atol"),  # core.adaptive_ode
 }
 
 
@@ -528,9 +427,10 @@ def sample(
     `SamplingModel` that adds the batch's sharding and DDT's encoder sharing to it.
     options: the time grid's (GRID_OPTIONS: spacing, shift, t_min, t_max = None for
     `default_t_max(schedule)` (1 for 'meanflow', whose network is evaluated at t = 1 without a
-    conversion through λ), num_train_steps = T of spacing='ddpm_respaced', time_shift = the
-    model's α, which warps every point of the grid) and the sampler's
-    (SAMPLER_OPTIONS: eta, variance, clip_denoised, lower_order_final).
+    conversion through λ), num_train_steps = T of spacing='ddpm_respaced', last_step_size = the
+    size of a separate last step, time_shift = the model's α, which warps every point of the
+    grid) and the sampler's (SAMPLER_OPTIONS: eta, variance, clip_denoised, lower_order_final,
+    diffusion_form, diffusion_norm, last_step, rtol, atol).
     z_init: start from this z_{t_max} instead of `initial_noise` (e.g. a DDIM-inverted latent).
     Jittable with everything but rng static, e.g.
     jax.jit(functools.partial(sample, model_fn, schedule, shape, sampler='heun', num_steps=50)).
@@ -559,7 +459,7 @@ def sample(
         if tuple(z_init.shape) != tuple(shape):
             raise ValueError(f"z_init has shape {z_init.shape}, expected {tuple(shape)}.")
         z = z_init.astype(dtype)
-    z = _constrain(z, model.sharding)
+    z = constrain(z, model.sharding)
     return _SAMPLER_FNS[sampler](model, schedule, z, ts, rng_steps, prediction=prediction,
                                  **options)
 
@@ -609,12 +509,12 @@ def ddim_invert(
 
     def step(carry, s, t, key, i, last, out, f):
         (z_s,) = carry
-        x_hat, eps_hat = _x_eps(schedule, prediction, out, z_s, s)
+        x_hat, eps_hat = x_eps(schedule, prediction, out, z_s, s)
         alpha_s, sigma_s = alpha_sigma(schedule, s)
         alpha_t, sigma_t = alpha_sigma(schedule, t)
 
         def refine(_, z_t):
-            _, eps_t = _x_eps(schedule, prediction, f(z_t, t), z_t, t)
+            _, eps_t = x_eps(schedule, prediction, f(z_t, t), z_t, t)
             return (alpha_t / alpha_s) * (z_s - sigma_s * eps_t) + sigma_t * eps_t
 
         z_t = alpha_t * x_hat + sigma_t * eps_hat

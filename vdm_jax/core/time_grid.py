@@ -25,6 +25,7 @@ def time_grid(
     t_max: float | Array = 1.0,
     shift: float = 3.0,
     num_train_steps: int | None = None,
+    last_step_size: float = 0.0,
     dtype: Any = None,
     time_shift: float = 1.0,
 ) -> Array:
@@ -42,7 +43,13 @@ def time_grid(
     time_shift = α ≠ 1 then warps every point, t_i ← α t_i / (1 + (α − 1) t_i) (the model's
     time shift, core.time_sampling.time_shift; RAE's grid is φ_α of the uniform grid on
     [0.001, 1]).
+    last_step_size = h > 0 (SiT's, REPA's and DDT's grids, h = 0.04 there): the first N − 1
+    steps run this spacing from t_max to t_min + h, the last one from t_min + h to t_min.
     """
+    if last_step_size > 0 and num_steps > 1 and spacing != "ddpm_respaced":
+        head = time_grid(num_steps - 1, spacing, t_min=jnp.asarray(t_min) + last_step_size,
+                         t_max=t_max, shift=shift, dtype=dtype, time_shift=time_shift)
+        return jnp.append(head, jnp.asarray(t_min, head.dtype))
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
     if spacing not in SPACINGS:

@@ -11,10 +11,12 @@ is a function of (checkpoint, settings, seed, B) alone: a job killed at any poin
 the same settings writes exactly the same N samples as an uninterrupted one.
 
 Each finished chunk is written atomically (`vdm_jax.io`) to
-DIR/NAME.chunks/chunk_%06d.npz (uint8 images (B, H, W, C), labels (B,)), next to a manifest of
+DIR/NAME.chunks/chunk_%06d.npz (uint8 images (B, H, W, C), labels (B,), the NFE of its sampling
+call: measured by an adaptive solver, settings' nfe_per_chunk), next to a manifest of
 the settings; a rerun recomputes only the missing chunks (chunks of other settings are discarded).
 At the end the first N samples become the ADM batch DIR/NAME.npz (`arr_0` uint8 NHWC, `arr_1`
-labels of conditional models), their settings DIR/NAME.json (`RunDir.settings_of`, merged into
+labels of conditional models), their settings DIR/NAME.json (`RunDir.settings_of`, with the
+sampling compute dtype: the spec's, or the run's model.dtype; merged into
 the results by launch/evaluate.py), a PNG grid DIR/NAME.png of the first ≤ 100, and the chunk
 directory is removed. Rerunning a finished job with the same settings does nothing. The default
 NAME (`default_name`) carries the spec (sampler, steps, guidance, EMA, seed and a hash of every
@@ -55,6 +57,7 @@ from vdm_jax.generation.generate import check_guide, class_balanced_labels
 from vdm_jax.generation.grids import grid_upscale, save_grid
 from vdm_jax.generation.images import make_image_sampler
 from vdm_jax.io import read_json, write_json, write_npz
+from vdm_jax.model import with_compute_dtype
 from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.rundir import RunDir
 from vdm_jax.sampling_spec import SamplingSpec
@@ -68,7 +71,8 @@ GRID_IMAGES = 100
 _CHUNK_RE = re.compile(r"chunk_(\d{6})\.npz")
 # Settings that do not change any sample: a job may resume with other values of these (a longer
 # or shorter N reuses the chunks, since chunk i does not depend on N).
-_NOT_IN_MANIFEST = ("num_samples", "num_devices", "num_processes", "workdir")
+# nfe_per_chunk is a measurement, recorded when the batch is finished.
+_NOT_IN_MANIFEST = ("num_samples", "num_devices", "num_processes", "workdir", "nfe_per_chunk")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,17 +191,18 @@ def _prepare_chunk_dir(directory: Path, settings: dict[str, Any], num_chunks: in
     return missing
 
 
-def _read_chunk(path: Path, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_chunk(path: Path, batch_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(images, labels, NFE of the chunk's sampling call)."""
     try:
         with np.load(path) as npz:
-            images, labels = npz["images"], npz["labels"]
+            images, labels, nfe = npz["images"], npz["labels"], int(npz["nfe"])
     except (OSError, ValueError, KeyError, EOFError) as e:
         raise ValueError(f"chunk {path} is unreadable ({type(e).__name__}): delete it and rerun "
                          "to redraw it") from None
     if len(images) != batch_size or len(labels) != batch_size:
         raise ValueError(f"chunk {path} holds {len(images)} samples, expected {batch_size}: "
                          f"delete {path.parent} and rerun")
-    return images, labels
+    return images, labels, nfe
 
 
 def generate_samples(
@@ -214,6 +219,8 @@ def generate_samples(
     RunDir.samples/<default_name>.npz), in resumable chunks of `batch_size` (module docstring).
     Returns the paths and settings. Bad values raise ValueError before anything is written.
     """
+    # The compute dtype: the spec's, or the run's model.dtype (recorded in the settings and name).
+    spec = spec.resolve_dtype(restored.config.model.dtype)
     settings = sample_settings(restored, spec, num_samples=num_samples, batch_size=batch_size)
     auto = spec.guidance == "auto" and spec.guided(restored.model.num_classes)
     if auto:
@@ -227,7 +234,8 @@ def generate_samples(
                                                      batch_size, settings.get("guide"))))
     if npz.suffix != ".npz":
         raise ValueError(f"the sample batch must be a .npz file, got {npz}")
-    model, mesh = restored.model, restored.mesh
+    model = with_compute_dtype(restored.model, restored.config, restored.data, spec.dtype)
+    mesh = restored.mesh
     if batch_size % mesh.size and jax.process_count() > 1:
         raise ValueError(f"batch_size={batch_size} must be a multiple of the {mesh.size} devices "
                          "on more than one host")
@@ -271,18 +279,19 @@ def generate_samples(
 
     bar = tqdm(total=num_chunks * batch_size, initial=(num_chunks - len(todo)) * batch_size,
                disable=not (is_main and progress), desc="sample", unit="img", dynamic_ncols=True)
-    pending: tuple[int, jax.Array] | None = None  # fetch chunk i after dispatching chunk i + 1
+    # (chunk i, (its images, its NFE)): fetched after dispatching chunk i + 1.
+    pending: tuple[int, tuple[jax.Array, jax.Array]] | None = None
     try:
         for i in [*todo, None]:
             if i is not None:
                 labels = all_labels[i * batch_size:(i + 1) * batch_size]
                 images = images_of.draw(params, labels, jax.random.fold_in(key, i))
             if pending is not None:
-                j, dev_images = pending
+                j, (dev_images, nfe) = pending
                 host = images_of.fetch(dev_images)
                 if is_main:
                     write_npz(_chunk_path(directory, j), {
-                        "images": host,
+                        "images": host, "nfe": np.asarray(mesh_lib.to_host(nfe)),
                         "labels": all_labels[j * batch_size:(j + 1) * batch_size]})
                 bar.update(batch_size)
             pending = (i, images) if i is not None else None
@@ -292,6 +301,11 @@ def generate_samples(
     if is_main:
         chunks = [_read_chunk(_chunk_path(directory, i), batch_size) for i in range(num_chunks)]
         images = np.concatenate([c[0] for c in chunks])[:num_samples]
+        nfes = [c[2] for c in chunks]
+        # What the sampler cost: fixed for the step samplers, measured per chunk (one ODE solve
+        # of B samples) for an adaptive one.
+        settings["nfe_per_chunk"] = {"mean": float(np.mean(nfes)), "min": int(min(nfes)),
+                                     "max": int(max(nfes))}
         labels = np.concatenate([c[1] for c in chunks])[:num_samples]
         save_samples(npz, images, labels if model.num_classes else None)
         cols = model.num_classes if model.num_classes and model.num_classes <= 16 else None

@@ -48,15 +48,24 @@ def make_generate_fn(
     *,
     sharding: jax.sharding.Sharding | None = None,
     guide: DiffusionModel | None = None,
-) -> Callable[[Any, Array, Array], Array]:
-    """A jitted fn(params, labels (B,), rng) -> images (B, H, W, C), the sampler's z_{t_min}.
+    return_nfe: bool = False,
+) -> Callable[[Any, Array, Array], Array | tuple[Array, Array]]:
+    """A jitted fn(params, labels (B,), rng) -> images (B, H, W, C), the sampler's z_{t_min};
+    with return_nfe, (images, NFE): an int32 scalar, measured by an adaptive solver ('dopri5')
+    and the fixed count of the others. The network computes in the model's dtype: a spec of
+    another dtype samples a model from `vdm_jax.model.with_compute_dtype`.
 
     With AutoGuidance (spec.guidance 'auto', w ≠ 1) `guide` is the weaker network (it must
     fit `model`: `check_guide`) and params is the pair (model's, guide's). Compiles once per
     (batch_size, spec); new params, labels or rng do not recompile.
     """
     fn = _sample_fn(model, batch_size, spec, sharding, guide=guide)
-    return jax.jit(lambda params, labels, rng: fn(params, labels, rng).samples)
+
+    def run(params: Any, labels: Array, rng: Array) -> Array | tuple[Array, Array]:
+        out = fn(params, labels, rng)
+        return (out.samples, out.evaluation_count) if return_nfe else out.samples
+
+    return jax.jit(run)
 
 
 def _sample_fn(

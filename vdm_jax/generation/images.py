@@ -4,7 +4,8 @@
     pixels = images(params, labels, rng)      # (B, H, W, C) uint8 on the host
 
 is draw (sample z_{t_min} with `make_generate_fn`, then, for a latent model, decode it with the
-autoencoder that made its latents: `make_decoder`; on device, dispatched and not awaited) then
+autoencoder that made its latents: `make_decoder`; on device, dispatched and not awaited, with
+the sampler's NFE: measured by an adaptive solver, the fixed count of the others) then
 fetch (gather to the host, `parallel.mesh.to_host`, and quantize the [−1, 1] floats to
 `num_levels` levels as uint8, `data.pixels.unit_to_uint8`). The two halves are apart so a loop
 can fetch batch i while batch i + 1 runs (`generation.batches`).
@@ -34,25 +35,27 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class ImageSampler:
-    """generate: the jitted fn(params, labels (B,), rng) -> z_{t_min} of `make_generate_fn`;
-    decode: the latent model's decoder, or None for a pixel model; num_levels: the data's."""
+    """generate: the jitted fn(params, labels (B,), rng) -> (z_{t_min}, NFE) of
+    `make_generate_fn(..., return_nfe=True)`; decode: the latent model's decoder, or None for a
+    pixel model; num_levels: the data's."""
 
-    generate: Callable[[Any, Array, Array], Array]
+    generate: Callable[[Any, Array, Array], tuple[Array, Array]]
     decode: Callable[[Array], Array] | None
     num_levels: int
 
-    def draw(self, params: Any, labels: Array, rng: Array) -> Array:
-        """Images (B, H, W, C) float in [−1, 1] on device (decoded for a latent model)."""
-        images = self.generate(params, labels, rng)
-        return images if self.decode is None else self.decode(images)
+    def draw(self, params: Any, labels: Array, rng: Array) -> tuple[Array, Array]:
+        """(images (B, H, W, C) float in [−1, 1] on device (decoded for a latent model), the
+        sampler's NFE: an int32 scalar on device)."""
+        images, nfe = self.generate(params, labels, rng)
+        return (images if self.decode is None else self.decode(images)), nfe
 
     def fetch(self, images: Array) -> np.ndarray:
         """`draw`'s images (B, H, W, C) as uint8 on the host."""
         return unit_to_uint8(np.asarray(mesh_lib.to_host(images)), self.num_levels)
 
     def __call__(self, params: Any, labels: Array, rng: Array) -> np.ndarray:
-        """fetch(draw(params, labels, rng)): (B, H, W, C) uint8 on the host."""
-        return self.fetch(self.draw(params, labels, rng))
+        """fetch(draw(params, labels, rng)'s images): (B, H, W, C) uint8 on the host."""
+        return self.fetch(self.draw(params, labels, rng)[0])
 
 
 def make_image_sampler(
@@ -64,5 +67,6 @@ def make_image_sampler(
     autoencoder_weights: a latent model's decoder weights (`make_decoder`), unused for pixels;
     guide: AutoGuidance's guide network (then params = (model's, guide's): make_generate_fn)."""
     decode = make_decoder(data, autoencoder_weights)  # None for a pixel model
-    generate = make_generate_fn(model, batch_size, spec, sharding=sharding, guide=guide)
+    generate = make_generate_fn(model, batch_size, spec, sharding=sharding, guide=guide,
+                                return_nfe=True)
     return ImageSampler(generate, decode, model.num_levels)

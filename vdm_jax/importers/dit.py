@@ -108,14 +108,17 @@ _ANCHORS = (
 class Convention:
     """How a checkpoint format's network maps onto vdm_jax's: the time map the embedder needs
     (it embeds time_scale·t + time_shift), whether the C first output channels are negated, what
-    they then predict (parameterizations.PREDICTIONS) and the schedule it was trained on
-    (core.schedules.SCHEDULES)."""
+    they then predict (parameterizations.PREDICTIONS), the schedule it was trained on
+    (core.schedules.SCHEDULES) and the precision its released sampling code computes in (DiT's
+    and SiT's sample.py / sample_ddp.py: float32, TF32 matmuls on Ampere), an imported run's
+    default SamplingSpec.dtype."""
 
     time_scale: float
     time_shift: float
     negate_velocity: bool
     prediction: str
     schedule: str
+    sample_dtype: str = "float32"
 
 
 CONVENTIONS: dict[str, Convention] = {

@@ -18,6 +18,7 @@ from vdm_jax.model.build import (
     load_term_inputs,
     objective_kwargs,
     schedule_kwargs,
+    with_compute_dtype,
 )
 from vdm_jax.model.core import BPD_NOT_APPLICABLE, DTYPES, DiffusionModel, Forward, Params
 from vdm_jax.model.data_spec import DataSpec
@@ -31,4 +32,5 @@ from vdm_jax.model.terms.repa import (
 __all__ = ["BPD_NOT_APPLICABLE", "DTYPES", "REPA_FEATURES", "DataSpec", "DiffusionModel",
            "Forward", "Params", "TargetEncoder", "abstract_term_inputs", "build",
            "build_abstract", "build_objective", "check_data", "load_target_encoder_for",
-           "load_term_inputs", "objective_kwargs", "repa_encoder_dim", "schedule_kwargs"]
+           "load_term_inputs", "objective_kwargs", "repa_encoder_dim", "schedule_kwargs",
+           "with_compute_dtype"]

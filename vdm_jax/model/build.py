@@ -5,6 +5,7 @@ switches on (vdm_jax.model.terms.TERMS); the terms' inputs and data checks, by t
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
@@ -22,7 +23,7 @@ from vdm_jax.nn.learned_schedule import LearnedGamma
 from vdm_jax.nn.registry import build_model, logical_specs, resolve_spec
 
 __all__ = ["build", "build_objective", "check_data", "load_term_inputs", "objective_kwargs",
-           "schedule_kwargs"]
+           "schedule_kwargs", "with_compute_dtype"]
 
 
 def _accepts(fn: Callable[..., Any], name: str) -> bool:
@@ -136,6 +137,22 @@ def build_abstract(config: Mapping[str, Any], data: DataSpec) -> tuple[Diffusion
 
     abstract = jax.eval_shape(params_only)
     return holder["model"], abstract
+
+
+def with_compute_dtype(
+    model: DiffusionModel, config: Mapping[str, Any], data: DataSpec, dtype: str,
+) -> DiffusionModel:
+    """`model` (built from `config`) computing in `dtype` ('float32' | 'bfloat16'; '' = as
+    built): the same parameters (float32 whatever the compute dtype), another graph. Sampling
+    precision is a sampling setting (SamplingSpec.dtype), independent of training's."""
+    if not dtype or dtype == config["model"]["dtype"]:
+        return model
+    if dtype not in DTYPES:
+        raise ValueError(f"compute dtype {dtype!r}; expected one of {tuple(DTYPES)}")
+    changed = copy.deepcopy(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+    changed["model"]["dtype"] = dtype
+    changed.setdefault("seed", 0)
+    return build_abstract(changed, data)[0]  # the graph only: no parameter is computed
 
 
 def load_term_inputs(config: Mapping[str, Any]) -> dict[str, Any]:

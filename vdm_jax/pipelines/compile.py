@@ -51,7 +51,14 @@ from vdm_jax import config as config_lib
 from vdm_jax.data import imagenet
 from vdm_jax.data.pipeline import dataset_info
 from vdm_jax.generation.generate import make_generate_fn
-from vdm_jax.model import DataSpec, abstract_term_inputs, build, build_abstract, repa_encoder_dim
+from vdm_jax.model import (
+    DataSpec,
+    abstract_term_inputs,
+    build,
+    build_abstract,
+    repa_encoder_dim,
+    with_compute_dtype,
+)
 from vdm_jax.nn.cost import dinov2_cost, model_cost
 from vdm_jax.nn.encoders.dinov2 import SIZES as DINOV2_SIZES
 from vdm_jax.nn.registry import grid_size, resolve_spec
@@ -177,7 +184,7 @@ def _lower_compile(fn: Any, args: tuple) -> tuple[Any, float, float]:
     return compiled, t1 - t0, time.perf_counter() - t1
 
 
-def _figures(compiled: Any, chip: aot.Chip, analytic: float | None, trips: int,
+def _figures(compiled: Any, chip: aot.Chip, analytic: float | None, trips: int | None,
              lower_s: float, compile_s: float) -> dict[str, Any]:
     refused = compiled if isinstance(compiled, str) else None
     mem = {} if refused else aot.memory_stats(compiled) or {}
@@ -252,7 +259,9 @@ def compile_sampler(config: ConfigDict, devices: list[Any], chip: aot.Chip, batc
     model, abstract = build_abstract(config, data)
     shardings = mesh_lib.param_shardings(model.param_specs, abstract, mesh)
     params = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), abstract, shardings)
-    spec = config_lib.sampling_spec(config)
+    # The network in the sampling precision (config.sample.dtype, else model.dtype).
+    spec = config_lib.sampling_spec(config).resolve_dtype(config.model.dtype)
+    model = with_compute_dtype(model, config, data, spec.dtype)
     sharding = mesh_lib.batch_sharding(mesh) if batch % mesh.size == 0 else None
     fn = make_generate_fn(model, batch, spec, sharding=sharding)
     key = jax.eval_shape(lambda: jax.random.key(0))
@@ -265,7 +274,9 @@ def compile_sampler(config: ConfigDict, devices: list[Any], chip: aot.Chip, batc
     out = _figures(compiled, chip, analytic, spec.nfe, lower_s, compile_s)
     out.update(program="sampler", mesh=dict(mesh.shape), batch=batch, sampling=spec.to_dict(),
                guided=guided,
-               roofline_s=aot.roofline_seconds(analytic * spec.nfe, chip))
+               # An adaptive solver's NFE is known only after sampling: no roofline.
+               roofline_s=None if spec.nfe is None else aot.roofline_seconds(analytic * spec.nfe,
+                                                                             chip))
     return out
 
 

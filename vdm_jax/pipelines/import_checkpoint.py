@@ -5,7 +5,8 @@ launch/import_checkpoint.py runs.
     export_run(workdir, out, format="dit")                  # → an official-layout state dict
 
 An imported run is an ordinary run directory: its config (the ImageNet recipe of the format with
-the network the file holds, vdm_jax.importers.dit's time map and sign convention, and the SD-VAE
+the network the file holds, vdm_jax.importers.dit's time map and sign convention, the sampling
+precision of the source's code (sample.dtype = float32, whatever model.dtype), and the SD-VAE
 of `autoencoder.weights` that decodes its latents), its DataSpec (latent shape, classes, the
 autoencoder's SHA-256 and latent scaling), and a checkpoint at step 0 whose parameters AND EMA
 are the file's weights (released files are EMA weights), with a fresh optimizer state — so
@@ -34,6 +35,7 @@ from vdm_jax.checkpoints.restore import load_for_inference
 from vdm_jax.config import ema_name
 from vdm_jax.data import dataset_info
 from vdm_jax.importers.common import file_sha256, save_state_dict
+from vdm_jax.importers.dit import CONVENTIONS as DIT_CONVENTIONS
 from vdm_jax.importers.dit import FORMATS as DIT_FORMATS
 from vdm_jax.importers.dit import export_dit, import_dit
 from vdm_jax.importers.rae_dit import export_rae_dit, import_rae_dit
@@ -107,6 +109,10 @@ def import_run(checkpoint: str | os.PathLike, config: ConfigDict, workdir: str |
         config.data.kind = "latents"
         if data.pixel_shape:
             config.data.image_size = data.pixel_shape[0]
+        if not config.sample.get("dtype"):  # sample as the source's code did (unless overridden)
+            # float32: DiT's and SiT's sample.py (conventions table) and RAE's released sampler
+            config.sample.dtype = (DIT_CONVENTIONS[format].sample_dtype if format in DIT_FORMATS
+                                   else "float32")
         if not getattr(imported, "null_class_trained", True):
             config.sample.guidance_scale = 1.0  # the null row is untrained: no guidance
     params_holder: dict[str, Any] = {}

@@ -41,7 +41,7 @@ from vdm_jax.generation.generate import class_balanced_labels
 from vdm_jax.generation.grids import grid_upscale, image_grid, save_grid
 from vdm_jax.generation.images import make_image_sampler
 from vdm_jax.io import disk_full_error, read_json, write_json
-from vdm_jax.model import BPD_NOT_APPLICABLE, DataSpec
+from vdm_jax.model import BPD_NOT_APPLICABLE, DataSpec, with_compute_dtype
 from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.rundir import RunDir
 from vdm_jax.sampling_spec import SamplingSpec
@@ -108,8 +108,9 @@ class SampleGridHook:
 
     def __init__(self, config: ConfigDict, model: Any, mesh: Any, data: DataSpec):
         self.every = int(config.sample.every)
-        self.spec = config_lib.sampling_spec(config)
+        self.spec = config_lib.sampling_spec(config).resolve_dtype(config.model.dtype)
         self.ema = config_lib.ema_choice(config, self.spec.ema)
+        model = with_compute_dtype(model, config, data, self.spec.dtype)
         n = int(config.sample.num_images)
         sharding = mesh_lib.batch_sharding(mesh) if n % mesh.size == 0 else None
         self.images = make_image_sampler(model, n, self.spec, data, config.autoencoder.weights,
@@ -169,7 +170,7 @@ def evaluate_at_end(summary: Mapping[str, Any], config: ConfigDict) -> dict[str,
     EMA of config.sample.ema; written to the run directory's eval_results.json."""
     rundir: RunDir = summary["rundir"]
     model, state, mesh = summary["model"], summary["state"], summary["mesh"]
-    spec = config_lib.sampling_spec(config)
+    spec = config_lib.sampling_spec(config).resolve_dtype(config.model.dtype)
     ema = config_lib.ema_choice(config, spec.ema)
     params = state["params"] if ema is None else state["ema"][ema]
     results: dict[str, Any] = {"step": summary["step"], "ema": ema or "none",
@@ -200,7 +201,8 @@ def _final_samples(summary: Mapping[str, Any], config: ConfigDict, params: Any,
                    spec: SamplingSpec, name: str) -> dict[str, Any]:
     """`config.eval.num_samples` class-balanced samples of `spec` saved as samples/<name>.npz,
     with the digits metrics for the digits data: {"sampling", "samples_npz", "digits"}."""
-    rundir, model, mesh = summary["rundir"], summary["model"], summary["mesh"]
+    rundir, mesh = summary["rundir"], summary["mesh"]
+    model = with_compute_dtype(summary["model"], config, summary["data"], spec.dtype)
     n = config.eval.num_samples
     out: dict[str, Any] = {"sampling": spec.to_dict()}
     batch = min(n, 500)
