@@ -21,19 +21,20 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from vdm_jax.cli import ConfigArgs, exit_on_bad_input, fail, fail_now, quiet_third_party_logs
+from vdm_jax.cli import ConfigArgs, exit_on_bad_input, fail, fail_now, launch
 from vdm_jax.parallel import host
+from vdm_jax.rundir import RunDir
 
 USAGE = "python launch/train.py --config=configs/<name>.py --workdir=DIR [--config.<key>=VALUE]"
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, samples.")
 CONFIG = ConfigArgs(USAGE)  # --config and --config.<key>=<value>, split off before absl
 
 
-def main(argv: list[str]) -> None:
+def main() -> None:
     try:
-        _main(argv)
+        _main()
     except KeyboardInterrupt:
         # At once: no waiting for a checkpoint in flight (orbax's temporary directory is
         # ignored, and removed at the next start).
@@ -41,14 +42,11 @@ def main(argv: list[str]) -> None:
                  "checkpoint", status=130)
 
 
-def _main(argv: list[str]) -> None:
-    quiet_third_party_logs()
+def _main() -> None:
     with exit_on_bad_input():
-        if len(argv) > 1:
-            raise ValueError(f"unexpected arguments {argv[1:]}; flags are --name=value. "
-                             f"Usage: {USAGE}")
         if not _WORKDIR.value:
             raise ValueError(f"--workdir=DIR is required. Usage: {USAGE}")
+        RunDir(_WORKDIR.value).check_writable()  # the output's place first
         path, overrides = CONFIG.path, CONFIG.overrides
         from vdm_jax.parallel import distributed
         from vdm_jax.pipelines import train as pipeline
@@ -76,6 +74,4 @@ def _main(argv: list[str]) -> None:
 if __name__ == "__main__":
     # Before JAX initializes: malloc retention, XLA flags, one virtual CPU device per core
     # (vdm_jax.parallel.host; VDM_HOST_MALLOC / VDM_CPU_DEVICES / XLA_FLAGS override).
-    with exit_on_bad_input():
-        host.configure()
-    app.run(main, flags_parser=CONFIG.parse)
+    launch(main, CONFIG, __doc__, before=host.configure)
