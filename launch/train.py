@@ -62,7 +62,11 @@ def _main() -> None:
             fail(str(e), status=1)
         except DiskFullError as e:  # orbax's threads of the failed save would only repeat it
             fail_now(str(e), status=1)
-    if summary["preempted"]:
+    if summary.get("stopped_in") == "evaluation":
+        print(f"Preempted ({summary['signal']}) during the end-of-run evaluation: training is "
+              f"saved (step {summary['step']} in {_WORKDIR.value}); rerun the same command to "
+              "evaluate.", flush=True)
+    elif summary["preempted"]:
         print(f"Preempted ({summary['signal']}): saved step {summary['step']} in "
               f"{_WORKDIR.value}.", flush=True)
     elif "results" in summary:

@@ -20,9 +20,11 @@ baselines on the same data (not for MeanFlow, which bounds no likelihood: report
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +49,8 @@ from vdm_jax.sampling_spec import SamplingSpec
 from vdm_jax.training import loop
 from vdm_jax.training.loop import StepContext
 
-__all__ = ["SampleGridHook", "distributed_settings", "evaluate_at_end", "format_results",
-           "resolve_config", "run"]
+__all__ = ["EvaluationStopped", "SampleGridHook", "distributed_settings", "evaluate_at_end",
+           "format_results", "resolve_config", "run"]
 
 GRID_SEED_OFFSET = 12345  # the grids' fixed noise: key(seed + offset), the same at every step
 EVAL_SEED_OFFSET = 777
@@ -67,6 +69,21 @@ def resolve_config(workdir: str | Path, config_path: str | None,
             raise ValueError("--config=FILE is required to start a run (e.g. "
                              "--config=configs/digits_dit.py)")
         return config_lib.load(config_path, overrides), []
+    checkpointed = rundir.checkpoints.is_dir() and any(
+        p.name.isdigit() for p in rundir.checkpoints.iterdir())
+    if not checkpointed:  # a run that never reached a checkpoint: nothing to protect
+        if config_path:
+            config = config_lib.load(config_path, overrides)
+        else:
+            config = config_lib.resume_config(stored, overrides, str(rundir.root),
+                                              checkpointed=False)[0]
+        old, new = config_lib.flat(stored), config_lib.flat(config.to_dict())
+        fixed = [f"{k}: {old.get(k)!r} → {new.get(k)!r}"
+                 for k in config_lib.config_diff(stored, config.to_dict())
+                 if not config_lib.is_safe_on_resume(k)]
+        return config, [f"warning: the run in {rundir.root} never reached its first checkpoint; "
+                        f"starting it again with other fixed keys: {'; '.join(fixed)}."] if fixed \
+            else []
     config, changed = config_lib.resume_config(stored, overrides, str(rundir.root))
     notes = [f"Resuming the run in {rundir.root} with its stored config."]
     if changed:
@@ -119,9 +136,15 @@ class SampleGridHook:
         self.upscale = grid_upscale(output_shape(data)[0])
         self.last: Path | None = None
         self.drawn = False
+        self.calls = 0
 
     def __call__(self, ctx: StepContext) -> None:
+        self.calls += 1
         if not ctx.final and not (self.every and ctx.step % self.every == 0):
+            return
+        path = ctx.rundir.sample_grid(ctx.step)
+        if ctx.final and self.calls == 1 and path.is_file():
+            self.last = path  # a finished run started again: its final grid is drawn already
             return
         params = ctx.state["params"] if self.ema is None else ctx.state["ema"][self.ema]
         first, self.drawn = not self.drawn, True
@@ -155,8 +178,15 @@ def run(config: ConfigDict, workdir: str | Path, devices: list | None = None
     summary["sample_grid"] = grids[0].last if grids else None
     if (config.eval.at_end and not summary["preempted"]
             and summary["step"] >= config.train.num_steps):
+        done = read_json(summary["rundir"].eval_results)
+        if isinstance(done, dict) and done.get("step") == summary["step"]:
+            summary["results"] = done  # evaluated already: a finished run started again
+            return summary
         try:
-            summary["results"] = evaluate_at_end(summary, config)
+            with _sigterm_raises():
+                summary["results"] = evaluate_at_end(summary, config)
+        except EvaluationStopped:  # training is saved; a rerun evaluates
+            summary.update(preempted=True, signal="SIGTERM", stopped_in="evaluation")
         except Exception as e:
             full = loop.disk_full_error(e, summary["rundir"], "writing the end-of-run evaluation",
                                         summary["step"], summary["step"])
@@ -164,6 +194,28 @@ def run(config: ConfigDict, workdir: str | Path, devices: list | None = None
                 raise
             raise full from None
     return summary
+
+
+class EvaluationStopped(Exception):
+    """SIGTERM during the end-of-run evaluation (the training is saved already)."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises EvaluationStopped in the main thread (no-op in another thread)."""
+
+    def handle(signum: int, frame: Any) -> None:
+        raise EvaluationStopped
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handle)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def evaluate_at_end(summary: Mapping[str, Any], config: ConfigDict) -> dict[str, Any]:

@@ -21,6 +21,8 @@ from typing import IO
 import numpy as np
 from tqdm import tqdm
 
+from vdm_jax.io import write_text
+
 __all__ = ["MetricWriter", "RunLog"]
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,14 @@ class RunLog:
             self._file.write(f"{stamp} {message}\n")
             self._file.flush()
 
+    def record(self, message: str) -> None:
+        """Append `message` to the log file only (it was shown on stderr before the file
+        existed)."""
+        if self.active and self._file is not None:
+            stamp = datetime.datetime.now().isoformat(timespec="seconds")
+            self._file.write(f"{stamp} {message}\n")
+            self._file.flush()
+
     def close(self) -> None:
         if self._file is not None:
             with contextlib.suppress(OSError):
@@ -55,13 +65,28 @@ class RunLog:
 class MetricWriter:
     """TensorBoard event files + JSON lines in the run directory; a no-op on other processes."""
 
-    def __init__(self, tensorboard_dir: Path, jsonl_path: Path, active: bool):
+    def __init__(self, tensorboard_dir: Path, jsonl_path: Path, active: bool,
+                 start_step: int | None = None):
+        """`start_step`: the step the run resumes from. The rows a killed run logged after it
+        (and a half-written last line) are dropped from the JSON lines, and TensorBoard is told
+        to discard its events from step start_step + 1 on: the replayed steps, logged again,
+        appear once."""
         self.active = active
         if not active:
             return
         from tensorboardX import SummaryWriter
 
-        self.tb = SummaryWriter(str(tensorboard_dir))
+        if start_step is not None and jsonl_path.is_file():
+            kept = []
+            for line in jsonl_path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= start_step:
+                        kept.append(line + "\n")
+                except (ValueError, KeyError, TypeError):
+                    pass  # a line cut short by a kill
+            write_text(jsonl_path, "".join(kept))
+        purge = None if start_step is None else start_step + 1
+        self.tb = SummaryWriter(str(tensorboard_dir), purge_step=purge)
         self.jsonl = open(jsonl_path, "a")  # closed in close()
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:

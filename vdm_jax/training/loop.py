@@ -35,8 +35,8 @@
 Step numbering: step k is the k-th optimizer update (k = 1, 2, ...). It consumes the k-th batch
 the run draws (counting from the start of training, across restarts), logs its metrics under
 step k, leaves state["step"] == k, and checkpoint `k` holds the state after it. A resumed run
-appends to `metrics.jsonl` from the restored step + 1: steps a killed run logged after its last
-checkpoint appear twice (with the same losses: the rerun is exact).
+logs to `metrics.jsonl` (and TensorBoard) from the restored step + 1, having dropped the rows a
+killed run logged after its last checkpoint: each step appears once.
 """
 
 from __future__ import annotations
@@ -233,11 +233,14 @@ def prepare(config: ConfigDict, workdir: str | Path, devices: list | None = None
     try:
         restored = checkpointer.restore_latest(state, config, data.to_dict())
         if restored is None and rundir.config_json.is_file():
-            # A run killed before its first checkpoint still owns the run directory.
+            # A run that never reached its first checkpoint: nothing to protect, but say so.
             saved = read_json(rundir.config_json)
             if isinstance(saved, dict):
-                check_compatible(saved, config, f"{rundir.root} holds a run of another "
-                                 "configuration (its config.json, no checkpoint yet)")
+                try:
+                    check_compatible(saved, config, f"{rundir.root} held a run of another "
+                                     "configuration (its config.json, no checkpoint)")
+                except ValueError as e:
+                    log.warning("%s; starting it again with this config.", e)
     except BaseException:
         checkpointer.close()
         raise
@@ -345,10 +348,12 @@ def train(config: ConfigDict, workdir: str | Path, devices: list | None = None,
         lock = rundir.lock() if is_main else contextlib.nullcontext()
         progress = {"step": int(jax.device_get(env["state"]["step"])), "what": "starting"}
         try:
+            # Before anything is written: a setting the backend cannot compile leaves no workdir.
+            first = _compile_first_step(config, env)
             with lock:
                 if is_main:
                     _remove_leftovers(rundir)
-                summary = _train(config, env, interrupts, hooks, progress)
+                summary = _train(config, env, interrupts, hooks, progress, first)
         except KeyboardInterrupt:
             raise  # a second Ctrl-C: abort at once, without waiting for a save in flight
         except BaseException as e:
@@ -369,8 +374,33 @@ def train(config: ConfigDict, workdir: str | Path, devices: list | None = None,
         return summary
 
 
+def _compile_first_step(config: ConfigDict, env: dict[str, Any]) -> dict[str, Any]:
+    """The compiled train step, the first batch it will consume and the data iterator's state
+    before that batch was drawn (what a save before the first step must store), and the
+    messages said meanwhile (on stderr; _train copies them into train.log)."""
+    state, data_iter = env["state"], env["data_iter"]
+    step = int(jax.device_get(state["step"]))
+    first: dict[str, Any] = {"step_fn": step_function(config, env), "batch": None,
+                             "data_state": data_iter.get_state(), "said": []}
+    if step >= config.train.num_steps:
+        return first
+    say = RunLog(None, jax.process_index() == 0)
+    first["batch"] = batch = next(data_iter)
+    extra = () if env["frozen"] is None else (env["frozen"],)
+    first["said"].append(f"compiling the train step ({env['model'].image_shape} images, batch "
+                         f"{config.train.global_batch_size} over {env['mesh'].size} devices) …")
+    say(first["said"][-1])
+    t0 = time.perf_counter()
+    first["step_fn"] = first["step_fn"].lower(
+        state, batch, state_lib.step_rng(state["rng"], step), *extra).compile()
+    first["said"].append(f"compiled in {time.perf_counter() - t0:.1f} s.")
+    say(first["said"][-1])
+    return first
+
+
 def _train(config: ConfigDict, env: dict[str, Any], interrupts: _Interrupts,
-           hooks: Sequence[Hook], progress: dict[str, Any]) -> dict[str, Any]:
+           hooks: Sequence[Hook], progress: dict[str, Any], first: dict[str, Any]
+           ) -> dict[str, Any]:
     """The loop (steps 2-4 of the module docstring); `progress` tells the caller the step and
     what was being done, for the message of an error (a full disk)."""
     mesh, model, state, data_iter = env["mesh"], env["model"], env["state"], env["data_iter"]
@@ -381,8 +411,8 @@ def _train(config: ConfigDict, env: dict[str, Any], interrupts: _Interrupts,
     if is_main:
         write_json(rundir.config_json, config.to_dict())
     say = RunLog(rundir.train_log, is_main)
-    writer = MetricWriter(rundir.tensorboard, rundir.metrics_jsonl, is_main)
     start = int(jax.device_get(state["step"]))
+    writer = MetricWriter(rundir.tensorboard, rundir.metrics_jsonl, is_main, start_step=start)
     last_saved = start if env["restored"] else None
     num_steps = config.train.num_steps
     summary: dict[str, Any] = {"start_step": start, "preempted": False, "signal": None}
@@ -391,17 +421,11 @@ def _train(config: ConfigDict, env: dict[str, Any], interrupts: _Interrupts,
         if env["restored"]:
             say(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}.")
         frozen = env["frozen"]
-        step_fn = step_function(config, env)
         extra = () if frozen is None else (frozen,)  # REPA's target encoder: a fixed input
         step = start
-        batch = next(data_iter) if step < num_steps else None
-        if batch is not None:
-            say(f"compiling the train step ({model.image_shape} images, batch "
-                f"{config.train.global_batch_size} over {mesh.size} devices) …")
-            t0 = time.perf_counter()
-            step_fn = step_fn.lower(state, batch, state_lib.step_rng(state["rng"], step),
-                                    *extra).compile()
-            say(f"compiled in {time.perf_counter() - t0:.1f} s.")
+        step_fn, batch = first["step_fn"], first["batch"]
+        for message in first["said"]:
+            say.record(message)
         progress["what"] = "training"
         interrupts.armed = True
         pending: tuple[int, Any] | None = None  # (step, device metrics) checked one step late
@@ -429,7 +453,10 @@ def _train(config: ConfigDict, env: dict[str, Any], interrupts: _Interrupts,
 
         def save(k: int) -> None:
             nonlocal last_saved
-            checkpointer.save(state, data_iter.get_state(), config, data_spec)
+            # A first batch drawn but not yet trained on (SIGTERM while compiling) is not
+            # consumed: store the iterator's position before it, or the resume skips it.
+            position = first["data_state"] if batch is not None else data_iter.get_state()
+            checkpointer.save(state, position, config, data_spec)
             last_saved = k
 
         def call_hooks(k: int, final: bool) -> None:
