@@ -274,6 +274,16 @@ def _final_samples(summary: Mapping[str, Any], config: ConfigDict, params: Any,
     if jax.process_index() == 0:
         out["samples_npz"] = str(save_samples(
             rundir.sample_batch(name), images, labels if model.num_classes else None))
+        # Beside the batch, as launch/sample.py writes: evaluate.py merges it into its results.
+        write_json(RunDir.settings_of(out["samples_npz"]), {
+            **spec.to_dict(), "ema": config_lib.ema_choice(config, spec.ema) or "none",
+            "checkpoint_step": int(summary["step"]), "workdir": str(rundir.root),
+            "num_samples": int(n), "batch_size": int(batch),
+            "class_balanced": bool(model.num_classes), "num_classes": int(model.num_classes),
+            "dataset": config.data.name, "num_levels": int(model.num_levels),
+            "seed": int(config.seed) + EVAL_SEED_OFFSET, "written_by": "end-of-run evaluation "
+            "(noise of the batch at offset i: fold_in(key(seed), i))",
+        })
     if config.data.name == "digits":
         out["digits"] = digits_metrics(
             images, labels if model.num_classes else None, rundir.cache,
