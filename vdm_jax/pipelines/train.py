@@ -34,6 +34,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from vdm_jax import config as config_lib
+from vdm_jax.data import dataset_info
 from vdm_jax.data.adm_npz import save_samples
 from vdm_jax.data.pixels import unit_to_uint8
 from vdm_jax.evaluation import likelihood
@@ -167,6 +168,9 @@ def run(config: ConfigDict, workdir: str | Path, devices: list | None = None
         ) -> dict[str, Any]:
     """Train with sample grids; evaluate at the end when `config.eval.at_end` (and the run was
     not preempted). The summary gains 'sample_grid' and, after evaluation, 'results'."""
+    spec = config_lib.sampling_spec(config)
+    if spec.guidance_channels:  # before training, not at the first sample grid
+        spec.check_channels(DataSpec.from_info(dataset_info(config.data)).image_shape[-1])
     grids: list[SampleGridHook] = []
 
     def grid_hook(ctx: StepContext) -> None:
