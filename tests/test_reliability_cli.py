@@ -9,6 +9,7 @@ one). Each case is a real subprocess on the command line a user types.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +124,88 @@ def test_a_script_without_a_config_refuses_config_flags(tmp_path):
     proc = _script("sample", f"--workdir={tmp_path}", "--config.seed=1")
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[-1].startswith("error: this script takes no --config")
+
+
+# ------------------------------------------------------------------ in-process bad input
+def _one_line_exit_2(capsys: pytest.CaptureFixture, fn, match: str) -> None:
+    """fn() under the launch scripts' handler: exit 2, one `error:` line matching `match`."""
+    from vdm_jax.cli import exit_on_bad_input
+
+    os.environ.pop("VDM_JAX_TRACEBACK", None)
+    with pytest.raises(SystemExit) as exited, exit_on_bad_input():
+        fn()
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error: ") == 1, err
+    assert re.search(match, err), err
+
+
+def _tree(root: Path) -> Path:
+    from PIL import Image
+
+    for label in ("cat", "dog"):
+        (root / "train" / label).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(root / "train" / label / "a.png")
+    return root
+
+
+@pytest.mark.parametrize("loop", ["two_links", "class_links_to_itself", "class_links_up"])
+def test_image_folder_symlink_loops_are_one_line(tmp_path, capsys, loop):
+    from vdm_jax.data import image_folder
+
+    root = _tree(tmp_path / "tree")
+    cat = root / "train" / "cat"
+    if loop == "two_links":
+        (cat / "b.png").symlink_to(cat / "c.png")
+        (cat / "c.png").symlink_to(cat / "b.png")
+        expected = r"c?b?\.png is a symbolic link loop"
+    elif loop == "class_links_to_itself":
+        (root / "train" / "bird").symlink_to(root / "train" / "bird")
+        expected = r"bird is a symbolic link loop"
+    else:
+        (root / "train" / "up").symlink_to(root / "train")
+        expected = r"up links to a folder above it"
+    _one_line_exit_2(capsys, lambda: image_folder.listing(str(root)), expected)
+
+
+def test_image_folder_names_dangling_links_and_empty_classes(tmp_path, caplog):
+    import logging
+
+    from vdm_jax.data import image_folder
+
+    root = _tree(tmp_path / "tree")
+    (root / "train" / "cat" / "gone.png").symlink_to(tmp_path / "absent.png")
+    (root / "train" / "empty").mkdir()
+    with caplog.at_level(logging.WARNING, logger=image_folder.__name__):
+        builder = image_folder.load_builder(str(root), str(tmp_path / "tfds"))
+    assert builder.info.features["label"].names == ["cat", "dog", "empty"]
+    assert "gone.png, a symbolic link to" in caplog.text and "does not exist" in caplog.text
+    assert re.search(r"empty holds no image file; it stays class 'empty'", caplog.text)
+
+
+@pytest.mark.parametrize("case", ["directory", "text_named_npz", "junk_pth", "other_network"])
+def test_bad_inception_weights_are_one_line(tmp_path, capsys, case):
+    """--inception_weights: a directory, a text file named .npz, a junk .pth (torch or not),
+    another network's arrays: one line naming the file and the problem."""
+    import importlib.util
+
+    import numpy as np
+
+    from vdm_jax.evaluation.features import load_eval_inception
+
+    path = tmp_path / {"directory": "w", "text_named_npz": "w.npz", "junk_pth": "w.pth",
+                       "other_network": "w.npz"}[case]
+    if case == "directory":
+        path.mkdir()
+        expected = "a directory: give the weights file itself"
+    elif case == "text_named_npz":
+        path.write_text("these are not weights\n")
+        expected = "not a readable .npz of Inception weights"
+    elif case == "junk_pth":
+        path.write_bytes(b"\x80junk" * 10)
+        expected = ("not a readable PyTorch state dict" if importlib.util.find_spec("torch")
+                    else "needs PyTorch")
+    else:
+        np.savez(path, **{"conv/kernel": np.zeros((3, 3))})
+        expected = "conv/kernel"
+    _one_line_exit_2(capsys, lambda: load_eval_inception(str(path)), expected)
