@@ -1236,6 +1236,7 @@ def test_sigterm_at_start_up_resumes_exactly(tmp_path, reference, cli_env):
     resumed = _run(_cli(workdir), cli_env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from the checkpoint at step 0 " in resumed.stderr
+    assert "\r" not in resumed.stderr  # stderr is a pipe: no progress bar's carriage returns
     assert _logged_steps(workdir) == list(range(1, STEPS + 1))
     _assert_same_final(workdir, reference)
 

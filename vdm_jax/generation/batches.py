@@ -238,7 +238,8 @@ def generate_samples(
         return images if decode is None else decode(images)
 
     bar = tqdm(total=num_chunks * batch_size, initial=(num_chunks - len(todo)) * batch_size,
-               disable=not (is_main and progress), desc="sample", unit="img", dynamic_ncols=True)
+               disable=None if is_main and progress else True,  # None: off unless a terminal
+               desc="sample", unit="img", dynamic_ncols=True)
     pending: tuple[int, jax.Array] | None = None  # fetch chunk i after dispatching chunk i + 1
     try:
         for i in [*todo, None]:

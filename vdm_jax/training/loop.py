@@ -432,7 +432,8 @@ def _train(config: ConfigDict, env: dict[str, Any], interrupts: _Interrupts,
         one_step_in_flight = mesh.devices.flat[0].platform == "cpu"  # see the module docstring
         # images/s count from here (after compiling), without the hooks' time (they sample).
         t_last, steps_since = time.perf_counter(), 0
-        bar = tqdm(total=num_steps, initial=start, disable=not is_main, desc="train",
+        # disable=None: no bar when stderr is not a terminal (no carriage returns in a log file)
+        bar = tqdm(total=num_steps, initial=start, disable=None if is_main else True, desc="train",
                    unit="step", dynamic_ncols=True)
 
         def flush_pending() -> None:
