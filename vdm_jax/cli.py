@@ -75,6 +75,17 @@ def exit_on_bad_input() -> Iterator[None]:
 STORAGE_FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "File too large")
 
 
+# Third-party warnings that say nothing to a user of these scripts: orbax re-registering its
+# handler for jax.Array at import, tfds noting that OpenCV (which nothing here uses) is absent.
+NOISE_TEXTS = ("Type handler registry type", "OpenCV is not installed")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not any(t in text for t in NOISE_TEXTS)
+
+
 class _DropRepeatedStorageErrors(logging.Filter):
     """Drops orbax's and asyncio's own reports (log records with tracebacks) of a write refused
     for lack of room: the trainer reports that failure once, naming the disk and the step."""
@@ -103,7 +114,8 @@ def _drop_closed_loop_reports(default: Callable[[Any], None]) -> Callable[[Any],
 
 
 def quiet_third_party_logs() -> None:
-    """Silence what misleads a user: orbax's per-file INFO lines, absl's INFO chatter, and the
+    """Silence what misleads a user: orbax's per-file INFO lines, absl's INFO chatter, the
+    warnings of NOISE_TEXTS, and the
     repeated reports of a failure the scripts report as one line (`_DropRepeatedStorageErrors`,
     `_drop_closed_loop_reports`). tfds's "Downloading and preparing dataset" is silenced where
     vdm_jax prepares data (vdm_jax.data.tfds_utils). Warnings and errors still show."""
@@ -116,6 +128,10 @@ def quiet_third_party_logs() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropRepeatedStorageErrors) for f in logger.filters):
             logger.addFilter(_DropRepeatedStorageErrors())
+    for name in ("absl", "orbax", "tensorflow_datasets"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
     if not getattr(sys.unraisablehook, "drops_closed_loop_reports", False):
         sys.unraisablehook = _drop_closed_loop_reports(sys.unraisablehook)
 
