@@ -9,7 +9,8 @@ jax.distributed is initialized from --config.distributed.* when given, or from t
 on Cloud TPU / SLURM (see launch/tpu/README.md).
 
 Exit status: 0 when training finished or was stopped by SIGTERM or a Ctrl-C once training runs
-(the current step is saved: `Preempted (SIGTERM): saved step k in DIR.`); 130 with one line
+(the current step is saved: `Preempted (SIGTERM): saved step k in DIR.`), or by SIGTERM during
+the end-of-run evaluation (training is saved; a rerun evaluates); 130 with one line
 `error: aborted ...` for a second Ctrl-C, or one while preparing or compiling (at once, without
 waiting for a save in flight); 2 with one line `error: ...` for bad input (an unknown key or a
 wrong value, a config the devices or the data cannot serve, a workdir in use or holding another

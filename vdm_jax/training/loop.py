@@ -8,11 +8,13 @@
    train state; if the run directory holds a run, check that `config` may resume it
    (vdm_jax.config.SAFE_ON_RESUME) and restore its newest readable checkpoint (state and the
    data iterator's position). Any problem is a ValueError / FileNotFoundError naming it.
-2. Start: process 0 takes the run directory's lock (a second trainer gets one line naming the
-   holder's pid, from `prepare` already, before it reads the run), removes what killed writers
-   left behind (temporary files, unfinished orbax checkpoints), writes config.json and opens the
-   logs (TensorBoard, metrics.jsonl, train.log). The train step is compiled once, timed and
-   reported ("compiling the train step … 12.3 s").
+2. Compile, still writing nothing: the first batch is drawn and the train step compiled once,
+   timed and reported ("compiling the train step … 12.3 s"), so a setting the backend cannot
+   compile (float16 matmuls on CPU) leaves no run directory. Start: process 0 takes the run
+   directory's lock (a second trainer gets one line naming the holder's pid, from `prepare`
+   already, before it reads the run), removes what killed writers left behind (temporary files,
+   unfinished orbax checkpoints), writes config.json and opens the logs (TensorBoard,
+   metrics.jsonl, train.log, which gets the compile lines too).
 3. Loop: each step's rng is fold_in(seed key, step), so a resumed run draws exactly the noise and
    batches of an uninterrupted one. On GPU/TPU the loss of step k is checked on the host while
    step k + 1 runs (no pipeline stall). On CPU it is checked before step k + 1 is dispatched:
