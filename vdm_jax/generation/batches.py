@@ -180,6 +180,10 @@ def generate_samples(
     RunDir.samples/<default_name>.npz), in resumable chunks of `batch_size` (module docstring).
     Returns the paths and settings. Bad values raise ValueError before anything is written.
     """
+    if (isinstance(num_samples, int) and isinstance(batch_size, int)
+            and 0 < num_samples < batch_size):  # never draw more than asked (N, rounded up
+        # to a multiple of the devices): the chunk is the batch actually drawn
+        batch_size = min(batch_size, -(-num_samples // restored.mesh.size) * restored.mesh.size)
     settings = sample_settings(restored, spec, num_samples=num_samples, batch_size=batch_size)
     npz = (Path(out).expanduser() if out is not None else
            restored.rundir.sample_batch(default_name(spec, restored.step, num_samples,
@@ -227,7 +231,8 @@ def generate_samples(
               flush=True)
 
     bar = tqdm(total=num_chunks * batch_size, initial=(num_chunks - len(todo)) * batch_size,
-               disable=not (is_main and progress), desc="sample", unit="img", dynamic_ncols=True)
+               disable=None if is_main and progress else True,  # None: off unless a terminal
+               desc="sample", unit="img", dynamic_ncols=True)
     pending: tuple[int, jax.Array] | None = None  # fetch chunk i after dispatching chunk i + 1
     try:
         for i in [*todo, None]:

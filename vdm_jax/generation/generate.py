@@ -59,6 +59,7 @@ def _sample_fn(
     shared condition), to trace."""
     shape = (batch_size, *model.image_shape)
     guided = spec.guided(model.num_classes)
+    spec.check_channels(model.image_shape[-1])
     learned = spec.sampler_options.get("variance") == "learned"
     if learned and not model.learn_sigma:
         raise ValueError("variance='learned' needs a model trained with learned σ "
