@@ -30,7 +30,7 @@ import sys
 from absl import flags
 
 from vdm_jax.cli import ConfigArgs, launch
-from vdm_jax.io import check_writable
+from vdm_jax.io import check_writable, write_json
 from vdm_jax.parallel import host
 
 USAGE = ("python launch/compile.py --config=configs/<name>.py --topology=v5p:2x2x1 "
@@ -56,17 +56,17 @@ def main() -> None:
     for flag, value in (("--out", _OUT.value), ("--save", _SAVE.value)):
         if value:  # the outputs' places first: before minutes of compiling
             check_writable(value, flag)
+    from vdm_jax import config as config_lib
+
+    config = config_lib.load(CONFIG.path, CONFIG.overrides)  # then the (slower) imports
     import jax
 
-    from vdm_jax import config as config_lib
-    from vdm_jax.io import write_json
     from vdm_jax.pipelines import compile as aot_compile
 
     # A persistent compilation cache could not load TPU executables on this host (no TPU
     # client), and the compile times measured here must be those of fresh compiles.
     jax.config.update("jax_enable_compilation_cache", False)
 
-    config = config_lib.load(CONFIG.path, CONFIG.overrides)
     if _FIND_MAX.value:
         hbm = None if _HBM.value is None else int(_HBM.value * 2**30)
         result = aot_compile.find_max_batch(
