@@ -19,9 +19,11 @@ the settings go to the .json beside it, which evaluate.py copies into its result
 
 from __future__ import annotations
 
-from absl import app, flags
+import sys
 
-from vdm_jax.cli import exit_on_bad_input
+from absl import flags
+
+from vdm_jax.cli import ConfigArgs, launch
 from vdm_jax.data import DATASETS
 from vdm_jax.evaluation.features import (
     DEFAULT_BATCH_SIZE,
@@ -30,9 +32,11 @@ from vdm_jax.evaluation.features import (
     load_eval_inception,
 )
 from vdm_jax.evaluation.reference import build_reference, iter_reference_images
-from vdm_jax.io import write_json
+from vdm_jax.io import check_writable, write_json
 from vdm_jax.rundir import RunDir
 
+USAGE = ("python launch/build_reference.py --dataset=NAME --split=train|eval --out=REF.npz "
+         "[--inception_weights=FILE]")
 _DATASET = flags.DEFINE_enum("dataset", "digits", DATASETS, "data.name of the input pipeline.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data dir (default $VDM_JAX_DATA_DIR).")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Raw files of imagenet2012 / cifar10.")
@@ -54,25 +58,26 @@ _BATCH = flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Inception batch
 _FID_MODE = flags.DEFINE_enum("fid_mode", DEFAULT_FID_MODE, list(FID_MODES),
                               "FID preprocessing ('adm': as the ADM evaluator; recorded beside "
                               "the batch, and evaluate.py uses the same).")
+ARGS = ConfigArgs(USAGE, takes_config=False)
 
 
-def main(argv: list[str]) -> None:
-    with exit_on_bad_input():
-        if len(argv) > 1:
-            raise ValueError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
-        if not _OUT.value or not _OUT.value.endswith(".npz"):
-            raise ValueError(f"--out must name the output .npz file, got {_OUT.value!r}")
-        model, weights = load_eval_inception(_WEIGHTS.value, 0 if _RANDOM.value else None)
-        data = {
-            "name": _DATASET.value, "data_dir": _DATA_DIR.value, "manual_dir": _MANUAL_DIR.value,
-            "image_folder": _FOLDER.value, "image_size": _IMAGE_SIZE.value, "random_flip": False,
-        }
-        chunks = iter_reference_images(data, _SPLIT.value, _MAX_IMAGES.value, seed=_SEED.value)
-        counts = []  # shapes of the chunks read, for the settings file
-        ref = build_reference(
-            (counts.append(c.shape) or c for c in chunks), model, _OUT.value,
-            batch_size=_BATCH.value, num_stored_images=_NUM_STORED.value, mode=_FID_MODE.value,
-        )
+def main() -> None:
+    if not _OUT.value or not _OUT.value.endswith(".npz"):
+        raise ValueError(f"--out must name the output .npz file, got {_OUT.value!r}")
+    check_writable(_OUT.value, "--out")  # before hours of Inception work
+    model, weights = load_eval_inception(_WEIGHTS.value, 0 if _RANDOM.value else None)
+    data = {
+        "name": _DATASET.value, "data_dir": _DATA_DIR.value, "manual_dir": _MANUAL_DIR.value,
+        "image_folder": _FOLDER.value, "image_size": _IMAGE_SIZE.value, "random_flip": False,
+    }
+    print(f"reading the {_SPLIT.value} split of {_DATASET.value} (at most {_MAX_IMAGES.value} "
+          "images) through the FID Inception …", file=sys.stderr, flush=True)
+    chunks = iter_reference_images(data, _SPLIT.value, _MAX_IMAGES.value, seed=_SEED.value)
+    counts = []  # shapes of the chunks read, for the settings file
+    ref = build_reference(
+        (counts.append(c.shape) or c for c in chunks), model, _OUT.value,
+        batch_size=_BATCH.value, num_stored_images=_NUM_STORED.value, mode=_FID_MODE.value,
+    )
     settings = {
         "data": data, "split": _SPLIT.value, "num_images": sum(c[0] for c in counts),
         "seed": _SEED.value,
@@ -86,4 +91,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    launch(main, ARGS, __doc__)

@@ -19,16 +19,18 @@ JSON; --save the serialized train-step executable. Override any config field wit
 `--config.<key>=<value>` as for launch/train.py.
 
 Exit status 2 with one line `error: ...` for bad input: an unknown topology, libtpu missing, a
-mesh that does not fit the topology, a batch the chips do not divide, a bad config value.
+mesh that does not fit the topology, a batch the chips do not divide, a bad config value, an
+--out or --save that cannot be written (checked first, before any compile).
 """
 
 from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from vdm_jax.cli import ConfigArgs, exit_on_bad_input, quiet_third_party_logs
+from vdm_jax.cli import ConfigArgs, launch
+from vdm_jax.io import check_writable, write_json
 from vdm_jax.parallel import host
 
 USAGE = ("python launch/compile.py --config=configs/<name>.py --topology=v5p:2x2x1 "
@@ -48,40 +50,38 @@ _HBM = flags.DEFINE_float("hbm_gib", None, "HBM per chip for --find_max_batch (d
 CONFIG = ConfigArgs(USAGE)
 
 
-def main(argv: list[str]) -> None:
-    quiet_third_party_logs()
-    with exit_on_bad_input():
-        if len(argv) > 1:
-            raise ValueError(f"unexpected arguments {argv[1:]}; flags are --name=value. "
-                             f"Usage: {USAGE}")
-        if not CONFIG.path or not _TOPOLOGY.value:
-            raise ValueError(f"--config=FILE and --topology=NAME are required. Usage: {USAGE}")
-        import jax
+def main() -> None:
+    if not CONFIG.path or not _TOPOLOGY.value:
+        raise ValueError(f"--config=FILE and --topology=NAME are required. Usage: {USAGE}")
+    for flag, value in (("--out", _OUT.value), ("--save", _SAVE.value)):
+        if value:  # the outputs' places first: before minutes of compiling
+            check_writable(value, flag)
+    from vdm_jax import config as config_lib
 
-        from vdm_jax import config as config_lib
-        from vdm_jax.io import write_json
-        from vdm_jax.pipelines import compile as aot_compile
+    config = config_lib.load(CONFIG.path, CONFIG.overrides)  # then the (slower) imports
+    import jax
 
-        # A persistent compilation cache could not load TPU executables on this host (no TPU
-        # client), and the compile times measured here must be those of fresh compiles.
-        jax.config.update("jax_enable_compilation_cache", False)
+    from vdm_jax.pipelines import compile as aot_compile
 
-        config = config_lib.load(CONFIG.path, CONFIG.overrides)
-        if _FIND_MAX.value:
-            hbm = None if _HBM.value is None else int(_HBM.value * 2**30)
-            result = aot_compile.find_max_batch(
-                config, _TOPOLOGY.value, hbm_bytes=hbm, num_slices=_SLICES.value,
-                granularity=_GRANULARITY.value,
-                on_try=_print_try)
-            print(f"largest global batch that fits {result['hbm_bytes'] / 2**30:.1f} GiB per "
-                  f"chip: {result['max_batch']}")
-        else:
-            result = aot_compile.compile_programs(
-                config, _TOPOLOGY.value, num_slices=_SLICES.value,
-                sample_batch=_SAMPLE_BATCH.value or None, save=_SAVE.value)
-            print(aot_compile.format_report(result), flush=True)
-        if _OUT.value:
-            write_json(_OUT.value, {"argv": sys.argv, **result})
+    # A persistent compilation cache could not load TPU executables on this host (no TPU
+    # client), and the compile times measured here must be those of fresh compiles.
+    jax.config.update("jax_enable_compilation_cache", False)
+
+    if _FIND_MAX.value:
+        hbm = None if _HBM.value is None else int(_HBM.value * 2**30)
+        result = aot_compile.find_max_batch(
+            config, _TOPOLOGY.value, hbm_bytes=hbm, num_slices=_SLICES.value,
+            granularity=_GRANULARITY.value,
+            on_try=_print_try)
+        print(f"largest global batch that fits {result['hbm_bytes'] / 2**30:.1f} GiB per "
+              f"chip: {result['max_batch']}")
+    else:
+        result = aot_compile.compile_programs(
+            config, _TOPOLOGY.value, num_slices=_SLICES.value,
+            sample_batch=_SAMPLE_BATCH.value or None, save=_SAVE.value)
+        print(aot_compile.format_report(result), flush=True)
+    if _OUT.value:
+        write_json(_OUT.value, {"argv": sys.argv, **result})
 
 
 def _print_try(batch: int, t: dict) -> None:
@@ -94,6 +94,4 @@ def _print_try(batch: int, t: dict) -> None:
 if __name__ == "__main__":
     # Before JAX initializes: on a host without TPU chips, libtpu loads for the compiles only,
     # quietly and beside other JAX processes (vdm_jax.parallel.host).
-    with exit_on_bad_input():
-        host.configure()
-    app.run(main, flags_parser=CONFIG.parse)
+    launch(main, CONFIG, __doc__, before=host.configure)

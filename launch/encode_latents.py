@@ -15,10 +15,11 @@ training then takes --config.data.latent_dir=DIR. Bad input: one line `error: ..
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
 from vdm_jax import config as config_lib
-from vdm_jax.cli import ConfigArgs, exit_on_bad_input, quiet_third_party_logs
+from vdm_jax.cli import ConfigArgs, launch
+from vdm_jax.io import check_writable
 
 USAGE = ("python launch/encode_latents.py --config=configs/<name>.py --out=DIR "
          "--config.autoencoder.weights=PATH [--config.<key>=VALUE]")
@@ -29,24 +30,23 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Encoder
 CONFIG = ConfigArgs(USAGE)  # --config and --config.<key>=<value>, split off before absl
 
 
-def main(argv: list[str]) -> None:
-    quiet_third_party_logs()
-    with exit_on_bad_input():
-        if len(argv) > 1 or not _OUT.value or not CONFIG.path:
-            raise ValueError(f"--config and --out are required. Usage: {USAGE}")
-        import jax.numpy as jnp
+def main() -> None:
+    if not _OUT.value or not CONFIG.path:
+        raise ValueError(f"--config and --out are required. Usage: {USAGE}")
+    check_writable(_OUT.value, "--out", directory=True)  # before hours of encoding
+    import jax.numpy as jnp
 
-        from vdm_jax.parallel import distributed
-        from vdm_jax.pipelines.encode_latents import encode_latents
+    from vdm_jax.parallel import distributed
+    from vdm_jax.pipelines.encode_latents import encode_latents
 
-        config = config_lib.load(CONFIG.path, CONFIG.overrides)
-        distributed.initialize(config.distributed)
-        with config.unlocked():  # encode the images; the latents go to --out
-            config.data.kind, config.data.latent_dir = "images", None
-        out = encode_latents(config, _OUT.value, chunk_size=_CHUNK.value,
-                             batch_size=_BATCH.value, dtype=getattr(jnp, _DTYPE.value))
+    config = config_lib.load(CONFIG.path, CONFIG.overrides)
+    distributed.initialize(config.distributed)
+    with config.unlocked():  # encode the images; the latents go to --out
+        config.data.kind, config.data.latent_dir = "images", None
+    out = encode_latents(config, _OUT.value, chunk_size=_CHUNK.value,
+                         batch_size=_BATCH.value, dtype=getattr(jnp, _DTYPE.value))
     print(f"wrote the latent dataset {out}")
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=CONFIG.parse)
+    launch(main, CONFIG, __doc__)

@@ -26,14 +26,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
-from vdm_jax.cli import exit_on_bad_input, quiet_third_party_logs
+from vdm_jax.cli import ConfigArgs, launch
 from vdm_jax.evaluation.evaluate import evaluate_samples_file
 from vdm_jax.evaluation.features import DEFAULT_BATCH_SIZE, FID_MODES
 from vdm_jax.evaluation.likelihood import bpd_metrics
 from vdm_jax.evaluation.results import format_table, write_results_json
+from vdm_jax.io import check_writable
+from vdm_jax.rundir import RunDir
 
+USAGE = ("python launch/evaluate.py --samples=FILE.npz [--ref=REF.npz | --digits] "
+         "[--bpd_workdir=RUN] [--out=FILE.json]")
 _SAMPLES = flags.DEFINE_string("samples", None, "Sample batch .npz (arr_0 uint8 NHWC, arr_1).")
 _REF = flags.DEFINE_string("ref", None, "ADM reference batch .npz: FID, sFID, IS, prec./recall.")
 _WEIGHTS = flags.DEFINE_string(
@@ -72,56 +76,64 @@ _BPD_BATCH = flags.DEFINE_integer(
 )
 
 
+ARGS = ConfigArgs(USAGE, takes_config=False)
+
+
 def _path(value: str | None) -> str | None:
     """A path flag with `~` expanded (the shell leaves `--flag=~/x` alone)."""
     return os.path.expanduser(value) if value else value
 
 
-def main(argv: list[str]) -> None:
-    quiet_third_party_logs()
-    with exit_on_bad_input():
-        if len(argv) > 1:
-            raise ValueError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
-        if not _SAMPLES.value and not _BPD_WORKDIR.value:
-            raise ValueError("give --samples=PATH.npz and/or --bpd_workdir=RUN")
-        samples, ref, out = _path(_SAMPLES.value), _path(_REF.value), _path(_OUT.value)
-        # Cheap checks first: bits/dim may take minutes before the samples are read.
-        for what, path in (("sample batch", samples), ("reference batch", ref)):
-            if path and not Path(path).is_file():
-                raise FileNotFoundError(f"{what} {path} does not exist")
-        bpd = None
-        if _BPD_WORKDIR.value:
-            from vdm_jax.checkpoints.restore import load_for_inference
+def main() -> None:
+    if not _SAMPLES.value and not _BPD_WORKDIR.value:
+        raise ValueError("give --samples=PATH.npz and/or --bpd_workdir=RUN")
+    samples, ref, out = _path(_SAMPLES.value), _path(_REF.value), _path(_OUT.value)
+    # The results' path before any work (bits/dim and Inception features take minutes).
+    if out:
+        check_writable(out, "--out")
+    elif samples:
+        check_writable(RunDir.results_of(samples), "the results file beside --samples "
+                       "(give --out)")
+    else:
+        check_writable(RunDir(_path(_BPD_WORKDIR.value)).eval_dir, "--bpd_workdir's eval/ "
+                       "(give --out)", directory=True)
+    # Then the inputs: bits/dim may take minutes before the samples are read.
+    for what, path in (("sample batch", samples), ("reference batch", ref)):
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"{what} {path} does not exist")
+    bpd = None
+    if _BPD_WORKDIR.value:
+        from vdm_jax.checkpoints.restore import load_for_inference
 
-            restored = load_for_inference(_BPD_WORKDIR.value, ema=_EMA.value, step=_BPD_STEP.value)
-            bpd = bpd_metrics(restored, passes=_BPD_PASSES.value, batch_size=_BPD_BATCH.value)
-            bpd[1]["bpd"]["workdir"] = str(restored.rundir.root)
-        if not samples:
-            metrics = {**bpd[0], "unavailable": {}}
-            path = write_results_json(
-                out or restored.rundir.bpd_results(restored.step, restored.ema),
-                metrics, bpd[1],
-            )
-            print(format_table(metrics))
-            print(f"wrote {path}")
-            return
-        metrics, _, path = evaluate_samples_file(
-            samples,
-            ref_path=ref,
-            inception_weights=_path(_WEIGHTS.value),
-            random_inception_seed=0 if _RANDOM.value else None,
-            digits=_DIGITS.value,
-            cache_dir=_path(_WORKDIR.value),
-            data_dir=_path(_DATA_DIR.value),
-            settings_from=_path(_SETTINGS.value),
-            out=out,
-            batch_size=_BATCH.value,
-            fid_mode=_FID_MODE.value,
-            extra=bpd,
+        restored = load_for_inference(_BPD_WORKDIR.value, ema=_EMA.value, step=_BPD_STEP.value)
+        bpd = bpd_metrics(restored, passes=_BPD_PASSES.value, batch_size=_BPD_BATCH.value)
+        bpd[1]["bpd"]["workdir"] = str(restored.rundir.root)
+    if not samples:
+        metrics = {**bpd[0], "unavailable": {}}
+        path = write_results_json(
+            out or restored.rundir.bpd_results(restored.step, restored.ema),
+            metrics, bpd[1],
         )
+        print(format_table(metrics))
+        print(f"wrote {path}")
+        return
+    metrics, _, path = evaluate_samples_file(
+        samples,
+        ref_path=ref,
+        inception_weights=_path(_WEIGHTS.value),
+        random_inception_seed=0 if _RANDOM.value else None,
+        digits=_DIGITS.value,
+        cache_dir=_path(_WORKDIR.value),
+        data_dir=_path(_DATA_DIR.value),
+        settings_from=_path(_SETTINGS.value),
+        out=out,
+        batch_size=_BATCH.value,
+        fid_mode=_FID_MODE.value,
+        extra=bpd,
+    )
     print(format_table(metrics))
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    launch(main, ARGS, __doc__)

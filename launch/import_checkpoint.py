@@ -27,10 +27,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
 from vdm_jax import config as config_lib
-from vdm_jax.cli import ConfigArgs, exit_on_bad_input, quiet_third_party_logs
+from vdm_jax.cli import ConfigArgs, launch
+from vdm_jax.io import check_writable
+from vdm_jax.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 USAGE = ("python launch/import_checkpoint.py --format=dit|sit|rae_dit --checkpoint=FILE "
@@ -49,28 +51,30 @@ _EMA = flags.DEFINE_string("ema", "", "Export: '' = the run's first EMA, 'none',
 CONFIG = ConfigArgs(USAGE)  # --config and --config.<key>=<value>, split off before absl
 
 
-def main(argv: list[str]) -> None:
-    quiet_third_party_logs()
-    with exit_on_bad_input():
-        if len(argv) > 1 or not _FORMAT.value or not _WORKDIR.value:
-            raise ValueError(f"--format and --workdir are required. Usage: {USAGE}")
-        from vdm_jax.pipelines import import_checkpoint as pipeline
+def main() -> None:
+    if not _FORMAT.value or not _WORKDIR.value:
+        raise ValueError(f"--format and --workdir are required. Usage: {USAGE}")
+    if _EXPORT.value:  # the output's place first, before reading any weights
+        check_writable(_EXPORT.value, "--export")
+    else:
+        RunDir(_WORKDIR.value).check_writable()
+    from vdm_jax.pipelines import import_checkpoint as pipeline
 
-        if _EXPORT.value:
-            out = pipeline.export_run(_WORKDIR.value, _EXPORT.value, format=_FORMAT.value,
-                                      ema=_EMA.value)
-            print(f"wrote {out}")
-            return
-        if not _CHECKPOINT.value:
-            raise ValueError(f"--checkpoint=FILE is required to import. Usage: {USAGE}")
-        recipe = CONFIG.path or str(ROOT / "configs" / f"{RECIPES[_FORMAT.value]}.py")
-        config = config_lib.load(recipe, CONFIG.overrides)
-        rundir = pipeline.import_run(_CHECKPOINT.value, config, _WORKDIR.value,
-                                     format=_FORMAT.value, weights=_WEIGHTS.value,
-                                     num_heads=_HEADS.value)
+    if _EXPORT.value:
+        out = pipeline.export_run(_WORKDIR.value, _EXPORT.value, format=_FORMAT.value,
+                                  ema=_EMA.value)
+        print(f"wrote {out}")
+        return
+    if not _CHECKPOINT.value:
+        raise ValueError(f"--checkpoint=FILE is required to import. Usage: {USAGE}")
+    recipe = CONFIG.path or str(ROOT / "configs" / f"{RECIPES[_FORMAT.value]}.py")
+    config = config_lib.load(recipe, CONFIG.overrides)
+    rundir = pipeline.import_run(_CHECKPOINT.value, config, _WORKDIR.value,
+                                 format=_FORMAT.value, weights=_WEIGHTS.value,
+                                 num_heads=_HEADS.value)
     print(f"imported {_CHECKPOINT.value} into {rundir.root}: sample it with "
           f"launch/sample.py --workdir={rundir.root}")
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=CONFIG.parse)
+    launch(main, CONFIG, __doc__)

@@ -30,10 +30,14 @@ Bad input: `error: ...`, exit status 2, nothing written.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
-from vdm_jax.cli import exit_on_bad_input, quiet_third_party_logs
+from vdm_jax.cli import ConfigArgs, launch
+from vdm_jax.io import check_writable
 from vdm_jax.parallel import host
+from vdm_jax.rundir import RunDir
+
+USAGE = "python launch/sample.py --workdir=RUN [--num_samples=N] [--out=FILE.npz] [--sampler=...]"
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints/.")
 _NUM = flags.DEFINE_integer("num_samples", 50_000, "Number of samples N.")
@@ -83,6 +87,7 @@ _OPTIONS = {"eta": _ETA, "variance": _VARIANCE, "lower_order_final": _LOF, "spac
             "shift": _SHIFT, "t_min": _T_MIN, "t_max": _T_MAX, "encoder_interval": _ENC_INTERVAL,
             "last_step_size": _LAST_SIZE, "diffusion_form": _FORM, "diffusion_norm": _NORM,
             "last_step": _LAST, "rtol": _RTOL, "atol": _ATOL}
+ARGS = ConfigArgs(USAGE, takes_config=False)
 
 
 def parse_interval(text: str) -> tuple[float, float] | None:
@@ -92,8 +97,8 @@ def parse_interval(text: str) -> tuple[float, float] | None:
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
-        raise ValueError(f"--guidance_interval must be 'lo,hi' (e.g. 0.1,0.9), got {text!r}"
-                         ) from None
+        raise ValueError(f"--guidance_interval must be 'lo,hi' (e.g. 0.1,0.9), or '' to "
+                         f"guide at every step, got {text!r}") from None
     return lo, hi
 
 
@@ -121,52 +126,54 @@ def spec_changes() -> dict:
     return changes
 
 
-def main(argv: list[str]) -> None:
-    quiet_third_party_logs()
-    with exit_on_bad_input():
-        if len(argv) > 1:
-            raise ValueError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
-        if not _WORKDIR.value:
-            raise ValueError("--workdir=DIR (a training run) is required")
-        import jax
+def main() -> None:
+    if not _WORKDIR.value:
+        raise ValueError("--workdir=DIR (a training run) is required")
+    # The output's place first: before the restore and the sampling (minutes to hours).
+    if _OUT.value:
+        check_writable(_OUT.value, "--out")
+    else:
+        check_writable(RunDir(_WORKDIR.value).samples, "the workdir's samples/ (give --out)",
+                       directory=True)
+    import jax
 
-        from vdm_jax import config as config_lib
-        from vdm_jax.checkpoints.restore import load_for_inference
-        from vdm_jax.core import samplers
-        from vdm_jax.generation.batches import generate_samples
-        from vdm_jax.parallel import distributed
-        from vdm_jax.sampling_spec import COMMON_OPTIONS, SHARING_OPTIONS, SamplingSpec
+    from vdm_jax import config as config_lib
+    from vdm_jax.checkpoints.restore import load_for_inference
+    from vdm_jax.core import samplers
+    from vdm_jax.generation.batches import generate_samples
+    from vdm_jax.parallel import distributed
+    from vdm_jax.sampling_spec import COMMON_OPTIONS, SHARING_OPTIONS, SamplingSpec
 
-        changes = spec_changes()
-        # Fail before the restore on a bad value: the fields that do not depend on the sampler,
-        # and the sampler with its options when one is given.
-        SamplingSpec(**{k: v for k, v in changes.items() if k not in ("sampler", "options")})
-        if "sampler" in changes:
-            SamplingSpec(sampler=changes["sampler"],
-                         options=tuple(changes.get("options", {}).items()))
-        distributed.initialize({})
-        restored = load_for_inference(_WORKDIR.value, ema=changes.get("ema", ""),
-                                      step=_STEP.value)
-        spec = config_lib.sampling_spec(restored.config, with_guide=True)
-        if changes.get("sampler", spec.sampler) != spec.sampler:
-            # The run's options of its own sampler do not carry over to another one.
-            keep = (COMMON_OPTIONS + SHARING_OPTIONS
-                    + samplers.SAMPLER_OPTIONS[changes["sampler"]])
-            spec = spec.replace(options={k: None for k, _ in spec.options if k not in keep})
-        spec = spec.replace(**changes)
-        guide = None
-        if spec.guidance == "auto" and spec.guided(restored.model.num_classes):
-            section = restored.config.sample
-            workdir = _GUIDE.value or section.get("guide_workdir")
-            if not workdir:
-                raise ValueError("--guidance=auto needs --guide_workdir=DIR (the guide run)")
-            ema = _GUIDE_EMA.value if _GUIDE_EMA.value is not None else section.get(
-                "guide_ema", "")
-            step = _GUIDE_STEP.value if _GUIDE_STEP.value is not None else section.get(
-                "guide_step")
-            guide = load_for_inference(workdir, ema=ema, step=step, mesh=restored.mesh)
-        result = generate_samples(restored, spec, num_samples=_NUM.value,
-                                  batch_size=_BATCH.value, out=_OUT.value, guide=guide)
+    changes = spec_changes()
+    # Fail before the restore on a bad value: the fields that do not depend on the sampler,
+    # and the sampler with its options when one is given.
+    SamplingSpec(**{k: v for k, v in changes.items() if k not in ("sampler", "options")})
+    if "sampler" in changes:
+        SamplingSpec(sampler=changes["sampler"],
+                     options=tuple(changes.get("options", {}).items()))
+    distributed.initialize({})
+    restored = load_for_inference(_WORKDIR.value, ema=changes.get("ema", ""),
+                                  step=_STEP.value)
+    spec = config_lib.sampling_spec(restored.config, with_guide=True)
+    if changes.get("sampler", spec.sampler) != spec.sampler:
+        # The run's options of its own sampler do not carry over to another one.
+        keep = (COMMON_OPTIONS + SHARING_OPTIONS
+                + samplers.SAMPLER_OPTIONS[changes["sampler"]])
+        spec = spec.replace(options={k: None for k, _ in spec.options if k not in keep})
+    spec = spec.replace(**changes)
+    guide = None
+    if spec.guidance == "auto" and spec.guided(restored.model.num_classes):
+        section = restored.config.sample
+        workdir = _GUIDE.value or section.get("guide_workdir")
+        if not workdir:
+            raise ValueError("--guidance=auto needs --guide_workdir=DIR (the guide run)")
+        ema = _GUIDE_EMA.value if _GUIDE_EMA.value is not None else section.get(
+            "guide_ema", "")
+        step = _GUIDE_STEP.value if _GUIDE_STEP.value is not None else section.get(
+            "guide_step")
+        guide = load_for_inference(workdir, ema=ema, step=step, mesh=restored.mesh)
+    result = generate_samples(restored, spec, num_samples=_NUM.value,
+                              batch_size=_BATCH.value, out=_OUT.value, guide=guide)
     if jax.process_index() == 0:
         nfe = result.settings.get("nfe_per_chunk")
         cost = f", NFE {nfe['mean']:g} per chunk (min {nfe['min']}, max {nfe['max']})" if nfe \
@@ -178,6 +185,4 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
     # Before JAX initializes: malloc retention, XLA flags, one virtual CPU device per core
     # (vdm_jax.parallel.host; VDM_HOST_MALLOC / VDM_CPU_DEVICES / XLA_FLAGS override).
-    with exit_on_bad_input():
-        host.configure()
-    app.run(main)
+    launch(main, ARGS, __doc__, before=host.configure)

@@ -9,7 +9,8 @@ jax.distributed is initialized from --config.distributed.* when given, or from t
 on Cloud TPU / SLURM (see launch/tpu/README.md).
 
 Exit status: 0 when training finished or was stopped by SIGTERM or a Ctrl-C once training runs
-(the current step is saved: `Preempted (SIGTERM): saved step k in DIR.`); 130 with one line
+(the current step is saved: `Preempted (SIGTERM): saved step k in DIR.`), or by SIGTERM during
+the end-of-run evaluation (training is saved; a rerun evaluates); 130 with one line
 `error: aborted ...` for a second Ctrl-C, or one while preparing or compiling (at once, without
 waiting for a save in flight); 2 with one line `error: ...` for bad input (an unknown key or a
 wrong value, a config the devices or the data cannot serve, a workdir in use or holding another
@@ -21,19 +22,20 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from vdm_jax.cli import ConfigArgs, exit_on_bad_input, fail, fail_now, quiet_third_party_logs
+from vdm_jax.cli import ConfigArgs, exit_on_bad_input, fail, fail_now, launch
 from vdm_jax.parallel import host
+from vdm_jax.rundir import RunDir
 
 USAGE = "python launch/train.py --config=configs/<name>.py --workdir=DIR [--config.<key>=VALUE]"
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, samples.")
 CONFIG = ConfigArgs(USAGE)  # --config and --config.<key>=<value>, split off before absl
 
 
-def main(argv: list[str]) -> None:
+def main() -> None:
     try:
-        _main(argv)
+        _main()
     except KeyboardInterrupt:
         # At once: no waiting for a checkpoint in flight (orbax's temporary directory is
         # ignored, and removed at the next start).
@@ -41,14 +43,11 @@ def main(argv: list[str]) -> None:
                  "checkpoint", status=130)
 
 
-def _main(argv: list[str]) -> None:
-    quiet_third_party_logs()
+def _main() -> None:
     with exit_on_bad_input():
-        if len(argv) > 1:
-            raise ValueError(f"unexpected arguments {argv[1:]}; flags are --name=value. "
-                             f"Usage: {USAGE}")
         if not _WORKDIR.value:
             raise ValueError(f"--workdir=DIR is required. Usage: {USAGE}")
+        RunDir(_WORKDIR.value).check_writable()  # the output's place first
         path, overrides = CONFIG.path, CONFIG.overrides
         from vdm_jax.parallel import distributed
         from vdm_jax.pipelines import train as pipeline
@@ -64,7 +63,11 @@ def _main(argv: list[str]) -> None:
             fail(str(e), status=1)
         except DiskFullError as e:  # orbax's threads of the failed save would only repeat it
             fail_now(str(e), status=1)
-    if summary["preempted"]:
+    if summary.get("stopped_in") == "evaluation":
+        print(f"Preempted ({summary['signal']}) during the end-of-run evaluation: training is "
+              f"saved (step {summary['step']} in {_WORKDIR.value}); rerun the same command to "
+              "evaluate.", flush=True)
+    elif summary["preempted"]:
         print(f"Preempted ({summary['signal']}): saved step {summary['step']} in "
               f"{_WORKDIR.value}.", flush=True)
     elif "results" in summary:
@@ -76,6 +79,4 @@ def _main(argv: list[str]) -> None:
 if __name__ == "__main__":
     # Before JAX initializes: malloc retention, XLA flags, one virtual CPU device per core
     # (vdm_jax.parallel.host; VDM_HOST_MALLOC / VDM_CPU_DEVICES / XLA_FLAGS override).
-    with exit_on_bad_input():
-        host.configure()
-    app.run(main, flags_parser=CONFIG.parse)
+    launch(main, CONFIG, __doc__, before=host.configure)

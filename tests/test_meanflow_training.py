@@ -284,6 +284,11 @@ def test_end_of_run_reports_one_and_two_step_metrics_and_no_bpd(trained_run):
         assert np.isfinite(d["digits_fid"]) and 0.0 <= d["class_accuracy"] <= 1.0
         with np.load(b["samples_npz"]) as npz:
             assert npz["arr_0"].dtype == np.uint8 and npz["arr_0"].shape == (B, 8, 8, 1)
+        # Its settings beside it, for evaluate.py (issue 28: final.npz had none).
+        settings = json.loads(Path(b["samples_npz"]).with_suffix(".json").read_text())
+        assert {k: settings[k] for k in ("sampler", "num_steps", "guidance_scale")} == {
+            k: b["sampling"][k] for k in ("sampler", "num_steps", "guidance_scale")}
+        assert settings["checkpoint_step"] == 2 and settings["num_samples"] == B
     assert json.loads((workdir / "eval_results.json").read_text())["samples"][1]["digits"] == \
         res["samples"][1]["digits"]
     text = pipeline.format_results(res)

@@ -5,6 +5,15 @@ reported as one line `error: <message>` on stderr with exit status 2 and no trac
 code raises ValueError or FileNotFoundError with a message naming the problem and the fix, and the
 script runs inside `exit_on_bad_input()`. Anything else is a bug and keeps its traceback. Set
 VDM_JAX_TRACEBACK=1 to get the traceback of bad-input errors too.
+
+Every launch script runs through `launch` (the one bad-input path): `--help` prints the script's
+documentation, its flags and (for scripts with a config) `--config` / `--config.<key>`, exit 0;
+a bad flag, a stray argument or bad input is one `error:` line, exit 2. Scripts check their output
+paths first (`vdm_jax.io.check_writable`), before any long computation.
+
+    CONFIG = ConfigArgs(USAGE)           # or ConfigArgs(USAGE, takes_config=False)
+    if __name__ == "__main__":
+        launch(main, CONFIG, __doc__)    # main() reads its flags; CONFIG.path, CONFIG.overrides
 """
 
 from __future__ import annotations
@@ -17,12 +26,21 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
-__all__ = ["BAD_INPUT_ERRORS", "BAD_INPUT_EXIT_CODE", "ConfigArgs", "exit_on_bad_input", "fail",
-           "fail_now", "parse_override_args", "quiet_third_party_logs"]
+__all__ = ["BAD_INPUT_ERRORS", "BAD_INPUT_EXIT_CODE", "ConfigArgs", "MissingDependencyError",
+           "exit_on_bad_input", "fail", "fail_now", "launch", "parse_override_args",
+           "quiet_third_party_logs"]
 
 BAD_INPUT_EXIT_CODE = 2
+
+
+class MissingDependencyError(ImportError):
+    """An optional library this request needs (torch, to read a `.pth`) is not installed; the
+    message names it and the way around it. Bad input, not a bug: one line, exit 2."""
+
+
 # DatasetNotFoundError (missing data) is a FileNotFoundError, so it is covered too.
-BAD_INPUT_ERRORS = (ValueError, FileNotFoundError)
+BAD_INPUT_ERRORS = (ValueError, FileNotFoundError, MissingDependencyError)
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "-?")
 
 
 def fail(message: str, status: int = BAD_INPUT_EXIT_CODE) -> NoReturn:
@@ -57,6 +75,17 @@ def exit_on_bad_input() -> Iterator[None]:
 STORAGE_FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "File too large")
 
 
+# Third-party warnings that say nothing to a user of these scripts: orbax re-registering its
+# handler for jax.Array at import, tfds noting that OpenCV (which nothing here uses) is absent.
+NOISE_TEXTS = ("Type handler registry type", "OpenCV is not installed")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not any(t in text for t in NOISE_TEXTS)
+
+
 class _DropRepeatedStorageErrors(logging.Filter):
     """Drops orbax's and asyncio's own reports (log records with tracebacks) of a write refused
     for lack of room: the trainer reports that failure once, naming the disk and the step."""
@@ -85,7 +114,8 @@ def _drop_closed_loop_reports(default: Callable[[Any], None]) -> Callable[[Any],
 
 
 def quiet_third_party_logs() -> None:
-    """Silence what misleads a user: orbax's per-file INFO lines, absl's INFO chatter, and the
+    """Silence what misleads a user: orbax's per-file INFO lines, absl's INFO chatter, the
+    warnings of NOISE_TEXTS, and the
     repeated reports of a failure the scripts report as one line (`_DropRepeatedStorageErrors`,
     `_drop_closed_loop_reports`). tfds's "Downloading and preparing dataset" is silenced where
     vdm_jax prepares data (vdm_jax.data.tfds_utils). Warnings and errors still show."""
@@ -98,6 +128,10 @@ def quiet_third_party_logs() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropRepeatedStorageErrors) for f in logger.filters):
             logger.addFilter(_DropRepeatedStorageErrors())
+    for name in ("absl", "orbax", "tensorflow_datasets"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
     if not getattr(sys.unraisablehook, "drops_closed_loop_reports", False):
         sys.unraisablehook = _drop_closed_loop_reports(sys.unraisablehook)
 
@@ -122,23 +156,67 @@ def parse_override_args(argv: Sequence[str]
 
 @dataclasses.dataclass
 class ConfigArgs:
-    """The `--config=PATH` and `--config.<key>=<value>` arguments of a launch script, split off
-    the command line before absl parses the rest (absl would refuse the dotted flags).
-
-        CONFIG = ConfigArgs(USAGE)
-        app.run(main, flags_parser=CONFIG.parse)     # then CONFIG.path, CONFIG.overrides
-    """
+    """A launch script's command line: its usage line and, when `takes_config`, the
+    `--config=PATH` and `--config.<key>=<value>` arguments, split off before absl parses the
+    rest (absl would refuse the dotted flags). `parse` is the absl flags parser `launch` uses."""
 
     usage: str
+    takes_config: bool = True
+    doc: str = ""
     path: str | None = None
     overrides: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def help_text(self) -> str:
+        """The script's documentation, usage and flags (what `--help` prints)."""
+        from absl import flags
+
+        parts = [self.doc.strip(), f"Usage: {self.usage}"]
+        if self.takes_config:
+            parts.append("Config flags:\n  --config: the config file, e.g. configs/digits_dit.py\n"
+                         "  --config.<section>.<key>=<value>: override one config field (see the "
+                         "config file and vdm_jax/config/schema.py)")
+        own = flags.FLAGS.main_module_help()
+        if own:
+            parts.append(own)
+        return "\n\n".join(p for p in parts if p)
 
     def parse(self, argv: list[str]) -> list[str]:
         from absl import flags
 
+        if any(arg in HELP_FLAGS for arg in argv[1:]):
+            print(self.help_text())
+            raise SystemExit(0)
         with exit_on_bad_input():
             self.path, self.overrides, rest = parse_override_args(argv[1:])
+            if not self.takes_config and (self.path or self.overrides):
+                raise ValueError(f"this script takes no --config. Usage: {self.usage}")
             try:
-                return flags.FLAGS([argv[0], *rest])
+                unparsed = flags.FLAGS([argv[0], *rest])
             except flags.Error as e:
                 raise ValueError(f"{e}. Usage: {self.usage}") from None
+            if len(unparsed) > 1:
+                raise ValueError(f"unexpected arguments {unparsed[1:]}; flags are --name=value. "
+                                 f"Usage: {self.usage}")
+            return unparsed
+
+
+def launch(main: Callable[[], None], args: ConfigArgs, doc: str | None = None,
+           before: Callable[[], None] | None = None) -> NoReturn:
+    """Run a launch script the one way every script runs: `before()` (host set-up that must
+    precede JAX), absl's flag parsing by `args.parse` (`--help`: exit 0), then `main()` with the
+    third-party logs quieted, bad input turned into one `error:` line and exit status 2."""
+    from absl import app
+
+    if doc is not None:
+        args.doc = doc
+    with exit_on_bad_input():
+        if before is not None:
+            before()
+
+    def run(argv: list[str]) -> None:
+        quiet_third_party_logs()
+        with exit_on_bad_input():
+            main()
+
+    app.run(run, flags_parser=args.parse)
+    raise SystemExit(0)  # app.run exits itself; for the type checker

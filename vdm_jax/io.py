@@ -32,6 +32,7 @@ import numpy as np
 __all__ = [
     "TMP_SUFFIX",
     "atomic_write",
+    "check_writable",
     "json_default",
     "publish",
     "read_json",
@@ -207,3 +208,35 @@ def disk_full_error(error: BaseException, root: str | os.PathLike, what: str, st
     full = DiskFullError(message)
     full.errno = code
     return full
+
+
+def check_writable(path: str | os.PathLike, what: str, *, directory: bool = False) -> Path:
+    """`path` (expanded) when a file (or, with `directory`, a directory) can be written there,
+    else ValueError naming `what` (e.g. '--out') and the problem: an existing entry of the other
+    kind, an ancestor that is a file, or a nearest existing directory that is not writable.
+    Creates nothing; scripts call it before any long computation."""
+    path = Path(path).expanduser()
+    kind = "directory" if directory else "file"
+    try:
+        if path.exists():
+            if path.is_dir() != directory:
+                raise ValueError(f"{what}={path} is a {'file' if directory else 'directory'}, "
+                                 f"not a {kind}; choose another {what}")
+            node = path if directory else path.parent
+            if not os.access(path, os.W_OK) or not os.access(node, os.W_OK | os.X_OK):
+                raise ValueError(f"{what}={path} is not writable; choose another {what} or fix "
+                                 "its permissions")
+            return path
+        node = path.parent
+        while not node.exists() and node.parent != node:
+            node = node.parent
+    except PermissionError:
+        raise ValueError(f"{what}={path}: a parent directory cannot be read; choose another "
+                         f"{what} or fix its permissions") from None
+    if not node.is_dir():
+        raise ValueError(f"{what}={path}: its parent {node} is a file, not a directory; choose "
+                         f"another {what}")
+    if not os.access(node, os.W_OK | os.X_OK):
+        raise ValueError(f"{what}={path}: the directory {node} is not writable; choose another "
+                         f"{what} or fix its permissions")
+    return path

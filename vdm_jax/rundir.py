@@ -15,8 +15,9 @@
       .lock                       held (flock) by the process training in this directory
 
 Nothing here touches the file system except `create` and `lock`; paths are `pathlib.Path`s and
-`~` is expanded `PreemptionSignals` turns SIGTERM / Ctrl-C into a request to save the run
-and stop at the next step boundary.
+`~` is expanded. `PreemptionSignals` turns SIGTERM / Ctrl-C into a request to save the run
+and stop at the next step boundary; `sigterm_raises` turns SIGTERM into `Preempted` during work
+that has no step boundary and is redone by a rerun (the end-of-run evaluation).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PreemptionSignals", "RunDir", "RunDirLockedError"]
+__all__ = ["Preempted", "PreemptionSignals", "RunDir", "RunDirLockedError", "sigterm_raises"]
 
 
 class RunDirLockedError(ValueError):
@@ -241,3 +242,26 @@ class PreemptionSignals:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+class Preempted(Exception):
+    """SIGTERM arrived inside `sigterm_raises()`."""
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises `Preempted` in the block (the main thread's; a no-op in another thread):
+    the caller saves nothing midway, says so and exits 0, and a rerun redoes the work."""
+
+    def handle(signum: int, frame: Any) -> None:
+        raise Preempted(signal.Signals(signum).name)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handle)
+    except ValueError:  # not the main thread (tests running train in a thread)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

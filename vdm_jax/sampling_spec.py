@@ -180,6 +180,15 @@ class SamplingSpec:
         object.__setattr__(self, "options", tuple(sorted(checked.items())))
         self.encoder_refresh()  # checks encoder_interval / encoder_steps against num_steps
 
+    def check_channels(self, channels: int) -> None:
+        """ValueError when guidance_channels exceeds the `channels` a model outputs (it would
+        guide all of them, silently)."""
+        k = self.guidance_channels
+        if k is not None and k > channels:
+            raise ValueError(f"guidance channels {k} exceed the {channels} channel(s) the model "
+                             f"outputs: give at most {channels}, or none (0 / None) to guide "
+                             "all of them")
+
     # ----------------------------------------------------------------------------- building
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> SamplingSpec:

@@ -41,6 +41,7 @@ configuration, leaves it as it was.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -312,7 +313,11 @@ class Checkpointer:
                     f"{name} is {path.stat().st_size} bytes, {size} when saved")
 
     def close(self) -> None:
+        """Finish pending writes and close; the trash folder goes too once it is empty."""
         self.manager.close()
+        if self._writing and jax.process_index() == 0:
+            with contextlib.suppress(OSError):  # not empty (a removal failed): kept
+                (self.directory / TRASH_DIR).rmdir()
 
     # ---------------------------------------------------------------------------- restore
     def steps(self) -> list[int]:

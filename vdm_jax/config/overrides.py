@@ -48,6 +48,9 @@ def _parse_value(text: str, kind: type, key: str, current: Any) -> Any:
     """`text` as a value of type `kind` (the schema's type of `key`)."""
     def wrong() -> ValueError:
         shown = current.to_dict() if hasattr(current, "to_dict") else current
+        if shown is None:  # an unset field: an example of its type, not its unset value
+            shown = {tuple: (0.1, 0.9), list: [0.1, 0.9], int: 3, float: 0.5, bool: True,
+                     str: "name", dict: {"key": 1}}.get(kind, shown)
         example = f'"{shown!r}"' if isinstance(shown, dict | tuple | list) else f"{shown!r}"
         return ValueError(f"wrong type for config key '{key}': got {text!r}, expected "
                           f"{kind.__name__}; e.g. --config.{key}={example}")

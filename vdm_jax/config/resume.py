@@ -56,17 +56,19 @@ def is_safe_on_resume(key: str) -> bool:
 
 
 def resume_config(
-    stored: Mapping[str, Any], overrides: Sequence[tuple[str, str]], workdir: str
+    stored: Mapping[str, Any], overrides: Sequence[tuple[str, str]], workdir: str,
+    *, checkpointed: bool = True,
 ) -> tuple[ConfigDict, list[str]]:
     """The config of a resumed run: the stored one with `overrides` applied. Returns (config,
     the keys the overrides changed). ValueError listing overrides that would change a key that
-    is fixed for a run (model, diffusion, data identity, seed, batch: see SAFE_ON_RESUME)."""
+    is fixed for a run (model, diffusion, data identity, seed, batch: see SAFE_ON_RESUME),
+    unless the run never reached a checkpoint (`checkpointed=False`: nothing to protect)."""
     config = ConfigDict(_to_schema(stored))
     config.lock()
     apply_overrides(config, overrides)
     changed = config_diff(stored, config.to_dict())
     refused = [k for k in changed if not is_safe_on_resume(k)]
-    if refused:
+    if refused and checkpointed:
         old, new = flat(stored), flat(config.to_dict())
         lines = [f"{k}: {old.get(k)!r} in the run, {new.get(k)!r} now" for k in refused]
         raise ValueError(

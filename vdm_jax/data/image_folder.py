@@ -62,15 +62,41 @@ _R = TypeVar("_R")
 Listing = dict[str, dict[str, list[tuple[str, int, int]]]]
 
 
+def _kind(entry: os.DirEntry) -> str | None:
+    """'dir' or 'file' (symbolic links followed); None for a dangling link (a warning names it)
+    or anything else. A symbolic link loop is a ValueError naming it."""
+    try:
+        if entry.is_dir():
+            return "dir"
+        if entry.is_file():
+            return "file"
+        dangling = entry.is_symlink()
+    except OSError as e:  # ELOOP: `a -> b -> a`, or a link to itself
+        raise ValueError(f"image_folder: {entry.path} is a symbolic link loop ({e.strerror}); "
+                         "remove the link or point it at a real file or folder") from None
+    if dangling:
+        log.warning("image_folder: skipping %s, a symbolic link to %s, which does not exist",
+                    entry.path, os.readlink(entry.path))
+    return None
+
+
 def _subdirs(path: str) -> list[str]:
-    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+    names = []
+    for e in os.scandir(path):
+        if not e.name.startswith(".") and _kind(e) == "dir":
+            if os.path.realpath(e.path) in (os.path.realpath(path),
+                                            os.path.realpath(os.path.dirname(path))):
+                raise ValueError(f"image_folder: {e.path} links to a folder above it (a "
+                                 "symbolic link cycle); remove the link")
+            names.append(e.name)
+    return sorted(names)
 
 
 def _image_files(path: str) -> list[tuple[str, int, int]]:
     """(name, size, mtime_ns) of the image files in `path`, sorted by name."""
     files = []
     for e in os.scandir(path):
-        if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS):
+        if e.name.lower().endswith(IMAGE_EXTENSIONS) and _kind(e) == "file":
             st = e.stat()
             files.append((e.name, st.st_size, st.st_mtime_ns))
     return sorted(files)
@@ -284,6 +310,12 @@ def load_builder(root: str | None, data_dir: str | None = None) -> ImageFolder:
     if not os.path.isdir(path) or not class_names(path):
         raise missing_files_error("image_folder", path, layout, hint)
     config = config_for(path)
+    for split, labels in (config.tree or {}).items():
+        for label, files in labels.items():
+            if not files:  # still a class: labels must not shift between the splits
+                log.warning("image_folder: %s holds no image file; it stays class %r (no "
+                            "examples in split %r): remove the folder if it is not meant to be "
+                            "one", os.path.join(path, split, label), label, split)
 
     def check_inputs() -> None:
         if TRAIN_SPLIT not in scan(config.root, config.tree):

@@ -221,6 +221,10 @@ def generate_samples(
     """
     # The compute dtype: the spec's, or the run's model.dtype (recorded in the settings and name).
     spec = spec.resolve_dtype(restored.config.model.dtype)
+    if (isinstance(num_samples, int) and isinstance(batch_size, int)
+            and 0 < num_samples < batch_size):  # never draw more than asked (N, rounded up
+        # to a multiple of the devices): the chunk is the batch actually drawn
+        batch_size = min(batch_size, -(-num_samples // restored.mesh.size) * restored.mesh.size)
     settings = sample_settings(restored, spec, num_samples=num_samples, batch_size=batch_size)
     auto = spec.guidance == "auto" and spec.guided(restored.model.num_classes)
     if auto:
@@ -278,7 +282,8 @@ def generate_samples(
               flush=True)
 
     bar = tqdm(total=num_chunks * batch_size, initial=(num_chunks - len(todo)) * batch_size,
-               disable=not (is_main and progress), desc="sample", unit="img", dynamic_ncols=True)
+               disable=None if is_main and progress else True,  # None: off unless a terminal
+               desc="sample", unit="img", dynamic_ncols=True)
     # (chunk i, (its images, its NFE)): fetched after dispatching chunk i + 1.
     pending: tuple[int, tuple[jax.Array, jax.Array]] | None = None
     try:

@@ -77,6 +77,7 @@ def _sample_fn(
     shared condition), to trace."""
     shape = (batch_size, *model.image_shape)
     guided = spec.guided(model.num_classes)
+    spec.check_channels(model.image_shape[-1])
     auto = guided and spec.guidance == "auto"
     if auto:
         if guide is None:

@@ -16,6 +16,7 @@ Only `read_pt_state_dict` needs torch, imported there.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from vdm_jax.cli import MissingDependencyError
 from vdm_jax.importers.common import (
     Tensor,
     assign,
@@ -100,12 +102,17 @@ def read_pt_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         import torch  # only the .pth reader needs torch
     except ImportError as e:
-        raise ImportError(
+        raise MissingDependencyError(
             f"reading {path} needs PyTorch (`pip install torch`, the CPU wheel suffices). "
             "Alternatively run `python launch/convert_inception.py --pth IN --out OUT.npz` on a "
             "machine with torch once, and point the flag or $" + INCEPTION_ENV_VAR + " at OUT.npz."
         ) from e
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # junk, truncated, or a pickle of more than tensors
+        raise ValueError(f"{path} is not a readable PyTorch state dict ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); expected {PTH_FILENAME}"
+                         ) from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
@@ -128,8 +135,13 @@ def load_inception_npz(path: str | os.PathLike) -> InceptionV3:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    with np.load(path) as npz:
-        given = {k: npz[k] for k in npz.files}
+    try:
+        with np.load(path) as npz:
+            given = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # junk, text, truncated
+        raise ValueError(f"{path} is not a readable .npz of Inception weights (truncated or not "
+                         f"an array archive: {type(e).__name__}); write it again with "
+                         "launch/convert_inception.py") from None
     return assign(abstract_inception(), given, _source_of_npz, source=str(path), what=_WHAT)
 
 
@@ -166,6 +178,9 @@ def inception_weights_path(flag_value: str | None) -> Path:
     else:
         raise FileNotFoundError(f"no Inception weights given. {how}")
     path = Path(value).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{origin} points to {path}, a directory: give the weights file itself "
+                         f"({PTH_FILENAME} or a converted .npz)")
     if not path.is_file():
         raise FileNotFoundError(f"{origin} points to {path}, which does not exist. {how}")
     return path

@@ -211,8 +211,8 @@ def encode_latents(config: ConfigDict, out_dir: str | os.PathLike, *,
     done_before = sum(info["num_examples"] for info in manifest["splits"].values()) - total
     if index == 0 and done_before:
         print(f"resuming: {done_before} images already encoded in {out}", flush=True)
-    bar = tqdm(total=total, disable=not (progress and index == 0), desc="encode",
-               unit="img", dynamic_ncols=True)
+    bar = tqdm(total=total, disable=None if progress and index == 0 else True,  # None: a
+               desc="encode", unit="img", dynamic_ncols=True)  # terminal only, no \r in logs
     try:
         for split, i, start, stop in todo:
             examples = read_examples(config.data, split, start, stop)

@@ -8,14 +8,20 @@ evaluation lives here, above all three.
 `resolve_config`: on a fresh run directory the config is the module's with the overrides; on a
 run directory that holds a run, the run's stored config is the base and the overrides given now
 are applied on top where they may change (vdm_jax.config.resume_config), so a resumed run never
-silently falls back to the module's defaults for settings it was started with.
+silently falls back to the module's defaults for settings it was started with. A run that never
+reached its first checkpoint has nothing to protect: it may start again with other fixed keys (the
+notes then hold a warning naming them).
 
 End of run (`config.eval.at_end`): held-out bits/dim with its three terms and two classical
 baselines on the same data (not for MeanFlow, which bounds no likelihood: reported n/a), then
 `eval.num_samples` class-balanced samples from the EMA (`config.sample`'s spec) written as
 `samples/final.npz`, with the digits metrics for the digits default; with `eval.num_steps` =
 (k1, k2, …) one such batch per step count (`samples/final_<k>steps.npz`, e.g. MeanFlow's 1- and
-2-NFE); all of it in `eval_results.json` (the batches under "samples").
+2-NFE); all of it in `eval_results.json` (the batches under "samples"), each batch with its
+settings beside it (`final.json`, as launch/sample.py writes). SIGTERM during the evaluation
+(vdm_jax.rundir.sigterm_raises): training is saved already, the summary says
+`stopped_in="evaluation"`, and a rerun evaluates; a finished run started again neither redraws
+its final grid nor evaluates again.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from ml_collections import ConfigDict
 
 from vdm_jax import config as config_lib
 from vdm_jax.checkpoints.restore import stored_config
+from vdm_jax.data import dataset_info
 from vdm_jax.data.adm_npz import save_samples
 from vdm_jax.evaluation import likelihood
 from vdm_jax.evaluation.digits import digits_metrics
@@ -43,13 +50,13 @@ from vdm_jax.generation.images import make_image_sampler
 from vdm_jax.io import disk_full_error, read_json, write_json
 from vdm_jax.model import BPD_NOT_APPLICABLE, DataSpec, with_compute_dtype
 from vdm_jax.parallel import mesh as mesh_lib
-from vdm_jax.rundir import RunDir
+from vdm_jax.rundir import Preempted, RunDir, sigterm_raises
 from vdm_jax.sampling_spec import SamplingSpec
 from vdm_jax.training import loop
 from vdm_jax.training.loop import StepContext
 
-__all__ = ["SampleGridHook", "distributed_settings", "evaluate_at_end", "format_results",
-           "resolve_config", "run"]
+__all__ = ["SampleGridHook", "distributed_settings", "evaluate_at_end",
+           "format_results", "resolve_config", "run"]
 
 GRID_SEED_OFFSET = 12345  # the grids' fixed noise: key(seed + offset), the same at every step
 EVAL_SEED_OFFSET = 777
@@ -68,6 +75,21 @@ def resolve_config(workdir: str | Path, config_path: str | None,
             raise ValueError("--config=FILE is required to start a run (e.g. "
                              "--config=configs/digits_dit.py)")
         return config_lib.load(config_path, overrides), []
+    checkpointed = rundir.checkpoints.is_dir() and any(
+        p.name.isdigit() for p in rundir.checkpoints.iterdir())
+    if not checkpointed:  # a run that never reached a checkpoint: nothing to protect
+        if config_path:
+            config = config_lib.load(config_path, overrides)
+        else:
+            config = config_lib.resume_config(stored, overrides, str(rundir.root),
+                                              checkpointed=False)[0]
+        old, new = config_lib.flat(stored), config_lib.flat(config.to_dict())
+        fixed = [f"{k}: {old.get(k)!r} → {new.get(k)!r}"
+                 for k in config_lib.config_diff(stored, config.to_dict())
+                 if not config_lib.is_safe_on_resume(k)]
+        return config, [f"warning: the run in {rundir.root} never reached its first checkpoint; "
+                        f"starting it again with other fixed keys: {'; '.join(fixed)}."] if fixed \
+            else []
     config, changed = config_lib.resume_config(stored, overrides, str(rundir.root))
     notes = [f"Resuming the run in {rundir.root} with its stored config."]
     if changed:
@@ -121,9 +143,15 @@ class SampleGridHook:
         self.upscale = grid_upscale(output_shape(data)[0])
         self.last: Path | None = None
         self.drawn = False
+        self.calls = 0
 
     def __call__(self, ctx: StepContext) -> None:
+        self.calls += 1
         if not ctx.final and not (self.every and ctx.step % self.every == 0):
+            return
+        path = ctx.rundir.sample_grid(ctx.step)
+        if ctx.final and self.calls == 1 and path.is_file():
+            self.last = path  # a finished run started again: its final grid is drawn already
             return
         params = ctx.state["params"] if self.ema is None else ctx.state["ema"][self.ema]
         first, self.drawn = not self.drawn, True
@@ -143,6 +171,9 @@ def run(config: ConfigDict, workdir: str | Path, devices: list | None = None
         ) -> dict[str, Any]:
     """Train with sample grids; evaluate at the end when `config.eval.at_end` (and the run was
     not preempted). The summary gains 'sample_grid' and, after evaluation, 'results'."""
+    spec = config_lib.sampling_spec(config)
+    if spec.guidance_channels:  # before training, not at the first sample grid
+        spec.check_channels(DataSpec.from_info(dataset_info(config.data)).image_shape[-1])
     grids: list[SampleGridHook] = []
 
     def grid_hook(ctx: StepContext) -> None:
@@ -154,8 +185,15 @@ def run(config: ConfigDict, workdir: str | Path, devices: list | None = None
     summary["sample_grid"] = grids[0].last if grids else None
     if (config.eval.at_end and not summary["preempted"]
             and summary["step"] >= config.train.num_steps):
+        done = read_json(summary["rundir"].eval_results)
+        if isinstance(done, dict) and done.get("step") == summary["step"]:
+            summary["results"] = done  # evaluated already: a finished run started again
+            return summary
         try:
-            summary["results"] = evaluate_at_end(summary, config)
+            with sigterm_raises():
+                summary["results"] = evaluate_at_end(summary, config)
+        except Preempted as stop:  # training is saved; a rerun evaluates
+            summary.update(preempted=True, signal=str(stop), stopped_in="evaluation")
         except Exception as e:
             full = disk_full_error(e, summary["rundir"].root, "writing the end-of-run evaluation",
                                    summary["step"], summary["step"])
@@ -219,6 +257,16 @@ def _final_samples(summary: Mapping[str, Any], config: ConfigDict, params: Any,
     if jax.process_index() == 0:
         out["samples_npz"] = str(save_samples(
             rundir.sample_batch(name), images, labels if model.num_classes else None))
+        # Beside the batch, as launch/sample.py writes: evaluate.py merges it into its results.
+        write_json(RunDir.settings_of(out["samples_npz"]), {
+            **spec.to_dict(), "ema": config_lib.ema_choice(config, spec.ema) or "none",
+            "checkpoint_step": int(summary["step"]), "workdir": str(rundir.root),
+            "num_samples": int(n), "batch_size": int(batch),
+            "class_balanced": bool(model.num_classes), "num_classes": int(model.num_classes),
+            "dataset": config.data.name, "num_levels": int(model.num_levels),
+            "seed": int(config.seed) + EVAL_SEED_OFFSET, "written_by": "end-of-run evaluation "
+            "(noise of the batch at offset i: fold_in(key(seed), i))",
+        })
     if config.data.name == "digits":
         out["digits"] = digits_metrics(
             images, labels if model.num_classes else None, rundir.cache,

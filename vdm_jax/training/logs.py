@@ -21,28 +21,43 @@ from typing import IO
 import numpy as np
 from tqdm import tqdm
 
+from vdm_jax.io import write_text
+
 __all__ = ["MetricWriter", "RunLog"]
 
 log = logging.getLogger(__name__)
 
 
 class RunLog:
-    """Messages for the user: stderr (tqdm-safe) and `path` (appended), on process 0 only."""
+    """Messages for the user: stderr (tqdm-safe) and `path` (appended), on process 0 only. Made
+    with `path=None`, it holds the messages back (time-stamped) until `open(path)` writes them:
+    what a run says before its run directory may be written (compiling) still reaches the log."""
 
     def __init__(self, path: Path | None, active: bool):
         self.active = active
         self._file: IO[str] | None = None
-        if active and path is not None:
+        self._held: list[str] = []
+        if path is not None:
+            self.open(path)
+
+    def open(self, path: Path) -> None:
+        """Start appending to `path`, with the messages said before first."""
+        if self.active and self._file is None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(path, "a")  # closed in close()
+            self._file.writelines(self._held)
+            self._file.flush()
+        self._held = []
 
     def __call__(self, message: str) -> None:
         if not self.active:
             return
         tqdm.write(message, file=sys.stderr)
-        if self._file is not None:
-            stamp = datetime.datetime.now().isoformat(timespec="seconds")
-            self._file.write(f"{stamp} {message}\n")
+        line = f"{datetime.datetime.now().isoformat(timespec='seconds')} {message}\n"
+        if self._file is None:
+            self._held.append(line)
+        else:
+            self._file.write(line)
             self._file.flush()
 
     def close(self) -> None:
@@ -55,13 +70,28 @@ class RunLog:
 class MetricWriter:
     """TensorBoard event files + JSON lines in the run directory; a no-op on other processes."""
 
-    def __init__(self, tensorboard_dir: Path, jsonl_path: Path, active: bool):
+    def __init__(self, tensorboard_dir: Path, jsonl_path: Path, active: bool,
+                 start_step: int | None = None):
+        """`start_step`: the step the run resumes from. The rows a killed run logged after it
+        (and a half-written last line) are dropped from the JSON lines, and TensorBoard is told
+        to discard its events from step start_step + 1 on: the replayed steps, logged again,
+        appear once."""
         self.active = active
         if not active:
             return
         from tensorboardX import SummaryWriter
 
-        self.tb = SummaryWriter(str(tensorboard_dir))
+        if start_step is not None and jsonl_path.is_file():
+            kept = []
+            for line in jsonl_path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= start_step:
+                        kept.append(line + "\n")
+                except (ValueError, KeyError, TypeError):
+                    pass  # a line cut short by a kill
+            write_text(jsonl_path, "".join(kept))
+        purge = None if start_step is None else start_step + 1
+        self.tb = SummaryWriter(str(tensorboard_dir), purge_step=purge)
         self.jsonl = open(jsonl_path, "a")  # closed in close()
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:

@@ -9,11 +9,13 @@
    sharded train state; if the run directory holds a run, check that `config` may resume it
    (vdm_jax.config.SAFE_ON_RESUME) and restore its newest readable checkpoint (state and the
    data iterator's position). Any problem is a ValueError / FileNotFoundError naming it.
-2. Start (`_Loop.open_logs`, `_Loop.compile`): process 0 takes the run directory's lock (a
-   second trainer gets one line naming the holder's pid, from `set_up` already, before it reads
-   the run), removes what killed writers left behind (temporary files, unfinished orbax
-   checkpoints), writes config.json and opens the logs (TensorBoard, metrics.jsonl, train.log).
-   The train step is compiled once, timed and reported ("compiling the train step … 12.3 s").
+2. Compile, still writing nothing (`_Loop.compile`): the first batch is drawn and the train
+   step compiled once, timed and reported ("compiling the train step … 12.3 s"), so a setting
+   the backend cannot compile (float16 matmuls on CPU) leaves no run directory. Start
+   (`_Loop.open_logs`): process 0 takes the run directory's lock (a second trainer gets one line
+   naming the holder's pid, from `set_up` already, before it reads the run), removes what killed
+   writers left behind (temporary files, unfinished orbax checkpoints), writes config.json and
+   opens the logs (TensorBoard, metrics.jsonl, train.log, which gets the compile lines too).
 3. Loop (`_Loop.run_steps`): each step's rng is fold_in(seed key, step), so a resumed run draws
    exactly the noise and batches of an uninterrupted one. On GPU/TPU the loss of step k is checked
    on the host while step k + 1 runs (no pipeline stall). On CPU it is checked before step k + 1
@@ -25,7 +27,9 @@
    grids and end-of-run evaluation this way; the trainer knows nothing of generation).
 4. SIGTERM (preemption) at any time, or a first Ctrl-C once training runs
    (vdm_jax.rundir.PreemptionSignals): the current step finishes, is saved, and `train` returns
-   with summary["preempted"] = True and the signal's name; a second Ctrl-C (or one while
+   with summary["preempted"] = True and the signal's name (a SIGTERM while compiling saves step
+   0 with the data iterator's position before the first batch, which no step consumed yet, so
+   the resumed run is exact); a second Ctrl-C (or one while
    setting up or compiling) raises KeyboardInterrupt at once, without waiting for a save in flight
    (its temporary directory is removed at the next start).
 5. A full disk (ENOSPC, EDQUOT, or EFBIG: a file-size limit) while saving a checkpoint or
@@ -36,8 +40,8 @@
 Step numbering: step k is the k-th optimizer update (k = 1, 2, ...). It consumes the k-th batch
 the run draws (counting from the start of training, across restarts), logs its metrics under
 step k, leaves state["step"] == k, and checkpoint `k` holds the state after it. A resumed run
-appends to `metrics.jsonl` from the restored step + 1: steps a killed run logged after its last
-checkpoint appear twice (with the same losses: the rerun is exact).
+logs to `metrics.jsonl` (and TensorBoard) from the restored step + 1, having dropped the rows a
+killed run logged after its last checkpoint: each step appears once.
 """
 
 from __future__ import annotations
@@ -163,6 +167,8 @@ def train(config: ConfigDict, workdir: str | Path, devices: list | None = None,
         loop = _Loop(config, setup, signals, hooks)
         lock = setup.rundir.lock() if loop.is_main else contextlib.nullcontext()
         try:
+            # Before anything is written: a setting the backend cannot compile leaves no workdir.
+            loop.compile()
             with lock:
                 if loop.is_main:
                     _remove_leftovers(setup.rundir)
@@ -200,9 +206,10 @@ def _disk_full(error: Exception, setup: RunSetup, loop: _Loop) -> DiskFullError 
 
 class _Loop:
     """Steps 2–4 of the module docstring over a `RunSetup`. Its fields are what moves between
-    steps: `step` (the last step taken), `doing` (for the message of an error), the metrics of
-    the step not yet checked (`pending`), the last logged ones, the last saved step and the
-    images/s clock."""
+    steps: `step` (the last step taken), `doing` (for the message of an error), the compiled
+    step and the batch drawn for it but not yet consumed (with the data iterator's position
+    before it), the metrics of the step not yet checked (`pending`), the last logged ones, the
+    last saved step and the images/s clock."""
 
     def __init__(self, config: ConfigDict, setup: RunSetup, signals: PreemptionSignals,
                  hooks: Sequence[Hook]):
@@ -218,7 +225,10 @@ class _Loop:
         self.is_main = jax.process_index() == 0
         # The loss terms' inputs: a fixed extra argument of every step, when there are any.
         self.step_inputs = (setup.term_inputs,) if setup.term_inputs else ()
-        self.run_log: RunLog | None = None
+        self.step_fn: Any = None
+        self.batch: Any = None  # drawn by `compile`, consumed by the first step
+        self.batch_position: Any = None  # the data iterator's state before `batch`
+        self.run_log = RunLog(None, self.is_main)  # held back until `open_logs`
         self.writer: MetricWriter | None = None
         self.bar: tqdm | None = None
         self.clock, self.steps_since = time.perf_counter(), 0
@@ -248,28 +258,28 @@ class _Loop:
         rundir = self.setup.rundir
         if self.is_main:
             write_json(rundir.config_json, self.config.to_dict())
-        self.run_log = RunLog(rundir.train_log, self.is_main)
-        self.writer = MetricWriter(rundir.tensorboard, rundir.metrics_jsonl, self.is_main)
+        self.run_log.open(rundir.train_log)  # with what `compile` said
+        # Rows a killed run logged after its last checkpoint go: the replayed steps log once.
+        self.writer = MetricWriter(rundir.tensorboard, rundir.metrics_jsonl, self.is_main,
+                                   start_step=self.start)
 
     def close_logs(self, quiet: bool = False) -> None:
         """quiet: another error is on its way (MetricWriter.close)."""
-        self.writer.close(quiet=quiet)
+        if self.writer is not None:
+            self.writer.close(quiet=quiet)
         self.run_log.close()
 
     def train_steps(self) -> None:
         """Compile, run the steps until num_steps or a signal, save where a signal stopped."""
         num_steps = self.config.train.num_steps
-        if self.setup.restored:
-            self.run_log(f"Resuming from the checkpoint at step {self.start} in "
-                         f"{self.setup.checkpointer.directory}.")
-        batch = next(self.setup.data_iter) if self.step < num_steps else None
-        step_fn = self.compile(batch)
         self.doing = "training"
         self.signals.armed = True
-        self.bar = tqdm(total=num_steps, initial=self.start, disable=not self.is_main,
-                        desc="train", unit="step", dynamic_ncols=True)
+        # disable=None: no bar when stderr is not a terminal (no carriage returns in a log file)
+        self.bar = tqdm(total=num_steps, initial=self.start,
+                        disable=None if self.is_main else True, desc="train", unit="step",
+                        dynamic_ncols=True)
         try:
-            self.run_steps(step_fn, batch)
+            self.run_steps()
             if self.signals.requested and self.step < num_steps:
                 self.save_on_signal()
             self.check_pending()
@@ -279,36 +289,44 @@ class _Loop:
         finally:
             self.bar.close()
 
-    def compile(self, batch: Any) -> Any:
-        """The train step, compiled ahead of time on `batch` (None: nothing left to train)."""
-        step_fn = step_function(self.config, self.setup)
-        if batch is None:
-            return step_fn
+    def compile(self) -> None:
+        """Draw the first batch and compile the train step ahead of time on it (step 2), writing
+        nothing: the messages wait for `open_logs`. Nothing left to train: no batch, and the
+        step stays uncompiled."""
+        if self.setup.restored:
+            self.run_log(f"Resuming from the checkpoint at step {self.start} in "
+                         f"{self.setup.checkpointer.directory}.")
+        self.step_fn = step_function(self.config, self.setup)
+        if self.step >= self.config.train.num_steps:
+            return
+        self.batch_position = self.setup.data_iter.get_state()
+        self.batch = next(self.setup.data_iter)
         self.run_log(f"compiling the train step ({self.setup.model.image_shape} images, batch "
                      f"{self.config.train.global_batch_size} over {self.setup.mesh.size} "
                      "devices) …")
         t0 = time.perf_counter()
-        step_fn = step_fn.lower(self.state, batch, self.rng(), *self.step_inputs).compile()
+        self.step_fn = self.step_fn.lower(self.state, self.batch, self.rng(),
+                                          *self.step_inputs).compile()
         self.run_log(f"compiled in {time.perf_counter() - t0:.1f} s.")
-        return step_fn
 
     def rng(self) -> jax.Array:
         """The key of the next step: fold_in(seed key, step)."""
         return state_lib.step_rng(self.state["rng"], self.step)
 
-    def run_steps(self, step_fn: Any, batch: Any) -> None:
+    def run_steps(self) -> None:
         """Step 3 of the module docstring, until num_steps or a signal."""
         train = self.config.train
         # On CPU step k is checked before step k + 1 is dispatched (the module docstring).
         one_step_in_flight = self.setup.mesh.devices.flat[0].platform == "cpu"
         self.clock, self.steps_since = time.perf_counter(), 0  # images/s: after compiling
         while self.step < train.num_steps and not self.signals.requested:
-            if batch is None:
-                batch = next(self.setup.data_iter)
+            if self.batch is None:
+                self.batch = next(self.setup.data_iter)
             if one_step_in_flight:
                 self.check_pending()
-            self.state, metrics = step_fn(self.state, batch, self.rng(), *self.step_inputs)
-            batch = None
+            self.state, metrics = self.step_fn(self.state, self.batch, self.rng(),
+                                               *self.step_inputs)
+            self.batch = None
             self.check_pending()  # the previous step's (GPU/TPU: ready while this step runs)
             self.step += 1
             self.steps_since += 1
@@ -337,7 +355,11 @@ class _Loop:
             self.last_logged = m
 
     def save(self) -> None:
-        self.setup.checkpointer.save(self.state, self.setup.data_iter.get_state(), self.config,
+        # A batch drawn but not yet trained on (SIGTERM while compiling) is not consumed: store
+        # the iterator's position before it, or the resumed run would skip it.
+        position = (self.batch_position if self.batch is not None
+                    else self.setup.data_iter.get_state())
+        self.setup.checkpointer.save(self.state, position, self.config,
                                      self.setup.data.to_dict())
         self.last_saved = self.step
 

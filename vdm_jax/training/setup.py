@@ -4,6 +4,7 @@ and returns it as a `RunSetup`; nothing is written yet."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from vdm_jax.training import state as state_lib
 from vdm_jax.training.step import term_input_shardings
 
 __all__ = ["RunSetup", "set_up"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -110,11 +113,14 @@ def _restore(config: ConfigDict, rundir: RunDir, state: Any, data: DataSpec
     try:
         restored = checkpointer.restore_latest(state, config, data.to_dict())
         if restored is None and rundir.config_json.is_file():
-            # A run killed before its first checkpoint still owns the run directory.
+            # A run that never reached its first checkpoint: nothing to protect, but say so.
             saved = read_json(rundir.config_json)
             if isinstance(saved, dict):
-                check_compatible(saved, config, f"{rundir.root} holds a run of another "
-                                 "configuration (its config.json, no checkpoint yet)")
+                try:
+                    check_compatible(saved, config, f"{rundir.root} held a run of another "
+                                     "configuration (its config.json, no checkpoint)")
+                except ValueError as e:
+                    log.warning("%s; starting it again with this config.", e)
     except BaseException:
         checkpointer.close()
         raise
