@@ -974,7 +974,7 @@ def test_fresh_run_feedback_and_a_run_directory_alone_suffices(tmp_path, cli_env
         env=env, capture_output=True, text=True, timeout=TIMEOUT, cwd=cwd)
     assert sample.returncode == 0, sample.stderr[-3000:]
     (npz,) = (workdir / "samples").glob("*.npz")
-    assert f"wrote {npz} (8 samples)" in sample.stdout
+    assert f"wrote {npz} (8 samples, float32)" in sample.stdout
     assert not (home / "tfds").exists() and not (tmp_path / "not_used").exists()
     assert not (home / ".cache").exists()
 
@@ -1180,7 +1180,7 @@ def test_sample_never_overwrites_a_finished_batch(tmp_path, reference, cli_env):
     first = _sample(workdir, cli_env)
     assert first.returncode == 0, first.stderr[-3000:]
     (a,) = (workdir / "samples").glob("*.npz")
-    assert re.fullmatch(rf"dpm_solver_2m2_w2_ema_s0_[0-9a-f]{{8}}_step{STEPS}_n8_b8\.npz",
+    assert re.fullmatch(rf"dpm_solver_2m2_w2_ema_s0_f32_[0-9a-f]{{8}}_step{STEPS}_n8_b8\.npz",
                         a.name), a.name
     write_json(a.with_suffix(".metrics.json"), {"digits_fid": 1.0})  # an evaluation
     kept = {p: p.read_bytes() for p in (workdir / "samples").iterdir()}
@@ -1189,7 +1189,7 @@ def test_sample_never_overwrites_a_finished_batch(tmp_path, reference, cli_env):
     assert second.returncode == 0, second.stderr[-3000:]
     new = sorted(set((workdir / "samples").glob("*.npz")) - {a})
     assert len(new) == 1 and re.fullmatch(
-        rf"dpm_solver_2m2_w2_raw_s5_[0-9a-f]{{8}}_step{STEPS}_n8_b8\.npz", new[0].name), new
+        rf"dpm_solver_2m2_w2_raw_s5_f32_[0-9a-f]{{8}}_step{STEPS}_n8_b8\.npz", new[0].name), new
     assert {p: p.read_bytes() for p in kept} == kept
     settings = json.loads(new[0].with_suffix(".json").read_text())
     assert settings["ema"] == "none" and settings["seed"] == 5
