@@ -974,7 +974,7 @@ def test_fresh_run_feedback_and_a_run_directory_alone_suffices(tmp_path, cli_env
         env=env, capture_output=True, text=True, timeout=TIMEOUT, cwd=cwd)
     assert sample.returncode == 0, sample.stderr[-3000:]
     (npz,) = (workdir / "samples").glob("*.npz")
-    assert f"wrote {npz} (8 samples, float32)" in sample.stdout
+    assert f"wrote {npz} (8 samples, float32" in sample.stdout
     assert not (home / "tfds").exists() and not (tmp_path / "not_used").exists()
     assert not (home / ".cache").exists()
 
