@@ -224,12 +224,15 @@ def _train_program(config: ConfigDict, mesh: Any) -> tuple[Any, tuple, Any, Any,
 
 def unrolled_flops_per_chip(config: ConfigDict, mesh: Any) -> float | None:
     """XLA's FLOPs per chip of one micro-batch trip of the step with the blocks unrolled, from
-    the lowered program's cost analysis (no compile). XLA counts a loop's body once, so a
+    the lowered (not compiled) global program's cost analysis, divided by the chips of `mesh`. XLA counts a loop's body once, so a
     scanned step's compiled figure holds one layer of the scan: this is the comparable count
     (remat's recomputation included, as lowered)."""
     unrolled = ConfigDict(config.to_dict())
     unrolled.model.scan_layers = False
-    fn, args, *_ = _train_program(unrolled, mesh)
+    # libtpu's compile-only client gives no cost analysis of a lowered program, the CPU client
+    # does: the same global program lowered on one CPU device, divided over the chips.
+    cpu = mesh_lib.make_mesh(1, 1, jax.devices("cpu")[:1])
+    fn, args, *_ = _train_program(unrolled, cpu)
     flops = aot.xla_flops(fn.lower(*args))
     return None if flops is None else flops / mesh.size
 
