@@ -224,8 +224,9 @@ def _train_program(config: ConfigDict, mesh: Any) -> tuple[Any, tuple, Any, Any,
 
 def unrolled_flops_per_chip(config: ConfigDict, mesh: Any) -> float | None:
     """XLA's FLOPs per chip of one micro-batch trip of the step with the blocks unrolled, from
-    the lowered (not compiled) global program's cost analysis, divided by the chips of `mesh`. XLA counts a loop's body once, so a
-    scanned step's compiled figure holds one layer of the scan: this is the comparable count
+    the lowered (not compiled) global program's cost analysis, divided by the chips of `mesh`.
+    XLA counts a loop's body once, so a scanned step's compiled figure holds one layer of the
+    scan: this is the comparable count
     (remat's recomputation included, as lowered)."""
     unrolled = ConfigDict(config.to_dict())
     unrolled.model.scan_layers = False
