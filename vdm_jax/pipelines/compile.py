@@ -202,6 +202,16 @@ def _figures(compiled: Any, chip: aot.Chip, analytic: float | None, trips: int |
     return out
 
 
+def _count_unrolled(out: dict[str, Any], flops: float | None, analytic: float | None) -> None:
+    """Replace a scanned program's compiled FLOPs in `out` (`_figures`: one layer counted) by
+    `flops`, the unrolled program's lowered count per chip, and compare that with `analytic`."""
+    out.update(xla_flops_compiled_per_chip=out["xla_flops_per_chip"], xla_flops_per_chip=flops,
+               xla_flops_source="lowered, blocks unrolled",
+               flops_ratio=(flops / analytic) if flops and analytic else None)
+    out["flops_agree"] = (None if out["flops_ratio"] is None
+                          else abs(out["flops_ratio"] - 1.0) <= FLOPS_TOLERANCE)
+
+
 def _train_program(config: ConfigDict, mesh: Any) -> tuple[Any, tuple, Any, Any, DataSpec]:
     """The trainer's jitted step of `config` on `mesh` and its shape-only arguments (state,
     global batch, key, the loss terms' inputs): (fn, args, model, state, data)."""
@@ -253,12 +263,7 @@ def compile_train_step(config: ConfigDict, devices: list[Any], chip: aot.Chip,
     out = _figures(compiled, chip, analytic, micro, lower_s, compile_s)
     if config.model.get("scan_layers") and not isinstance(compiled, str):
         # The compiled scan counts one layer: compare the unrolled step's lowered count.
-        out["xla_flops_compiled_per_chip"] = out["xla_flops_per_chip"]
-        flops = unrolled_flops_per_chip(config, mesh)
-        out.update(xla_flops_per_chip=flops, xla_flops_source="lowered, blocks unrolled",
-                   flops_ratio=(flops / analytic) if flops and analytic else None)
-        out["flops_agree"] = (None if out["flops_ratio"] is None
-                              else abs(out["flops_ratio"] - 1.0) <= FLOPS_TOLERANCE)
+        _count_unrolled(out, unrolled_flops_per_chip(config, mesh), analytic)
     params_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(state["params"]))
     state_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(state))
     # The closed form of the arguments per chip: every leaf's shard under its sharding.
@@ -283,10 +288,9 @@ def compile_train_step(config: ConfigDict, devices: list[Any], chip: aot.Chip,
     return out
 
 
-def compile_sampler(config: ConfigDict, devices: list[Any], chip: aot.Chip, batch: int
-                    ) -> dict[str, Any]:
-    """Compile `launch/sample.py`'s program of `config.sample` for one chunk of `batch`."""
-    mesh = mesh_lib.make_mesh(-1, 1, devices)  # the sampler's mesh (checkpoints.restore)
+def _sampler_program(config: ConfigDict, mesh: Any, batch: int) -> tuple[Any, tuple, Any, Any]:
+    """`launch/sample.py`'s jitted program of `config.sample` on `mesh` for one chunk of `batch`
+    and its shape-only arguments: (fn, args, model, spec)."""
     data = data_spec_of(config)
     model, abstract = build_abstract(config, data)
     shardings = mesh_lib.param_shardings(model.param_specs, abstract, mesh)
@@ -299,11 +303,27 @@ def compile_sampler(config: ConfigDict, devices: list[Any], chip: aot.Chip, batc
     key = jax.eval_shape(lambda: jax.random.key(0))
     repl = mesh_lib.replicated(mesh)
     args = (params, _sds((batch,), jnp.int32, sharding or repl), _sds(key.shape, key.dtype, repl))
+    return fn, args, model, spec
+
+
+def compile_sampler(config: ConfigDict, devices: list[Any], chip: aot.Chip, batch: int
+                    ) -> dict[str, Any]:
+    """Compile `launch/sample.py`'s program of `config.sample` for one chunk of `batch`."""
+    mesh = mesh_lib.make_mesh(-1, 1, devices)  # the sampler's mesh (checkpoints.restore)
+    fn, args, model, spec = _sampler_program(config, mesh, batch)
     compiled, lower_s, compile_s = _lower_compile(fn, args)
-    costs = analytic_flops(config, data, model)
+    costs = analytic_flops(config, data_spec_of(config), model)
     guided = spec.guided(model.num_classes)
     analytic = costs["network"] * batch * (2 if guided else 1) / mesh.size
     out = _figures(compiled, chip, analytic, spec.nfe, lower_s, compile_s)
+    if config.model.get("scan_layers") and not isinstance(compiled, str):
+        # As for the train step: the compiled scan counts one layer; count the unrolled program.
+        unrolled = ConfigDict(config.to_dict())
+        unrolled.model.scan_layers = False
+        cpu = mesh_lib.make_mesh(1, 1, jax.devices("cpu")[:1])
+        u_fn, u_args, *_ = _sampler_program(unrolled, cpu, batch)
+        flops = aot.xla_flops(u_fn.lower(*u_args))
+        _count_unrolled(out, None if flops is None else flops / mesh.size, analytic)
     out.update(program="sampler", mesh=dict(mesh.shape), batch=batch, sampling=spec.to_dict(),
                guided=guided,
                # An adaptive solver's NFE is known only after sampling: no roofline.
