@@ -132,3 +132,11 @@ def digits_classifier_cache(tmp_path_factory, worker_id) -> Path:
     path = (root if worker_id == "master" else root.parent) / "digits_classifier_cache"
     path.mkdir(exist_ok=True)
     return path
+
+
+def rel_err(a, b) -> float:
+    """max |a − b| / max |b| in float64: a parity test's error relative to the output's scale."""
+    import numpy as np
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / np.abs(b).max())

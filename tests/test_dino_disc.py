@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import rel_err
 from flax import nnx
 
 from vdm_jax.core.gan import diffaug, diffaug_apply, hinge_d_loss, vanilla_g_loss
@@ -23,10 +24,6 @@ from vdm_jax.nn.encoders.dino_disc import DinoDiscConfig, bilinear_matrix
 FIXTURE = Path(__file__).parent / "fixtures" / "dino_disc"
 PARITY = 1e-5
 
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 @pytest.fixture(scope="module")

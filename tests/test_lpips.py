@@ -12,6 +12,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import rel_err
 from lpips_weights import random_vgg16_state
 from safetensors.numpy import load_file, save_file
 
@@ -21,10 +22,6 @@ from vdm_jax.importers.lpips import load_lpips, vgg16_feature_indices
 FIXTURE = Path(__file__).parent / "fixtures" / "lpips"
 PARITY = 1e-5
 
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 @pytest.fixture(scope="module")

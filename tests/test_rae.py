@@ -17,6 +17,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import rel_err
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
@@ -29,11 +30,6 @@ DIFFUSERS = FIXTURE / "diffusers"
 OFFICIAL = FIXTURE / "official"
 PARITY = 1e-5
 
-
-def rel_err(a, b) -> float:
-    """max |a − b| / max |b|: error relative to the output's scale."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 @pytest.fixture(scope="module")
