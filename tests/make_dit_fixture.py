@@ -132,8 +132,8 @@ def official_forward(sd: dict[str, torch.Tensor], x, t, y) -> torch.Tensor:
     h = F.conv2d(x, sd["x_embedder.proj.weight"], sd["x_embedder.proj.bias"], stride=p)
     h = h.flatten(2).transpose(1, 2) + sd["pos_embed"]  # (N, T, D)
     half = FREQ // 2
-    freqs = torch.exp(-math.log(10_000) * torch.arange(half, dtype=torch.float32) / half)
-    args = t[:, None].float() * freqs[None]
+    freqs = torch.exp(-math.log(10_000) * torch.arange(half, dtype=x.dtype) / half)
+    args = t[:, None].to(x.dtype) * freqs[None]
     t_freq = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (N, 256)
     t_emb = lin(F.silu(lin(t_freq, "t_embedder.mlp.0")), "t_embedder.mlp.2")  # (N, D)
     c = t_emb + sd["y_embedder.embedding_table.weight"][y]  # (N, D)

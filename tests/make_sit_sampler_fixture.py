@@ -4,11 +4,13 @@
 Run once, by a developer, with torch and torchdiffeq and a checkout of willisma/SiT (only its
 transport/ package is imported; the tests need neither):
 
-    .venv/bin/pip install torch==2.13.0 torchdiffeq==0.2.5 diffusers==0.42.1
+    .venv/bin/pip install torch==2.13.0 torchdiffeq==0.2.5 diffusers==0.42.1 \
+        --extra-index-url https://download.pytorch.org/whl/cpu
     git clone https://github.com/willisma/SiT /tmp/SiT     # commit 947f95b was used
     PYTHONPATH=/tmp/SiT .venv/bin/python tests/make_sit_sampler_fixture.py
 
-Produced with torch 2.13.0 (CPU), torchdiffeq 0.2.5, willisma/SiT at 947f95b, numpy 2.4.6.
+Produced with torch 2.13.0+cpu (the CPU wheel), torchdiffeq 0.2.5, willisma/SiT at 947f95b,
+numpy 2.4.6.
 
 The network is `official_forward` of tests/make_dit_fixture.py (DiT's models.py forward, which is
 SiT's network; SiT's forward keeps the first C = 4 output channels, its velocity v = dz/dτ) with
@@ -26,10 +28,14 @@ rows matter (forward_with_cfg reads x[:B]).
 ODE: Sampler.sample_ode(sampling_method="dopri5", atol=1e-6, rtol=1e-3) (SiT's defaults; torch
 float32), the final point; its NFE counted by wrapping the model; and a tight solution of the
 same ODE, the solver in float64 (rtol = atol = 1e-10, the network in float32), as the reference
-both solvers are compared against.
+both solvers are compared against; and the same default solve with the network computed in
+float64 and its output rounded to float32 (`ode_rounded`): the adaptive solve's own float32
+spread (1.7e-4 max relative here; the previous build of this fixture, torch 2.13.0 from PyPI,
+moved `ode_default` by 1.3e-4 and the fixed-step SDE samples by ≤ 4.7e-7).
 
 Arrays (NCHW, SiT's layout): z (B, C, H, W) the initial noise at τ = 0, y (B,) labels,
-sde_noise, sde_<form>_<last> (B, C, H, W) for each case, ode_default, ode_nfe, ode_tight.
+sde_noise, sde_<form>_<last> (B, C, H, W) for each case, ode_default, ode_nfe, ode_rounded,
+ode_rounded_nfe, ode_tight.
 """
 
 from __future__ import annotations
@@ -118,6 +124,20 @@ def main() -> None:
         fn = sampler.sample_ode(sampling_method="dopri5", num_steps=2, atol=1e-6, rtol=1e-3)
         out["ode_default"] = fn(z2, counted, y=y2, cfg_scale=CFG)[-1][:B].numpy()
         out["ode_nfe"] = np.int64(calls[0])
+        # The spread of the adaptive solve itself: the same solver and network with the network
+        # computed in float64 and its output rounded to float32 (another float32 rounding of
+        # the same function). Its step sizes follow error estimates that are differences of
+        # stages, so rounding moves them, and the final point with them.
+        sd64 = {k: v.double() for k, v in sd32.items()}
+        model_f64 = sit_model(sd64)
+        calls[0] = 0
+
+        def rounded(x, t, y, cfg_scale):
+            calls[0] += 1
+            return model_f64(x.double(), t.double(), y, cfg_scale).float()
+
+        out["ode_rounded"] = fn(z2, rounded, y=y2, cfg_scale=CFG)[-1][:B].numpy()
+        out["ode_rounded_nfe"] = np.int64(calls[0])
         # The solver in float64 (the network stays float32: its rounding, ~1e-7, is far below
         # the float32 tolerances compared against).
         def model64(x, t, y, cfg_scale):
@@ -126,7 +146,11 @@ def main() -> None:
         tight = sampler.sample_ode(sampling_method="dopri5", num_steps=2, atol=1e-10, rtol=1e-10)
         out["ode_tight"] = tight(z2.double(), model64, y=y2, cfg_scale=CFG)[-1][:B]
         out["ode_tight"] = out["ode_tight"].float().numpy()
-    for key in ("ode_default", "ode_tight"):
+    spread = (np.max(np.abs(out["ode_default"] - out["ode_rounded"]))
+              / np.max(np.abs(out["ode_tight"])))
+    print(f"the same solve with the network rounded otherwise: {out['ode_rounded_nfe']} NFE, "
+          f"max relative difference {spread:.2e}")
+    for key in ("ode_default", "ode_rounded", "ode_tight"):
         assert np.all(np.isfinite(out[key])), key
     err = np.max(np.abs(out["ode_default"] - out["ode_tight"])) / np.max(np.abs(out["ode_tight"]))
     print(f"torchdiffeq dopri5 (rtol 1e-3, atol 1e-6): {out['ode_nfe']} NFE, max relative "

@@ -71,13 +71,13 @@ def test_sde_grid_is_sits():
 
 
 def test_ode_dopri5_against_sits_torchdiffeq(guided):
-    """Adaptive steps cannot be matched step for step (diffrax's and torchdiffeq's controllers
-    differ in detail), so both solutions at SiT's tolerances (rtol 1e-3, atol 1e-6) are held
-    against the tight float64 solution of the fixture, and a tight diffrax solution must equal
-    it to float32 precision."""
+    """SiT's ODE (torchdiffeq dopri5, rtol 1e-3, atol 1e-6, on forward_with_cfg's 2B batch) step
+    for step: the same NFE, and the same final point to within the float32 spread of that
+    adaptive solve. The spread is the reference's own: torchdiffeq on the same network rounded
+    otherwise (`ode_rounded`) lands ~1.7e-4 away, since step sizes follow error estimates that
+    are differences of stages. And a tight diffrax solution equals the tight float64 one."""
     ts = jnp.asarray([1.0, 0.0])
     z = nhwc(REF["z"])
-    tight_ref = REF["ode_tight"]
 
     def solve(rtol, atol):
         out = jax.jit(lambda z: dopri5(guided, rectified_flow(), z, ts, prediction="flow",
@@ -85,14 +85,15 @@ def test_ode_dopri5_against_sits_torchdiffeq(guided):
         return np.asarray(out.samples).transpose(0, 3, 1, 2), int(out.evaluations)
 
     ours, nfe = solve(1e-3, 1e-6)
-    theirs = REF["ode_default"]
-    err_ours, err_theirs = relative(ours, tight_ref), relative(theirs, tight_ref)
+    theirs, their_nfe = REF["ode_default"], int(REF["ode_nfe"])
+    spread = relative(REF["ode_rounded"], theirs)
     tight, tight_nfe = solve(1e-6, 1e-7)
-    print(f"dopri5 at SiT's tolerances: ours {nfe} NFE, error {err_ours:.2e} vs the tight "
-          f"solution; SiT's torchdiffeq {int(REF['ode_nfe'])} NFE, error {err_theirs:.2e}; "
-          f"ours vs SiT's {relative(ours, theirs):.2e}; ours at rtol 1e-6: {tight_nfe} NFE, "
-          f"error {relative(tight, tight_ref):.2e}")
-    assert err_ours <= 5e-3 and err_theirs <= 5e-3
-    assert err_ours <= 3 * err_theirs + 1e-5  # as accurate as SiT's own solve, give or take
-    assert relative(tight, tight_ref) <= 2e-5
-    assert nfe >= 9 and tight_nfe > nfe
+    print(f"dopri5 at SiT's tolerances: ours {nfe} NFE, SiT's torchdiffeq {their_nfe}; ours vs "
+          f"SiT's {relative(ours, theirs):.2e} (SiT's own float32 spread {spread:.2e}); both vs "
+          f"the tight solution {relative(ours, REF['ode_tight']):.2e}, "
+          f"{relative(theirs, REF['ode_tight']):.2e}; ours at rtol 1e-6: {tight_nfe} NFE, "
+          f"{relative(tight, REF['ode_tight']):.2e}")
+    assert nfe == their_nfe == int(REF["ode_rounded_nfe"])
+    assert 1e-6 < spread < 1e-3
+    assert relative(ours, theirs) <= 2 * spread
+    assert relative(tight, REF["ode_tight"]) <= 2e-5 and tight_nfe > nfe

@@ -39,12 +39,14 @@ def classifier_free_guidance(
     channels = k guides only the first k channels of the last axis; channels ≥ k (e.g. the 4th
     latent channel and a learned-variance half) are the conditional output. DiT's
     `forward_with_cfg` is channels=3 on its (B, H, W, 8) output. None guides every channel.
+    The returned function's attribute `both_halves` gives the pass's (2B, ...) output as
+    `forward_with_cfg` returns it (core.adaptive_ode solves that batch, as SiT's ODE does).
     """
     labels = jnp.asarray(labels)
     if channels is not None and (not isinstance(channels, int) or channels < 1):
         raise ValueError(f"channels must be a positive int (or None for all), got {channels!r}.")
 
-    def guided(z: Array, t: Array, *extra: Any) -> Array:
+    def combine(z: Array, t: Array, *extra: Any) -> tuple[Array, Array, Array]:
         b = z.shape[0]
         out = model_fn(*guided_inputs(z, t, labels, null_label), *extra)
         cond, uncond = out[:b], out[b:]
@@ -53,10 +55,26 @@ def classifier_free_guidance(
             t_lo, t_hi = interval
             w = jnp.where((t >= t_lo) & (t <= t_hi), w, jnp.ones_like(w))
         mixed = uncond + expand_to(w, cond) * (cond - uncond)
+        return mixed, cond, uncond
+
+    def guided(z: Array, t: Array, *extra: Any) -> Array:
+        mixed, cond, _ = combine(z, t, *extra)
         if channels is None:
             return mixed
         return jnp.concatenate([mixed[..., :channels], cond[..., channels:]], axis=-1)
 
+    def both_halves(z: Array, t: Array, *extra: Any) -> Array:
+        """The guided pass's whole (2B, ...) output as DiT's and SiT's `forward_with_cfg` return
+        it: the guided channels twice, the unguided ones of the conditional half, then of the
+        null half. An adaptive solver that integrates this 2B batch (SiT's ODE does) measures
+        its error on both halves."""
+        mixed, cond, uncond = combine(z, t, *extra)
+        if channels is None:
+            return jnp.concatenate([mixed, mixed])
+        rest = jnp.concatenate([cond[..., channels:], uncond[..., channels:]])
+        return jnp.concatenate([jnp.concatenate([mixed, mixed])[..., :channels], rest], axis=-1)
+
+    guided.both_halves = both_halves
     return guided
 
 
