@@ -136,29 +136,52 @@ def train_step_setup(
     }
 
 
+class CompiledStep:
+    """setup's train step compiled ahead of time (compile_s = lower + compile) and run `warmup`
+    untimed steps; then each .time(n) runs n more synchronized, timed steps (time_interleaved),
+    so that several configurations can be timed in alternating rounds. Takes the state out of
+    `setup` (each step donates it); keys for up to `max_steps` steps in all."""
+
+    def __init__(self, setup: dict[str, Any], warmup: int, max_steps: int) -> None:
+        state, self.data = setup.pop("state"), setup["data"]
+        self.keys = [st.step_rng(state["rng"], i) for i in range(max_steps)]
+        start = time.perf_counter()
+        self.compiled = setup["step_fn"].lower(state, self.data, self.keys[0]).compile()
+        self.compile_s = time.perf_counter() - start
+        self.state, self.metrics, self.done = state, None, 0
+        self.walls: list[float] = []
+        self.cpus: list[float] = []
+        self.round_medians: list[float] = []
+        for _ in range(warmup):
+            block(self.run())
+
+    def run(self) -> Any:
+        self.state, self.metrics = self.compiled(self.state, self.data, self.keys[self.done])
+        self.done += 1
+        return self.metrics
+
+    def time(self, steps: int, peak: MatmulPeak | None = None, peak_runs: int = 10) -> None:
+        walls, cpus = time_interleaved(lambda i: self.run(), steps, peak, peak_runs)
+        self.walls += walls
+        self.cpus += cpus
+        self.round_medians.append(statistics.median(walls))
+
+    def result(self) -> dict[str, Any]:
+        """compile_s, memory (memory_stats), walls and cpus (seconds per timed step, all rounds),
+        round_medians (seconds, one per .time call) and the last step's metrics."""
+        return {"compile_s": self.compile_s, "memory": memory_stats(self.compiled),
+                "walls": self.walls, "cpus": self.cpus, "round_medians": self.round_medians,
+                "metrics": self.metrics}
+
+
 def time_train_step(
     setup: dict[str, Any], args: argparse.Namespace, peak: MatmulPeak | None = None,
     peak_runs: int = 10,
 ) -> dict[str, Any]:
-    """Compile setup's step ahead of time (compile_s = lower + compile), run --warmup steps,
-    then time --steps synchronized steps (time_interleaved, with `peak` matmuls between them).
-    Takes the state out of `setup` (each step donates it). Returns compile_s, memory
-    (memory_stats), walls and cpus (seconds per step) and the last step's metrics."""
-    state, data = setup.pop("state"), setup["data"]
-    keys = [st.step_rng(state["rng"], i) for i in range(args.warmup + args.steps)]
-    start = time.perf_counter()
-    compiled = setup["step_fn"].lower(state, data, keys[0]).compile()
-    compile_s = time.perf_counter() - start
-    holder = {"state": state}
-
-    def run(i: int) -> Any:
-        holder["state"], holder["metrics"] = compiled(holder["state"], data, keys[i])
-        return holder["metrics"]
-
-    for i in range(args.warmup):
-        block(run(i))
+    """CompiledStep(setup, --warmup) timed for --steps steps, with `peak` matmuls between them
+    (reset after the warm-up): its result()."""
+    step = CompiledStep(setup, args.warmup, args.warmup + args.steps)
     if peak is not None:
         peak.reset()
-    walls, cpus = time_interleaved(lambda i: run(args.warmup + i), args.steps, peak, peak_runs)
-    return {"compile_s": compile_s, "memory": memory_stats(compiled), "walls": walls,
-            "cpus": cpus, "metrics": holder["metrics"]}
+    step.time(args.steps, peak, peak_runs)
+    return step.result()

@@ -5,9 +5,11 @@
 
 --scan_layers=false,true (and --remat=none,full, ...) add rows of the same step with the blocks
 scanned over stacked layers (model.scan_layers) and under each remat policy (model.remat), from
-the same run. For each (batch, dtype, scan_layers, remat) configuration: the host is set up as
-launch/train.py sets it up (vdm_jax.parallel.host: malloc retention, XLA flags, on a CPU host
-one virtual device per core);
+the same run; --rounds=R then times every configuration again, in turn, R − 1 more times, so
+that their ratio is measured under the same load (the row's step time pools all rounds;
+round_median_ms lists each round's median). For each (batch, dtype, scan_layers, remat)
+configuration: the host is set up as launch/train.py sets it up (vdm_jax.parallel.host: malloc
+retention, XLA flags, on a CPU host one virtual device per core);
 the run is prepared the trainer's way (`loop.set_up`: the default config with --model, the
 synthetic dataset of the given shape, AdamW with grad clipping, one EMA, the config's mesh over
 all devices) and `loop.step_function`, the jitted step `loop.train` runs, is compiled ahead of
@@ -21,8 +23,9 @@ device-synchronized steps on one batch from the trainer's iterator, and the medi
     MFU                3 × forward FLOPs per image (model_cost, FLOPs = 2·MACs) × batch
                        ÷ step time ÷ peak, the peak being an n×n matmul (--peak_size, FLOPs =
                        2n³) in the same dtype on every device at once (timing.MatmulPeak),
-                       median of --peak_runs runs interleaved between the timed steps (so both
-                       see the same load on a shared host)
+                       median of the --peak_runs runs interleaved between each configuration's
+                       timed steps (one peak per dtype, shared by its configurations), so
+                       both see the same load on a shared host
 
 --devices=N uses the first N devices (on a CPU host: N virtual devices sharing its cores);
 --host_malloc=default measures glibc's malloc defaults. Without them the figures are the
@@ -54,16 +57,15 @@ COLUMNS = [
 ]
 
 
-def run_config(
-    args: argparse.Namespace, batch: int, dtype: str, peak: timing.MatmulPeak | None
+def make_row(
+    args: argparse.Namespace, batch: int, dtype: str, peak: timing.MatmulPeak | None,
+    timed_run: dict[str, Any], load_before: float | None,
 ) -> dict[str, Any]:
-    """Compile, warm up and time the train step of one (batch, dtype) configuration."""
-    load_before = report.load_avg()
-    devices = selected_devices(args)
-    timed_run = timing.time_train_step(timing.train_step_setup(args, dtype, batch, devices),
-                                       args, peak, args.peak_runs)
+    """The table row of one (batch, dtype, scan_layers, remat) configuration from its timed run
+    (timing.CompiledStep.result(): every timed step of every round)."""
     stats = timing.summarize(timed_run["walls"])
     memory = timed_run["memory"]
+    devices = selected_devices(args)
 
     cost = cli_args.forward_cost(args)
     train_flops = 3.0 * cost["flops"] * batch
@@ -77,6 +79,7 @@ def run_config(
         "params": cost["params"], "forward_macs_per_image": cost["macs"],
         "forward_flops_per_image": cost["flops"], "train_flops_per_step": train_flops,
         "step_ms": 1e3 * stats["median_s"], "step_time": stats, "step_walls_s": timed_run["walls"],
+        "round_median_ms": [1e3 * m for m in timed_run["round_medians"]],
         "step_cpu_s": statistics.median(timed_run["cpus"]),
         "images_per_s": batch / stats["median_s"],
         "compile_s": timed_run["compile_s"], "memory": memory,
@@ -113,6 +116,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="data-parallel devices (default: the trainer's, all; on a CPU host "
                              "N virtual ones sharing its cores; the peak is measured on all of "
                              "them at once)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time every configuration --steps steps per round, in turn, for "
+                             "this many rounds (compare configurations side by side)")
     parser.add_argument("--scan_layers", type=cli_args.str_list, default=["false"],
                         help="model.scan_layers value(s), comma-separated: false, true")
     parser.add_argument("--remat", type=cli_args.str_list, default=["none"],
@@ -121,6 +127,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     bad = [v for v in args.scan_layers if v not in ("false", "true")]
     bad += [v for v in args.remat if v not in REMAT_POLICIES]
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     if bad:
         parser.error(f"--scan_layers takes false/true and --remat one of {REMAT_POLICIES}; "
                      f"got {bad}")
@@ -130,15 +138,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"--devices={args.devices}, but only {jax.device_count()} are available")
     devices = selected_devices(args)
 
-    rows = []
+    runs = []  # (row args, batch, dtype, peak, CompiledStep, load before)
     for dtype in args.dtype:
         peak = (timing.MatmulPeak(cli_args.DTYPES[dtype], args.peak_size, devices=devices)
                 if args.peak_size else None)
         for batch, scan, remat in itertools.product(args.batch, args.scan_layers, args.remat):
             row_args = argparse.Namespace(**{**vars(args), "scan_layers": scan == "true",
                                              "remat": remat})
-            rows.append(run_config(row_args, batch, dtype, peak))
-            report.print_table(rows[-1:], COLUMNS)
+            load = report.load_avg()
+            step = timing.CompiledStep(timing.train_step_setup(row_args, dtype, batch, devices),
+                                       args.warmup, args.warmup + args.rounds * args.steps)
+            step.time(args.steps, peak, args.peak_runs)
+            runs.append((row_args, batch, dtype, peak, step, load))
+    # Further rounds time every configuration again, in turn, so that all of them see the same
+    # (shared host's) load; each row pools its steps of all rounds.
+    for _ in range(args.rounds - 1):
+        for _, _, _, peak, step, _ in runs:
+            step.time(args.steps, peak, args.peak_runs)
+    rows = [make_row(a, batch, dtype, peak, step.result(), load)
+            for a, batch, dtype, peak, step, load in runs]
     result = {"benchmark": "train_step", "environment": report.environment(__file__, argv, args),
               "results": rows}
     print()
