@@ -17,8 +17,8 @@ without guidance, with CFG and with AutoGuidance by a smaller, earlier run of th
     python launch/train.py --config=configs/digits_rae.py --workdir=workdirs/digits_rae_guide \
         --config.data.latent_dir=workdirs/digits_rae_latents \
         --config.autoencoder.weights=workdirs/digits_rae/autoencoder \
-        --config.model.spec='{"family": "dit_dh", "depth": 2, "hidden_size": 64, "num_heads": 2,
-            "patch_size": 1, "head_depth": 1, "head_hidden_size": 128, "head_num_heads": 2}' \
+        --config.model.spec='{"family": "dit_dh", "depth": 2, "hidden_size": 32, "num_heads": 2,
+            "patch_size": 1, "head_depth": 1, "head_hidden_size": 64, "head_num_heads": 2}' \
         --config.train.num_steps=500 --config.train.checkpoint_every=250
     # 4. 500 class-balanced samples each (the same labels and noise), Euler on RAE's grid
     python launch/sample.py --workdir=workdirs/digits_rae_dit --num_samples=500 --batch_size=250 \
@@ -36,19 +36,22 @@ space the metric reads, so these figures compare the three sampling modes, not t
 the pixel-space digits DiT.
 
 Model: DiT^DH (vdm_jax.nn.dit_dh) on the 16 tokens of patch 1: a backbone of 4 blocks of width
-128 (4 heads) and a wide head of 2 blocks of width 256 (4 heads), 2,015,104 parameters (the
-guide of step 3: 2 + 1 blocks of widths 64 and 128, 273,216).
+64 (4 heads) and a wide head of 2 blocks of width 128 (4 heads), 993,508 parameters (NNX Params;
+the guide of step 3: 2 + 1 blocks of widths 32 and 64, 151,720).
 
 Recipe (RAE's, imagenet_rae.py, at this scale): rectified flow, velocity prediction, logit-normal
 t with the dimension-dependent time shift, α = sqrt(4·4·64 / 4096) = 0.5 (this latent is smaller
 than RAE's base dimension 4096, so the shift moves t toward the data); label dropout 0.1;
 AdamW β = (0.9, 0.95), gradient clipping 1, lr 1e-3 after 100 warm-up steps, constant until
-step 1000, linear to 1e-4 at step 3000; batch 128, 3000 steps; EMA 0.999. Sampling: Euler, 49
+step 1000, linear to 1e-4 at step 2000; batch 128, 2000 steps; EMA 0.999. Sampling: Euler, 49
 steps from t = 1 to t = 0.001 on the shifted grid (RAE's 50 time points).
 
-Measured (2026-12-07, 2-core CPU; README "DiT^DH, the time shift and AutoGuidance (RAE)"):
-see the table there — digits-FID and class accuracy of 500 samples without guidance, with CFG
-and with AutoGuidance.
+Measured (2026-12-07, this project's 2-core CPU, shared; README "AutoGuidance, CFG and no
+guidance on the digits RAE latents"): 500 samples each, digits-FID (floor 22.14) / class
+accuracy — none 86.69 / 0.292; CFG 1.5: 83.94 / 0.418, 2: 85.38 / 0.498, 3: 98.40 / 0.644;
+AutoGuidance by the step-500 guide 1.5: 67.74 / 0.352, 2: 68.63 / 0.382, 3: 89.55 / 0.410 (by
+its step 250, 1.5: 73.40 / 0.342). The main model trained in 17 min 41 s wall, the guide in
+2 min 44 s.
 """
 
 from vdm_jax.config import default_config
@@ -60,8 +63,8 @@ def get_config():
     c.data.name = "digits"
     c.data.kind = "latents"
     c.data.latent_scaling = "per_channel"
-    c.model.spec = dict(family="dit_dh", depth=4, hidden_size=128, num_heads=4, patch_size=1,
-                        head_depth=2, head_hidden_size=256, head_num_heads=4)
+    c.model.spec = dict(family="dit_dh", depth=4, hidden_size=64, num_heads=4, patch_size=1,
+                        head_depth=2, head_hidden_size=128, head_num_heads=4)
     c.model.prediction = "flow"
     c.diffusion.schedule = "rectified_flow"
     c.diffusion.objective = "flow_matching"  # logit(t) ~ N(0, 1)
@@ -73,10 +76,10 @@ def get_config():
     c.optim.grad_clip = 1.0
     c.optim.schedule = "linear"
     c.optim.decay_start_steps = 1000
-    c.optim.decay_end_steps = 3000
+    c.optim.decay_end_steps = 2000
     c.optim.final_lr = 1e-4
     c.optim.ema_decays = (0.999,)
-    c.train.num_steps = 3000
+    c.train.num_steps = 2000
     c.train.global_batch_size = 128
     c.train.log_every = 100
     c.train.checkpoint_every = 500
