@@ -492,8 +492,8 @@ def rae_sha256(path: str | os.PathLike) -> str:
 
 def describe_rae(path: str | os.PathLike) -> dict[str, Any]:
     """What to record with latents made by these weights, JSON-ready and the same on every
-    call: {"kind": "rae", "path", "layout": "diffusers" | "official", "files": {path within the
-    folder: sha256},
+    call: {"kind": "rae", "path", "layout": "diffusers" | "official" | "digits", "files": {path
+    within the folder: sha256},
     "sha256": the SHA-256 of the files' hashes in order, "stats_formula", "config"}."""
     folder = _folder(path)
     if rae_layout(folder) == "digits":
