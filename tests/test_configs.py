@@ -65,7 +65,7 @@ def _add(tar, name, data):
 def test_every_config_is_covered():
     assert set(CONFIGS) >= {"digits_dit", "cifar10_vdm", "imagenet_dit", "imagenet_jit",
                             "imagenet_sit", "imagenet_sit_repa", "imagenet_ddt", "digits_meanflow",
-                            "imagenet_meanflow", "imagenet_rae"}
+                            "imagenet_meanflow", "imagenet_rae", "digits_rae"}
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -131,3 +131,65 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
     assert r.returncode == 2, r.stderr
     assert len(lines) == 1 and lines[0].startswith("error: model.weights is required"), lines
     assert not work.exists()
+
+
+def test_digits_rae_folder_is_the_autoencoder_of_a_latent_run(tmp_path):
+    """The digits RAE written as RUN/autoencoder (export_digits_rae) loads back as an
+    autoencoder (the same encode / decode), is recorded and hashed like the released RAEs, and
+    encodes the digits into a latent dataset whose records are its latents and whose samples it
+    decodes (the path of configs/digits_rae.py)."""
+    import jax.numpy as jnp
+
+    from vdm_jax.config import default_config
+    from vdm_jax.data import latents
+    from vdm_jax.data.pipeline import read_examples
+    from vdm_jax.generation.decode import make_decoder
+    from vdm_jax.importers.autoencoders import (
+        describe_weights,
+        latent_geometry,
+        load_autoencoder,
+        weights_sha256,
+    )
+    from vdm_jax.importers.rae import export_digits_rae
+    from vdm_jax.model import DataSpec
+    from vdm_jax.nn.autoencoders.rae import DigitsRAE
+    from vdm_jax.nn.encoders.digits import DigitsCNN
+    from vdm_jax.pipelines.encode_latents import encode_latents
+
+    model = DigitsRAE(DigitsCNN(rngs=nnx.Rngs(0)), hidden=32, layers=1, heads=2, mlp=64,
+                      rngs=nnx.Rngs(1))
+    folder = export_digits_rae(model, tmp_path / "autoencoder")
+    loaded = load_autoencoder(folder)
+    x = jax.random.uniform(jax.random.key(2), (3, 8, 8, 1), minval=-1.0, maxval=1.0)
+    z = model.encode(x)
+    assert z.shape == (3, 4, 4, 64)
+    np.testing.assert_array_equal(np.asarray(loaded.encode(x)), np.asarray(z))
+    np.testing.assert_array_equal(np.asarray(loaded.decode(z, clip=True)),
+                                  np.asarray(model.decode(z, clip=True)))
+    record = describe_weights(folder)
+    assert record["kind"] == "rae" and record["layout"] == "digits"
+    assert record["sha256"] == weights_sha256(folder)
+    assert latent_geometry(record, 8) == {"latent_shape": [4, 4, 64],
+                                          "posterior": "deterministic", "decoded_size": 8}
+
+    config = default_config()
+    config.data.name, config.data.data_dir = "digits", str(tmp_path / "tfds")
+    config.autoencoder.weights = str(folder)
+    out = encode_latents(config, tmp_path / "latents", progress=False)
+    ds = latents.open_latents(out)
+    assert ds.latent_shape == (4, 4, 64) and ds.pixel_shape == (8, 8, 1)
+    assert ds.num_examples("train") == 1497 and ds.num_examples("eval") == 300
+    images = read_examples(config.data, "eval", 0, 2)["image"]
+    stored = np.stack([latents.decode_record(ds.source("eval")[i], ds.record_shape)[0][0]
+                       for i in range(2)]).astype(np.float32)
+    np.testing.assert_allclose(stored, np.asarray(model.encode(jnp.asarray(images))),
+                               rtol=1e-3, atol=1e-3)  # float16 records
+    shift, scale = ds.normalization("per_channel")
+    spec = DataSpec(image_shape=ds.latent_shape, num_classes=10, num_levels=256,
+                    pixel_shape=ds.pixel_shape, latent_shift=tuple(shift),
+                    latent_scale=tuple(scale), autoencoder=ds.metadata["autoencoder"])
+    decode = make_decoder(spec, str(folder))
+    xs = (stored - np.asarray(shift, np.float32)) * np.asarray(scale, np.float32)
+    np.testing.assert_allclose(np.asarray(decode(jnp.asarray(xs))),
+                               np.asarray(model.decode(jnp.asarray(stored), clip=True)),
+                               atol=1e-5)

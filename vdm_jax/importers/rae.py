@@ -19,6 +19,12 @@
     The latent grid g comes from the decoder's stored position table (1, 1 + g², D) (g = 16: the
     224² encoder input of 256² images; 32: 448² for 512²), which must equal MAE's fixed sin-cos
     table; the encoder input is g · 14.
+  * the digits RAE trained here (`launch/train_decoder.py --config=configs/digits_rae_decoder.py`
+    writes it to RUN/autoencoder; `export_digits_rae`): `config.json` ({"_class_name":
+    "DigitsRAE", "num_classes", "hidden", "layers", "heads", "mlp"}) + `digits_rae.npz`, the
+    parameters of `DigitsRAE` (the frozen digits CNN and the decoder) under their flat NNX names
+    ('encoder/conv1/kernel', 'decoder/decoder_embed/kernel', …; the digits CNN's file layout).
+    Its latents are the CNN's 4 × 4 × 64 tokens, without statistics.
 
 Names (NNX path → official decoder name; diffusers adds `decoder.` and renames attention):
     decoder.decoder_embed, decoder_norm, decoder_pred, trainable_cls_token → same
@@ -50,6 +56,7 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from vdm_jax.importers.common import (
     Tensor,
@@ -67,21 +74,27 @@ from vdm_jax.importers.dinov2 import (
     dinov2_source_of,
     read_dinov2,
 )
+from vdm_jax.io import write_json, write_npz
 from vdm_jax.nn.autoencoders.rae import (
     DINOV2_REGISTERS,
     RAE,
+    DigitsRAE,
     RAEConfig,
     abstract_rae,
     decoder_position_table,
+    digits_rae_config,
 )
+from vdm_jax.nn.encoders.digits import DigitsCNN, from_arrays, to_arrays
 from vdm_jax.nn.encoders.dinov2 import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["GET_WEIGHTS", "describe_rae", "is_rae", "load_rae", "rae_files", "rae_layout",
-           "rae_sha256"]
+__all__ = ["GET_WEIGHTS", "describe_rae", "export_digits_rae", "is_rae", "load_rae", "rae_files",
+           "rae_layout", "rae_sha256"]
 
 CONFIG_NAME = "config.json"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 OFFICIAL_DECODER, OFFICIAL_STATS, OFFICIAL_ENCODER = "model.pt", "stat.pt", "dinov2"
+DIGITS_CLASS, DIGITS_WEIGHTS = "DigitsRAE", "digits_rae.npz"
+_DIGITS_SIZES = ("num_classes", "hidden", "layers", "heads", "mlp")
 HEADS_OF_WIDTH = {768: 12, 1024: 16, 1152: 16}  # official configs/decoder/ViT{B,L,XL}
 POSITION_TOLERANCE = 1e-5
 GET_WEIGHTS = (
@@ -116,7 +129,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def rae_layout(path: str | os.PathLike) -> str | None:
     """'diffusers' for an AutoencoderRAE folder, 'official' for a folder with model.pt and
-    dinov2/ (or its model.pt), None for anything else (e.g. an SD-VAE)."""
+    dinov2/ (or its model.pt), 'digits' for the digits RAE's folder, None for anything else
+    (e.g. an SD-VAE)."""
     p = Path(path).expanduser()
     if p.is_file() and p.name == OFFICIAL_DECODER:
         p = p.parent
@@ -125,8 +139,9 @@ def rae_layout(path: str | os.PathLike) -> str | None:
     cfg = p / CONFIG_NAME
     if cfg.is_file():
         try:
-            if json.loads(cfg.read_text()).get("_class_name") == "AutoencoderRAE":
-                return "diffusers"
+            name = json.loads(cfg.read_text()).get("_class_name")
+            if name in ("AutoencoderRAE", DIGITS_CLASS):
+                return "diffusers" if name == "AutoencoderRAE" else "digits"
         except (OSError, UnicodeDecodeError, ValueError, AttributeError):
             pass
     if (p / OFFICIAL_DECODER).is_file() or (p / OFFICIAL_ENCODER).is_dir():
@@ -379,6 +394,49 @@ def _read_official(folder: Path) -> _Read:
                  files, lambda k: k in ignored)
 
 
+def _digits_sizes(folder: Path) -> dict[str, int]:
+    """The digits RAE's sizes from its config.json (module docstring)."""
+    cfg = _read_json(folder / CONFIG_NAME)
+    missing = [k for k in _DIGITS_SIZES if not isinstance(cfg.get(k), int)]
+    if missing:
+        raise ValueError(f"{folder / CONFIG_NAME}: a {DIGITS_CLASS} config needs integer "
+                         f"{missing}")
+    return {k: int(cfg[k]) for k in _DIGITS_SIZES}
+
+
+def _digits_config(sizes: Mapping[str, int]) -> RAEConfig:
+    return digits_rae_config(hidden=sizes["hidden"], layers=sizes["layers"],
+                             heads=sizes["heads"], mlp=sizes["mlp"])
+
+
+def export_digits_rae(model: DigitsRAE, folder: str | os.PathLike) -> Path:
+    """Write `model` (its current parameters: the frozen CNN and the decoder) as a digits RAE
+    folder (module docstring), atomically file by file; returns the folder."""
+    folder = Path(folder)
+    cfg = model.config
+    sizes = {"num_classes": int(model.encoder.head.kernel.shape[-1]),
+             "hidden": cfg.decoder_hidden_size, "layers": cfg.decoder_num_layers,
+             "heads": cfg.decoder_num_heads, "mlp": cfg.decoder_mlp_size}
+    write_npz(folder / DIGITS_WEIGHTS, to_arrays(model))
+    write_json(folder / CONFIG_NAME, {"_class_name": DIGITS_CLASS, **sizes})
+    return folder
+
+
+def _load_digits(folder: Path) -> DigitsRAE:
+    sizes = _digits_sizes(folder)
+    weights = folder / DIGITS_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"{folder} has a {DIGITS_CLASS} {CONFIG_NAME} but no "
+                                f"{DIGITS_WEIGHTS}: rerun launch/train_decoder.py "
+                                "--config=configs/digits_rae_decoder.py, which writes both")
+    model = nnx.eval_shape(lambda: DigitsRAE(
+        DigitsCNN(sizes["num_classes"], rngs=nnx.Rngs(0)), hidden=sizes["hidden"],
+        layers=sizes["layers"], heads=sizes["heads"], mlp=sizes["mlp"], rngs=nnx.Rngs(0)))
+    with np.load(weights) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    return from_arrays(model, arrays, str(weights))
+
+
 def _read(path: str | os.PathLike) -> _Read:
     folder = _folder(path)
     layout = rae_layout(folder)
@@ -400,6 +458,8 @@ def load_rae(path: str | os.PathLike, *, dtype: Any = jnp.float32) -> RAE:
     Raises FileNotFoundError (nothing there, saying what to download) or ValueError (unreadable
     or foreign files, mismatched statistics, every missing/misshaped/unexpected tensor listed).
     """
+    if rae_layout(_folder(path)) == "digits":
+        return _load_digits(_folder(path))  # float32: the digits RAE is tiny
     r = _read(path)
     model = abstract_rae(r.config, dtype=dtype)
     what = (f"the RAE ({r.layout} layout: DINOv2 {describe_dinov2(r.config.encoder)}, decoder "
@@ -415,6 +475,8 @@ def rae_files(path: str | os.PathLike) -> list[Path]:
     folder = _folder(path)
     if rae_layout(folder) == "diffusers":
         return [folder / CONFIG_NAME, folder / DIFFUSERS_WEIGHTS]
+    if rae_layout(folder) == "digits":
+        return [folder / CONFIG_NAME, folder / DIGITS_WEIGHTS]
     enc = folder / OFFICIAL_ENCODER
     enc_file = next((enc / n for n in ("model.safetensors", "pytorch_model.bin")
                      if (enc / n).is_file()), enc / "model.safetensors")
@@ -430,20 +492,25 @@ def rae_sha256(path: str | os.PathLike) -> str:
 
 def describe_rae(path: str | os.PathLike) -> dict[str, Any]:
     """What to record with latents made by these weights, JSON-ready and the same on every
-    call: {"kind": "rae", "path", "layout": "diffusers" | "official", "files": {path within the
-    folder: sha256},
+    call: {"kind": "rae", "path", "layout": "diffusers" | "official" | "digits", "files": {path
+    within the folder: sha256},
     "sha256": the SHA-256 of the files' hashes in order, "stats_formula", "config"}."""
-    r = _read(path)
     folder = _folder(path)
+    if rae_layout(folder) == "digits":
+        _load_digits(folder)  # the weights fit the config (else ValueError)
+        layout, config = "digits", _digits_config(_digits_sizes(folder))
+    else:
+        r = _read(path)
+        layout, config = r.layout, r.config
     files = rae_files(path)
     hashes = {os.path.relpath(f, folder): file_sha256(f) for f in files}
     combined = hashlib.sha256("".join(hashes.values()).encode()).hexdigest()
     return {
         "kind": "rae",
         "path": str(Path(path).expanduser().resolve()),
-        "layout": r.layout,
+        "layout": layout,
         "files": hashes,
         "sha256": combined,
-        "stats_formula": r.config.stats_formula,
-        "config": r.config.to_dict(),
+        "stats_formula": config.stats_formula,
+        "config": config.to_dict(),
     }

@@ -19,7 +19,10 @@ At the end, with the EMA decoder: latents (the encoder's tokens, normalized when
 statistics) of the evaluation split, written to `eval/latents.npz`; their decodings, clipped, to
 `eval/reconstructions.npz`; the reconstruction error (L1, MSE and PSNR on [0, 1] pixels) and,
 for the digits, the digits-FID of the reconstructions, its real-vs-real floor and the digits
-classifier's accuracy on them, in `eval_results.json`.
+classifier's accuracy on them, in `eval_results.json`. The digits RAE with the EMA decoder is
+written to `RUN/autoencoder` (`vdm_jax.importers.rae.export_digits_rae`): the
+`autoencoder.weights` that encodes the digits into a latent dataset (launch/encode_latents.py)
+and decodes a latent model's samples (configs/digits_rae.py).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from vdm_jax.evaluation.digits_classifier import train_or_load_digits_classifier
 from vdm_jax.importers.autoencoders import load_autoencoder
 from vdm_jax.importers.dino_disc import load_dino_discriminator
 from vdm_jax.importers.lpips import load_lpips
+from vdm_jax.importers.rae import export_digits_rae
 from vdm_jax.io import write_json
 from vdm_jax.nn.autoencoders.rae import RAE, DigitsRAE, RAEDecoder
 from vdm_jax.rundir import RunDir
@@ -154,7 +158,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
     model, lpips, disc = build_networks(config, workdir)
     summary = train_decoder(config, str(workdir), model, lpips=lpips, disc=disc)
     ema = next(iter(summary["ema"].values()))["decoder"]
-    results = evaluate_reconstructions(config, workdir, model, ema)
+    results = evaluate_reconstructions(config, workdir, model, ema)  # model: the EMA decoder
     results.update(step=summary["step"], train_seconds=round(summary["seconds"], 1))
+    if isinstance(model, DigitsRAE):
+        results["autoencoder"] = str(export_digits_rae(model, Path(workdir) / "autoencoder"))
     write_json(RunDir(workdir).eval_results, results)
     return {"step": summary["step"], "seconds": summary["seconds"], "results": results}

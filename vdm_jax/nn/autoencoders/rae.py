@@ -382,6 +382,8 @@ class DigitsRAE(nnx.Module):
     space is [0, 1] as the ImageNet-normalized one is for the RAE).
 
     images (B, 8, 8, 1) in [−1, 1] → encode_tokens → (B, 4, 4, 64) → decode_tokens → (B, 8, 8, 1).
+    As an autoencoder of latent diffusion (`encode` / `decode`, the RAE's interface; saved and
+    loaded by `vdm_jax.importers.rae`, layout 'digits') the latents are the tokens themselves.
     """
 
     def __init__(self, encoder: DigitsCNN, *, hidden: int = 128, layers: int = 2, heads: int = 4,
@@ -399,6 +401,21 @@ class DigitsRAE(nnx.Module):
     def decode_tokens(self, tokens: Array) -> Array:
         """tokens (B, 16, 64) → images (B, 8, 8, 1) in [−1, 1], not clipped."""
         return _decoder_images(self.decoder, tokens)
+
+    def encode(self, images: Array) -> Array:
+        """images (B, 8, 8, 1) in [−1, 1] → latents (B, 4, 4, 64) float32 (= the tokens; no
+        statistics: a latent dataset normalizes per channel, `data.latent_scaling`)."""
+        return self.encode_tokens(images)
+
+    def decode(self, latents: Array, *, clip: bool = False) -> Array:
+        """latents (B, 4, 4, 64) → images (B, 8, 8, 1) float32 in [−1, 1] (clipped if clip)."""
+        if latents.ndim != 4 or tuple(latents.shape[1:]) != self.config.latent_shape:
+            raise ValueError(f"latents must be (B, {', '.join(map(str, self.config.latent_shape))}"
+                             f"), got {tuple(latents.shape)}")
+        tokens = jnp.asarray(latents, jnp.float32).reshape(latents.shape[0], -1,
+                                                           latents.shape[-1])  # (B, 16, 64)
+        x = self.decode_tokens(tokens)  # (B, 8, 8, 1)
+        return jnp.clip(x, -1.0, 1.0) if clip else x
 
 
 def digits_rae_config(*, hidden: int = 128, layers: int = 2, heads: int = 4,

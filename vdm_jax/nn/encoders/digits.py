@@ -60,15 +60,17 @@ def abstract_digits_cnn(num_classes: int = 10, feature_dim: int = FEATURE_DIM) -
     return nnx.eval_shape(lambda: DigitsCNN(num_classes, feature_dim, rngs=nnx.Rngs(0)))
 
 
-def to_arrays(model: DigitsCNN) -> dict[str, np.ndarray]:
-    """{'conv1/kernel': array, ...}: the parameters by flat name (the .npz layout)."""
+def to_arrays(model: nnx.Module) -> dict[str, np.ndarray]:
+    """{'conv1/kernel': array, ...}: the parameters by flat name (the .npz layout; also that of
+    a module holding the CNN, e.g. the digits RAE: 'encoder/conv1/kernel', ...)."""
     return {"/".join(map(str, p)): np.asarray(v.get_value())
             for p, v in nnx.to_flat_state(nnx.state(model))}
 
 
-def from_arrays(model: DigitsCNN, arrays: Mapping[str, np.ndarray], source: str) -> DigitsCNN:
-    """`model` (e.g. `abstract_digits_cnn()`) with the parameters `arrays` of `to_arrays`'s
-    layout. ValueError naming the missing or misshaped names (`source`: for the message)."""
+def from_arrays(model: nnx.Module, arrays: Mapping[str, np.ndarray], source: str) -> nnx.Module:
+    """`model` (e.g. `abstract_digits_cnn()`, or any module: the names are its own) with the
+    parameters `arrays` of `to_arrays`'s layout. ValueError naming the missing or misshaped
+    names (`source`: for the message)."""
     flat = nnx.to_flat_state(nnx.state(model))
     names = ["/".join(map(str, p)) for p, _ in flat]
     missing = [n for n in names if n not in arrays]
@@ -76,7 +78,7 @@ def from_arrays(model: DigitsCNN, arrays: Mapping[str, np.ndarray], source: str)
            for n, (_, v) in zip(names, flat, strict=True)
            if n in arrays and tuple(np.shape(arrays[n])) != tuple(v.get_value().shape)]
     if missing or bad:
-        raise ValueError(f"{source} does not hold a digits CNN of this shape: "
+        raise ValueError(f"{source} does not hold a {type(model).__name__} of this shape: "
                          + "; ".join(([f"missing {missing}"] if missing else [])
                                      + ([f"misshaped {bad}"] if bad else [])))
     arrays_in_order = [(p, jnp.asarray(arrays[n])) for n, (p, _) in zip(names, flat, strict=True)]
