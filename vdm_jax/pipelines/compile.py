@@ -249,8 +249,10 @@ def unrolled_flops_per_chip(config: ConfigDict, mesh: Any) -> float | None:
 
 
 def compile_train_step(config: ConfigDict, devices: list[Any], chip: aot.Chip,
-                       save: str | None = None) -> dict[str, Any]:
-    """Compile the trainer's step of `config` for `devices` (module docstring): figures."""
+                       save: str | None = None, count_unrolled: bool = True) -> dict[str, Any]:
+    """Compile the trainer's step of `config` for `devices` (module docstring): figures.
+    count_unrolled=False keeps a scanned step's compiled FLOPs (one layer counted) instead of
+    lowering the unrolled program too (find_max_batch needs the memory only)."""
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
     config_lib.check_batch(config, mesh.size, mesh.shape["data"])
     fn, args, model, state, data = _train_program(config, mesh)
@@ -261,7 +263,7 @@ def compile_train_step(config: ConfigDict, devices: list[Any], chip: aot.Chip,
     per_image = 3 * costs["network"] + 3 * costs["projector"] + costs["encoder"]
     analytic = per_image * batch / micro / mesh.size if costs["train_modelled"] else None
     out = _figures(compiled, chip, analytic, micro, lower_s, compile_s)
-    if config.model.get("scan_layers") and not isinstance(compiled, str):
+    if count_unrolled and config.model.get("scan_layers") and not isinstance(compiled, str):
         # The compiled scan counts one layer: compare the unrolled step's lowered count.
         _count_unrolled(out, unrolled_flops_per_chip(config, mesh), analytic)
     params_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(state["params"]))
@@ -392,7 +394,7 @@ def find_max_batch(config: ConfigDict, topology: str, *, hbm_bytes: int | None =
     def fits(k: int) -> bool:
         c = copy.deepcopy(config)
         c.train.global_batch_size = k * unit
-        r = compile_train_step(c, devices, chip)
+        r = compile_train_step(c, devices, chip, count_unrolled=False)
         peak = r["memory"].get("peak_bytes")
         ok = r["out_of_memory"] is None and peak is not None and peak <= limit
         tries.append({"batch": k * unit, "peak_bytes": peak, "fits": ok,
