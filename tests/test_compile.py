@@ -148,6 +148,27 @@ def test_bad_input_is_one_line():
     assert result.stderr.startswith("error: unknown TPU topology 'v5q:2x2x1'")
 
 
+@pytest.mark.parametrize("kappa, evaluations", [(0.0, 1), (0.5, 2)])
+def test_meanflow_train_cost_is_modelled(kappa, evaluations):
+    """A MeanFlow config's analytic train step per image is nn/cost.py's meanflow_train_flops
+    with its guided target's evaluations (1 with κ = 0, 2 with κ > 0), not 3 × forward."""
+    from vdm_jax import config as config_lib
+    from vdm_jax.model import build_abstract
+    from vdm_jax.nn.cost import meanflow_train_flops, model_cost
+    from vdm_jax.pipelines import compile as aot_compile
+
+    c = config_lib.load(str(ROOT / "configs/digits_meanflow.py"), [])
+    c.diffusion.objective_kwargs.kappa = kappa
+    data = aot_compile.data_spec_of(c)
+    model, _ = build_abstract(c, data)
+    costs = aot_compile.analytic_flops(c, data, model)
+    net = model_cost(c.model.spec.to_dict(), input_size=data.image_shape[:2],
+                     in_channels=data.image_shape[2], num_classes=model.num_classes)
+    assert costs["network"] == net["flops"]
+    assert costs["train"] == meanflow_train_flops(net, evaluations)
+    assert costs["train"] == (4 + evaluations) * net["flops"] + 2 * net["attention_macs"]
+
+
 def test_missing_libtpu_names_the_pip_command(monkeypatch):
     import jax
 

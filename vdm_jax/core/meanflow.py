@@ -303,6 +303,12 @@ class MeanFlowObjective:
         """Whether the target folds in guidance (and so needs the null class trained)."""
         return (self.omega, self.kappa) != (1.0, 0.0)
 
+    @property
+    def target_evaluations(self) -> int:
+        """Network evaluations per image for the guided target ṽ (`guided_target`): 0 unguided,
+        1 with κ = 0 (the null pass), 2 with κ > 0 (the conditional and null passes)."""
+        return 0 if not self.guided else 1 if self.kappa == 0.0 else 2
+
     def loss(
         self, u_fn: CondUFn, x: Array, y: Array, rng: Array, *, null_label: int,
         num_bins: int = 10,

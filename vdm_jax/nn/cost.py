@@ -32,7 +32,8 @@ def model_cost(
     num_classes: int,
     learn_sigma: bool = False,
 ) -> dict[str, float | int]:
-    """{'params', 'params_with_pos_embed', 'macs', 'flops'} for one image of size input_size.
+    """{'params', 'params_with_pos_embed', 'macs', 'flops', 'attention_macs'} for one image of
+    size input_size.
 
     Example: DiT-XL/2 on 32×32×4 latents, 1000 classes, learn_sigma → params 674,834,720,
     macs ≈ 118.6e9 (the paper's 118.64 "Gflops").
@@ -83,14 +84,15 @@ def model_cost(
         macs += n_tok * patch_dim * d
         mlp_per_token = 2 * d * mlp_hidden
         lengths = [n_tok] * depth
-    for n in lengths:  # per block: projections + MLP per token, then QKᵀ and AV
-        macs += n * (4 * d * d + mlp_per_token) + 2 * n * n * d
+    attention = sum(2 * n * n * d for n in lengths)  # per block: QKᵀ and AV
+    macs += sum(n * (4 * d * d + mlp_per_token) for n in lengths) + attention  # + projections, MLP
 
     return dict(
         params=params,
         params_with_pos_embed=params + n_tok * d,
         macs=float(macs),
         flops=2.0 * float(macs),
+        attention_macs=float(attention),
     )
 
 
@@ -123,9 +125,10 @@ def _ddt_cost(
     macs += FREQ_DIM * d + d * d  # timestep MLP
     macs += n_enc * 6 * d * d + n_dec * n_tok * 6 * d * d  # adaLN: per sample / per token
     macs += n_tok * 2 * d * d + n_tok * d * out_dim  # final adaLN (per token) + linear
-    macs += (n_enc + n_dec) * (n_tok * (4 * d * d + 3 * d * swiglu) + 2 * n_tok * n_tok * d)
+    attention = (n_enc + n_dec) * 2 * n_tok * n_tok * d
+    macs += (n_enc + n_dec) * n_tok * (4 * d * d + 3 * d * swiglu) + attention
     return dict(params=params, params_with_pos_embed=params, macs=float(macs),
-                flops=2.0 * float(macs))
+                flops=2.0 * float(macs), attention_macs=float(attention))
 
 
 def _dit_dh_cost(
@@ -162,11 +165,12 @@ def _dit_dh_cost(
     macs = n_tok * patch_dim * (d + dh)  # two patch embeddings
     macs += 512 * d + d * d  # time MLP
     macs += n_tok * d * dh if d != dh else 0  # projector
-    macs += spec["depth"] * (6 * d * d + n_tok * m_back + 2 * n_tok * n_tok * d)
-    macs += spec["head_depth"] * n_tok * (6 * dh * dh + m_head + 2 * n_tok * dh)
+    attention = 2 * n_tok * n_tok * (spec["depth"] * d + spec["head_depth"] * dh)
+    macs += spec["depth"] * (6 * d * d + n_tok * m_back)
+    macs += spec["head_depth"] * n_tok * (6 * dh * dh + m_head) + attention
     macs += n_tok * (2 * dh * dh + dh * out_dim)  # final adaLN (per token) + linear
     return dict(params=params, params_with_pos_embed=params + n_tok * d, macs=float(macs),
-                flops=2.0 * float(macs))
+                flops=2.0 * float(macs), attention_macs=float(attention))
 
 
 def dinov2_cost(
@@ -184,3 +188,25 @@ def dinov2_cost(
     macs = g * g * patch_size * patch_size * 3 * d  # patch embedding
     macs += num_layers * (n_tok * (4 * d * d + 2 * d * mlp) + 2 * n_tok * n_tok * d)
     return dict(macs=float(macs), flops=2.0 * float(macs))
+
+
+def meanflow_train_flops(cost: Mapping[str, float], guide_evaluations: int) -> float:
+    """FLOPs per image of one MeanFlow training step (vdm_jax.core.meanflow) of a network of
+    forward cost `cost` (`model_cost`: F = flops, A = 2 · attention_macs):
+
+        F_step = g · F + (F + F_tan) + 2 F = (4 + g) · F + A,      F_tan = F + A
+
+    g · F   the guided target ṽ, stop-gradient: g = guide_evaluations network evaluations per
+            image (0 unguided; 1 with κ = 0: u(z, t, t | ∅); 2 with κ > 0: the conditional and
+            null passes on 2B rows);
+    F + F_tan  jax.jvp of u along (v, 0, 1): the primal forward F and the tangent, where every
+            Linear's tangent is one more product with the same weight (ẋW, weights carry no
+            tangent) but QKᵀ and AV have a tangent in both factors (Q̇Kᵀ + QK̇ᵀ, ȦV + AV̇),
+            their MACs counted twice: F_tan = F + A;
+    2 F     the backward pass, through u only (u_tgt and du/dt are stop-gradient): as for an
+            ordinary step, whose total is 3 F.
+    Elementwise work is left out, as in `model_cost`. DiT-XL/2 at 256 tokens: A ≈ 0.036 F, so
+    F_step ≈ 6.04 F with κ > 0 (2.0 × an ordinary step's 3 F)."""
+    if guide_evaluations not in (0, 1, 2):
+        raise ValueError(f"guide_evaluations={guide_evaluations}; expected 0, 1 or 2")
+    return (4 + guide_evaluations) * cost["flops"] + 2.0 * cost["attention_macs"]

@@ -24,13 +24,14 @@ Figures per chip (XLA's memory and cost analyses of the TPU executable):
                  F_net the network's forward FLOPs per image, F_proj REPA's projector per
                  image (3 Linears per token), F_enc REPA's frozen DINOv2 (forward only) when the
                  features are computed online; B the global batch, n the chips;
+                 MeanFlow: ((4 + g) · F_net + A) · B / (k · n), the guided target's g network
+                 evaluations, the jvp's primal and tangent, the backward
+                 (nn/cost.py meanflow_train_flops; A the attention products' FLOPs);
         sample:  F_net · B_s · (2 if guided else 1) / n, one network evaluation;
     ratio XLA / analytic (the networks' matmuls dominate: within 5% for DiT / SiT);
     roofline: k · analytic train FLOPs per chip ÷ the chip's bf16 peak, no faster step exists;
     compile seconds (lower + compile; the host's load average beside them: a busy host
     inflates them).
-MeanFlow's train step differentiates through a JVP of the network: its analytic cost is not
-modelled (None), the XLA figure stands alone.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from vdm_jax.model import (
     repa_encoder_dim,
     with_compute_dtype,
 )
-from vdm_jax.nn.cost import dinov2_cost, model_cost
+from vdm_jax.nn.cost import dinov2_cost, meanflow_train_flops, model_cost
 from vdm_jax.nn.encoders.dinov2 import SIZES as DINOV2_SIZES
 from vdm_jax.nn.registry import grid_size, resolve_spec
 from vdm_jax.parallel import aot
@@ -143,8 +144,8 @@ def _repa_term(model: Any) -> Any | None:
 
 
 def analytic_flops(config: Mapping[str, Any], data: DataSpec, model: Any) -> dict[str, Any]:
-    """Forward FLOPs per image of the network, REPA's projector and frozen encoder
-    (nn/cost.py; module docstring), and the train-step multiplier's model."""
+    """Forward FLOPs per image of the network, REPA's projector and frozen encoder, and one
+    train step's FLOPs per image (nn/cost.py; module docstring)."""
     spec = config["model"]["spec"]
     spec = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
     h, w, c = data.image_shape
@@ -165,7 +166,10 @@ def analytic_flops(config: Mapping[str, Any], data: DataSpec, model: Any) -> dic
             gh, gw = grid_size((h, w), resolve_spec(spec)["patch_size"])
             out["encoder"] = dinov2_cost(hidden, layers, image_size=14 * gh)["flops"]
             del gw
-    out["train_modelled"] = not model.is_meanflow
+    if model.is_meanflow:
+        out["train"] = meanflow_train_flops(net, model.objective.target_evaluations)
+    else:
+        out["train"] = 3 * out["network"] + 3 * out["projector"] + out["encoder"]
     return out
 
 
@@ -249,8 +253,10 @@ def unrolled_flops_per_chip(config: ConfigDict, mesh: Any) -> float | None:
 
 
 def compile_train_step(config: ConfigDict, devices: list[Any], chip: aot.Chip,
-                       save: str | None = None) -> dict[str, Any]:
-    """Compile the trainer's step of `config` for `devices` (module docstring): figures."""
+                       save: str | None = None, count_unrolled: bool = True) -> dict[str, Any]:
+    """Compile the trainer's step of `config` for `devices` (module docstring): figures.
+    count_unrolled=False keeps a scanned step's compiled FLOPs (one layer counted) instead of
+    lowering the unrolled program too (find_max_batch needs the memory only)."""
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
     config_lib.check_batch(config, mesh.size, mesh.shape["data"])
     fn, args, model, state, data = _train_program(config, mesh)
@@ -258,10 +264,9 @@ def compile_train_step(config: ConfigDict, devices: list[Any], chip: aot.Chip,
     compiled, lower_s, compile_s = _lower_compile(fn, args)
     costs = analytic_flops(config, data, model)
     micro = int(config.train.micro_batches)
-    per_image = 3 * costs["network"] + 3 * costs["projector"] + costs["encoder"]
-    analytic = per_image * batch / micro / mesh.size if costs["train_modelled"] else None
+    analytic = costs["train"] * batch / micro / mesh.size
     out = _figures(compiled, chip, analytic, micro, lower_s, compile_s)
-    if config.model.get("scan_layers") and not isinstance(compiled, str):
+    if count_unrolled and config.model.get("scan_layers") and not isinstance(compiled, str):
         # The compiled scan counts one layer: compare the unrolled step's lowered count.
         _count_unrolled(out, unrolled_flops_per_chip(config, mesh), analytic)
     params_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(state["params"]))
@@ -279,8 +284,8 @@ def compile_train_step(config: ConfigDict, devices: list[Any], chip: aot.Chip,
         state_and_batch_tiled_bytes_per_chip=int(tiled),
         forward_flops_per_image=costs["network"], repa_projector_flops_per_image=costs[
             "projector"], repa_encoder_flops_per_image=costs["encoder"],
-        step_flops_per_chip=None if analytic is None else analytic * micro,
-        roofline_s=None if analytic is None else aot.roofline_seconds(analytic * micro, chip),
+        train_flops_per_image=costs["train"], step_flops_per_chip=analytic * micro,
+        roofline_s=aot.roofline_seconds(analytic * micro, chip),
         scan_layers=config.model.get("scan_layers"), remat=config.model.get("remat"),
     )
     if save and not isinstance(compiled, str):
@@ -392,7 +397,7 @@ def find_max_batch(config: ConfigDict, topology: str, *, hbm_bytes: int | None =
     def fits(k: int) -> bool:
         c = copy.deepcopy(config)
         c.train.global_batch_size = k * unit
-        r = compile_train_step(c, devices, chip)
+        r = compile_train_step(c, devices, chip, count_unrolled=False)
         peak = r["memory"].get("peak_bytes")
         ok = r["out_of_memory"] is None and peak is not None and peak <= limit
         tries.append({"batch": k * unit, "peak_bytes": peak, "fits": ok,
