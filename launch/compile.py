@@ -5,6 +5,8 @@
         --num_slices=2 --config.mesh.fsdp=4 --out=dit_v5p8x2.json --save=dit_step.bin
     python launch/compile.py --config=configs/imagenet_dit.py --topology=v5e:1x1 \
         --find_max_batch --sample_batch=0           # the largest global batch one v5e chip fits
+    python launch/compile.py --config=configs/imagenet_dit.py --topology=v5p:2x2x1 \
+        --sample_batch=0 --compare_unrolled         # scanned and unrolled steps, one run
 
 From shapes alone (nothing is initialized or allocated; no data, weights or TPU needed, only
 libtpu: `pip install "jax[tpu]==<jax version>"`, Linux x86-64): the trainer's jitted step with
@@ -41,6 +43,8 @@ _SAMPLE_BATCH = flags.DEFINE_integer("sample_batch", 256, "Images per sampling c
                                      "(launch/sample.py --batch_size); 0 = no sampler.")
 _OUT = flags.DEFINE_string("out", None, "Write every figure to this JSON file.")
 _SAVE = flags.DEFINE_string("save", None, "Write the serialized train-step executable here.")
+_COMPARE = flags.DEFINE_bool("compare_unrolled", False, "Also compile the train step with the "
+                             "blocks unrolled (model.scan_layers=False), in the same run.")
 _FIND_MAX = flags.DEFINE_bool("find_max_batch", False, "Bisect the largest global batch whose "
                               "train step fits one chip's HBM (--hbm_gib to override).")
 _GRANULARITY = flags.DEFINE_integer("granularity", 8, "--find_max_batch tries global batches "
@@ -78,7 +82,8 @@ def main() -> None:
     else:
         result = aot_compile.compile_programs(
             config, _TOPOLOGY.value, num_slices=_SLICES.value,
-            sample_batch=_SAMPLE_BATCH.value or None, save=_SAVE.value)
+            sample_batch=_SAMPLE_BATCH.value or None, save=_SAVE.value,
+            compare_unrolled=_COMPARE.value)
         print(aot_compile.format_report(result), flush=True)
     if _OUT.value:
         write_json(_OUT.value, {"argv": sys.argv, **result})

@@ -348,12 +348,18 @@ def _save(compiled: Any, path: str) -> None:
 
 
 def compile_programs(config: ConfigDict, topology: str, *, num_slices: int = 1,
-                     sample_batch: int | None = 256, save: str | None = None
-                     ) -> dict[str, Any]:
+                     sample_batch: int | None = 256, save: str | None = None,
+                     compare_unrolled: bool = False) -> dict[str, Any]:
     """The train step (and, unless sample_batch is None, the sampler) of `config` compiled for
-    `num_slices` slices of `topology`: {"topology", "chip", "train_step", "sampler", "host"}."""
+    `num_slices` slices of `topology`: {"topology", "chip", "train_step", "sampler", "host"};
+    with compare_unrolled (a config with model.scan_layers), also "train_step_unrolled": the
+    same step with the blocks unrolled, compiled in the same run (compile time and memory side
+    by side, under the same host load)."""
     chip, _ = aot.parse_topology(topology)
     _checked(config)
+    if compare_unrolled and not config.model.get("scan_layers", False):
+        raise ValueError("--compare_unrolled compares a scanned step with its unrolled twin: "
+                         "the config needs model.scan_layers=True")
     devices = aot.topology_devices(topology, num_slices)
     report: dict[str, Any] = {
         "topology": topology, "num_slices": num_slices, "chips": len(devices),
@@ -365,6 +371,10 @@ def compile_programs(config: ConfigDict, topology: str, *, num_slices: int = 1,
                  "jax": jax.__version__, "libtpu": _libtpu_version()},
     }
     report["train_step"] = compile_train_step(config, devices, chip, save)
+    if compare_unrolled:
+        unrolled = ConfigDict(config.to_dict())
+        unrolled.model.scan_layers = False
+        report["train_step_unrolled"] = compile_train_step(unrolled, devices, chip)
     if sample_batch:
         report["sampler"] = compile_sampler(config, devices, chip, int(sample_batch))
     report["host"]["load_avg_after"] = os.getloadavg()
@@ -428,13 +438,17 @@ def _flops(n: float | None) -> str:
     return "n/a" if n is None else f"{n / 1e12:.3f} TFLOP"
 
 
+def _compile_s(r: Mapping[str, Any]) -> float:
+    return r["lower_s"] + r["compile_s"]
+
+
 def format_report(report: Mapping[str, Any]) -> str:
     """The report as text, per chip (module docstring)."""
     chip = report["chip"]
     lines = [f"topology {report['topology']} × {report['num_slices']} slice(s): "
              f"{report['chips']} chips ({report['device_kind']}), {_gib(chip['hbm_bytes'])} HBM "
              f"and {chip['bf16_flops'] / 1e12:.0f} TFLOP/s bf16 per chip"]
-    for name in ("train_step", "sampler"):
+    for name in ("train_step", "train_step_unrolled", "sampler"):
         r = report.get(name)
         if r is None:
             continue
@@ -443,7 +457,7 @@ def format_report(report: Mapping[str, Any]) -> str:
             lines += [f"{name}: mesh {r['mesh']}: DOES NOT FIT: {r['out_of_memory']}"]
             continue
         what = (f"global batch {r['global_batch']}, {r['micro_batches']} micro-batch(es)"
-                if name == "train_step" else
+                if name.startswith("train_step") else
                 f"batch {r['batch']}, {r['sampling']['sampler']} × {r['sampling']['num_steps']} "
                 f"steps{', guided (2B per evaluation)' if r['guided'] else ''}")
         lines += [
@@ -457,7 +471,7 @@ def format_report(report: Mapping[str, Any]) -> str:
             f"{_gib(m.get('alias_size'))}, peak {_gib(m.get('peak_bytes'))} of "
             f"{_gib(r['hbm_bytes'])}: {'fits' if r['fits'] else 'DOES NOT FIT'}",
             f"  FLOPs per chip (one loop trip; {r['loop_trips']} per "
-            f"{'step' if name == 'train_step' else 'chunk'}): XLA "
+            f"{'step' if name.startswith('train_step') else 'chunk'}): XLA "
             f"{_flops(r['xla_flops_per_chip'])}, analytic {_flops(r['analytic_flops_per_chip'])}"
             + ("" if r["flops_ratio"] is None else
                f", ratio {r['flops_ratio']:.3f}"
@@ -467,9 +481,16 @@ def format_report(report: Mapping[str, Any]) -> str:
                else ""),
             "  roofline bound at bf16 peak: "
             + ("n/a" if r["roofline_s"] is None else f"{1e3 * r['roofline_s']:.1f} ms")
-            + f" per {'step' if name == 'train_step' else 'chunk'}; compiled in "
+            + f" per {'step' if name.startswith('train_step') else 'chunk'}; compiled in "
             f"{r['lower_s'] + r['compile_s']:.1f} s (lower {r['lower_s']:.1f} s)",
         ]
+    if "train_step_unrolled" in report:
+        scanned, unrolled = report["train_step"], report["train_step_unrolled"]
+        lines.append(f"scan over layers: compiled {_compile_s(unrolled) / _compile_s(scanned):.2f}"
+                     f"× faster than unrolled ({_compile_s(scanned):.1f} s against "
+                     f"{_compile_s(unrolled):.1f} s); temporaries "
+                     f"{_gib(scanned['memory'].get('temp_size'))} against "
+                     f"{_gib(unrolled['memory'].get('temp_size'))}")
     host = report["host"]
     lines.append(f"host load average {host['load_avg_before'][0]:.1f} → "
                  f"{host['load_avg_after'][0]:.1f} on {host['cpus']} CPUs (compile times grow "
