@@ -88,33 +88,30 @@ def test_fsdp_train_step_and_sampler():
 
 
 @requires_libtpu
-def test_compare_unrolled_compiles_both_steps_in_one_run():
-    """--compare_unrolled: the scanned step and its unrolled twin (2 blocks) from one run: the
-    same state per chip and FLOPs per step within 5%, both compile times, and the comparison
-    line; a config without scan_layers is refused."""
+def test_replicated_train_step_scanned_and_unrolled():
+    """data = 4, fsdp = 1: the whole state on every chip (and a quarter of the batch), for a
+    2-block scanned step and, from the same run (--compare_unrolled), its unrolled twin: the
+    same state, FLOPs per step within 5%, and the comparison line. A config without
+    scan_layers is refused before any compile."""
     from vdm_jax.pipelines import compile as aot_compile
 
     c = tiny_config()
     c.model.spec = dict(family="dit", depth=2, hidden_size=128, num_heads=2, patch_size=2)
     c.model.scan_layers = True
+    c.mesh.fsdp = 1
     report = aot_compile.compile_programs(c, TOPOLOGY, sample_batch=None, compare_unrolled=True)
     scanned, unrolled = report["train_step"], report["train_step_unrolled"]
+    for train in (scanned, unrolled):
+        assert train["mesh"] == {"data": 4, "fsdp": 1}
+        check_arguments(train)
+        assert train["memory"]["argument_size"] >= train["state_bytes"]
+        assert train["compile_s"] > 0
     assert scanned["state_bytes"] == unrolled["state_bytes"]
     assert abs(scanned["xla_flops_per_chip"] / unrolled["xla_flops_per_chip"] - 1) <= FLOPS_TOL
-    assert scanned["compile_s"] > 0 and unrolled["compile_s"] > 0
     assert "scan over layers: compiled" in aot_compile.format_report(report)
     c.model.scan_layers = False
     with pytest.raises(ValueError, match=r"needs model\.scan_layers=True"):
         aot_compile.compile_programs(c, TOPOLOGY, sample_batch=None, compare_unrolled=True)
-
-
-@requires_libtpu
-def test_replicated_train_step():
-    """data = 4, fsdp = 1: the whole state on every chip (and a quarter of the batch)."""
-    train = compiled(fsdp=1)["train_step"]
-    assert train["mesh"] == {"data": 4, "fsdp": 1}
-    check_arguments(train)
-    assert train["memory"]["argument_size"] >= train["state_bytes"]
 
 
 @requires_libtpu
