@@ -68,3 +68,28 @@ def write_json(path: str | None, result: Mapping[str, Any]) -> None:
     """The results as JSON at `path` (atomically; nothing when no --out was given)."""
     if path:
         write_json_file(path, result)
+
+
+def finish(
+    benchmark: str,
+    script: str,
+    argv: Sequence[str],
+    args: argparse.Namespace,
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[tuple[str, str]],
+    *,
+    results: Any = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The end of a benchmark's main: the table of `rows` under a blank line, and the result
+
+        {"benchmark": benchmark, "environment": environment(script, argv, args), **fields,
+         "results": rows (or `results`, where the table shows them another way)}
+
+    written to args.out (when given) and returned."""
+    result = {"benchmark": benchmark, "environment": environment(script, argv, args), **fields,
+              "results": list(rows) if results is None else results}
+    print()
+    print_table(rows, columns)
+    write_json(args.out, result)
+    return result
