@@ -1,5 +1,9 @@
 """What a benchmark prints and records: the environment beside every figure (command, device,
-versions, host, date, load), markdown rows, and the JSON results file."""
+versions, host, date, load), markdown rows, and the JSON results file.
+
+Only the standard library is imported at the top (JAX and vdm_jax.io inside the functions that
+use them), so that the processes that only run others (vs_pytorch, trainer_speed) and the
+PyTorch workers of vs_pytorch and autoencoder use it without JAX."""
 
 from __future__ import annotations
 
@@ -9,10 +13,6 @@ import os
 import platform
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-import jax
-
-from vdm_jax.io import write_json as write_json_file
 
 
 def load_avg() -> list[float] | None:
@@ -27,6 +27,8 @@ def environment(
     script: str, argv: Sequence[str], args: argparse.Namespace | None = None
 ) -> dict[str, Any]:
     """What a figure needs next to it: command, device, JAX version, host, date, load, flags."""
+    import jax
+
     dev = jax.devices()[0]
     load = load_avg()
     return {
@@ -49,24 +51,29 @@ def environment(
 
 
 def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
-    """A markdown table: columns = [(header, key)], values formatted compactly."""
+    """A markdown table: columns = [(header, key)], values formatted compactly (a list as its
+    items, comma-separated); each row flushed as it is printed."""
 
     def fmt(v: Any) -> str:
         if v is None:
             return "–"
         if isinstance(v, float):
             return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+        if isinstance(v, list):
+            return ", ".join(fmt(x) for x in v)
         return str(v)
 
     print("| " + " | ".join(h for h, _ in columns) + " |")
     print("|" + "---|" * len(columns))
     for r in rows:
-        print("| " + " | ".join(fmt(r.get(k)) for _, k in columns) + " |")
+        print("| " + " | ".join(fmt(r.get(k)) for _, k in columns) + " |", flush=True)
 
 
 def write_json(path: str | None, result: Mapping[str, Any]) -> None:
     """The results as JSON at `path` (atomically; nothing when no --out was given)."""
     if path:
+        from vdm_jax.io import write_json as write_json_file
+
         write_json_file(path, result)
 
 

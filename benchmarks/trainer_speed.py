@@ -35,6 +35,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks import report
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "synthetic_dit.py"
 
@@ -45,13 +47,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-def load_avg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def run_trainer(args: argparse.Namespace) -> dict[str, Any]:
     """launch/train.py for warmup + steps steps; per-step seconds from its metrics.jsonl."""
     with tempfile.TemporaryDirectory() as workdir:
@@ -59,14 +54,14 @@ def run_trainer(args: argparse.Namespace) -> dict[str, Any]:
                f"--workdir={workdir}", f"--config.train.num_steps={args.warmup + args.steps}",
                f"--config.train.global_batch_size={args.batch}", "--config.train.log_every=1",
                *(f"--config.{o}" for o in args.override)]
-        before = load_avg()
+        before = report.load_avg()
         proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(f"launch/train.py failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
         lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
         logged = [json.loads(line) for line in lines]
     seconds = [args.batch / m["images_per_sec"] for m in logged if m["step"] > args.warmup]
-    return {"walls": seconds, "load_before": before, "load_after": load_avg(),
+    return {"walls": seconds, "load_before": before, "load_after": report.load_avg(),
             "command": " ".join(cmd[1:])}
 
 
@@ -79,14 +74,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                "--peak_size=0", f"--input_size={args.input_size}",
                f"--in_channels={args.in_channels}", f"--num_classes={args.num_classes}",
                f"--out={out}"]
-        before = load_avg()
+        before = report.load_avg()
         proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(f"benchmarks.train_step failed ({proc.returncode}):\n"
                              f"{proc.stderr[-4000:]}")
         (row,) = json.loads(out.read_text())["results"]
     return {"walls": row["step_walls_s"], "median_s": row["step_time"]["median_s"], "row": row,
-            "load_before": before, "load_after": load_avg(), "command": " ".join(cmd[1:])}
+            "load_before": before, "load_after": report.load_avg(), "command": " ".join(cmd[1:])}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -136,10 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{result_row['ratio']:.3f} | "
           f"{', '.join(f'{x:.3f}' for x in result_row['round_ratios'])} | "
           f"{environment['load_1min_range']} |")
-    if args.out:
-        from vdm_jax.io import write_json
-
-        write_json(args.out, result)
+    report.write_json(args.out, result)
     return result
 
 
