@@ -32,7 +32,6 @@ otherwise: 'hub' for .pth files, 'transformers' for HF folders; REPA uses 'repa'
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -53,6 +52,7 @@ from vdm_jax.importers.common import (
     read_state_dict,
     strip_prefix,
 )
+from vdm_jax.io import read_json_object
 from vdm_jax.nn.encoders.dinov2 import (
     SIZES,
     DinoV2,
@@ -363,10 +363,7 @@ def _read(path: Path, size: str | None, registers: int | None):
                 + where_to_get(size, registers)
             )
         if cfg_file.is_file():
-            try:
-                hf_config = json.loads(cfg_file.read_text())
-            except (OSError, ValueError) as e:
-                raise ValueError(f"{cfg_file} is not readable JSON: {e}") from None
+            hf_config = read_json_object(cfg_file, "config")
         path = found[0]
     try:
         state_dict = read_state_dict(path)

@@ -74,7 +74,7 @@ from vdm_jax.importers.dinov2 import (
     dinov2_source_of,
     read_dinov2,
 )
-from vdm_jax.io import write_json, write_npz
+from vdm_jax.io import read_json_object, write_json, write_npz
 from vdm_jax.nn.autoencoders.rae import (
     DINOV2_REGISTERS,
     RAE,
@@ -115,16 +115,6 @@ _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias"}
 
 
 # ------------------------------------------------------------------------------- locating
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a readable JSON config: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} holds a JSON {type(data).__name__}, expected an object")
-    return data
 
 
 def rae_layout(path: str | os.PathLike) -> str | None:
@@ -245,7 +235,7 @@ def _encoder_config(enc_state: Mapping[str, Any], source: str, hf_config: Any, h
 
 
 def _read_diffusers(folder: Path) -> _Read:
-    config = _read_json(folder / CONFIG_NAME)
+    config = read_json_object(folder / CONFIG_NAME, "config")
     weights = folder / DIFFUSERS_WEIGHTS
     if not weights.is_file():
         raise FileNotFoundError(f"{folder} has an AutoencoderRAE {CONFIG_NAME} but no "
@@ -350,7 +340,7 @@ def _read_official(folder: Path) -> _Read:
     heads = HEADS_OF_WIDTH.get(d, max(d // 64, 1))
     eps = 1e-12
     if (folder / CONFIG_NAME).is_file():
-        dcfg = _read_json(folder / CONFIG_NAME)
+        dcfg = read_json_object(folder / CONFIG_NAME, "config")
         if dcfg.get("model_type") not in (None, "vit_mae"):
             raise ValueError(f"{folder / CONFIG_NAME} has model_type {dcfg.get('model_type')!r}; "
                              "the official RAE decoder config is a 'vit_mae' one")
@@ -370,7 +360,7 @@ def _read_official(folder: Path) -> _Read:
         g = 16
     image_mean, image_std = IMAGENET_MEAN, IMAGENET_STD
     if (enc_dir / "preprocessor_config.json").is_file():
-        proc = _read_json(enc_dir / "preprocessor_config.json")
+        proc = read_json_object(enc_dir / "preprocessor_config.json", "config")
         image_mean = tuple(proc.get("image_mean", image_mean))
         image_std = tuple(proc.get("image_std", image_std))
     cfg = RAEConfig(
@@ -396,7 +386,7 @@ def _read_official(folder: Path) -> _Read:
 
 def _digits_sizes(folder: Path) -> dict[str, int]:
     """The digits RAE's sizes from its config.json (module docstring)."""
-    cfg = _read_json(folder / CONFIG_NAME)
+    cfg = read_json_object(folder / CONFIG_NAME, "config")
     missing = [k for k in _DIGITS_SIZES if not isinstance(cfg.get(k), int)]
     if missing:
         raise ValueError(f"{folder / CONFIG_NAME}: a {DIGITS_CLASS} config needs integer "

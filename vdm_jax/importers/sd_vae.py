@@ -43,7 +43,6 @@ WeightMismatchError; a missing path raises FileNotFoundError saying what to down
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -63,7 +62,7 @@ from vdm_jax.importers.common import (
     read_state_dict,
     strip_prefix,
 )
-from vdm_jax.io import publish, write_json
+from vdm_jax.io import publish, read_json_object, write_json
 from vdm_jax.nn.autoencoders.sd_vae import AutoencoderConfig, AutoencoderKL, abstract_autoencoder
 
 __all__ = [
@@ -215,12 +214,7 @@ def locate_weights(path: str | os.PathLike) -> tuple[Path, Path | None]:
 
 
 def _read_config_json(path: Path) -> AutoencoderConfig:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a readable JSON config: {e}") from None
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{path} holds a JSON {type(data).__name__}, expected an object")
+    data = read_json_object(path, "config")
     try:
         return AutoencoderConfig.from_diffusers_config(data)
     except (TypeError, ValueError) as e:
