@@ -61,10 +61,12 @@ from flax import nnx
 from vdm_jax.importers.common import (
     Tensor,
     assign,
+    check_anchors,
     file_sha256,
     identity,
     linear_kernel,
     read_state_dict,
+    weights_at,
 )
 from vdm_jax.importers.dinov2 import (
     describe as describe_dinov2,
@@ -145,9 +147,7 @@ def is_rae(path: str | os.PathLike) -> bool:
 
 
 def _folder(path: str | os.PathLike) -> Path:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"no RAE weights at {p}: {GET_WEIGHTS}")
+    p = weights_at(path, "RAE weights", GET_WEIGHTS)
     return p.parent if p.is_file() else p
 
 
@@ -249,10 +249,8 @@ def _read_diffusers(folder: Path) -> _Read:
     state = read_state_dict(weights)
     source = str(weights)
     enc_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-    if "encoder.embeddings.cls_token" not in state or "decoder.decoder_embed.weight" not in state:
-        some = ", ".join(sorted(state)[:4]) or "no tensors"
-        raise ValueError(f"{weights} does not hold an AutoencoderRAE (no encoder.embeddings."
-                         f"cls_token / decoder.decoder_embed.weight; found {some}): {GET_WEIGHTS}")
+    check_anchors(state, ("encoder.embeddings.cls_token", "decoder.decoder_embed.weight"),
+                  f"{weights} does not hold an AutoencoderRAE", get=GET_WEIGHTS)
     enc = _encoder_config(enc_state, source, None,
                           int(config.get("encoder_hidden_size", 768)) // 64)
     declared = (config.get("encoder_hidden_size", 768), config.get("encoder_num_hidden_layers", 12),
@@ -319,10 +317,8 @@ def _read_official(folder: Path) -> _Read:
             raise FileNotFoundError(f"{folder} looks like an official RAE folder but lacks "
                                     f"{need.name} ({what}): {GET_WEIGHTS}")
     dec_state = read_state_dict(dec_file, nested=("state_dict", "model"))
-    if "decoder_embed.weight" not in dec_state:
-        some = ", ".join(sorted(dec_state)[:5]) or "no tensors"
-        raise ValueError(f"{dec_file} is not an RAE decoder (no decoder_embed.weight; found "
-                         f"{some}): {GET_WEIGHTS}")
+    check_anchors(dec_state, ("decoder_embed.weight",), f"{dec_file} is not an RAE decoder",
+                  get=GET_WEIGHTS)
     enc_state, hf_config, enc_file = read_dinov2(enc_dir)
     enc = _encoder_config(enc_state, str(enc_file), hf_config, None)
     d, c = np.shape(dec_state["decoder_embed.weight"])

@@ -61,6 +61,7 @@ from vdm_jax.importers.common import (
     linear_kernel,
     read_state_dict,
     strip_prefix,
+    weights_at,
 )
 from vdm_jax.io import publish, read_json_object, write_json
 from vdm_jax.nn.autoencoders.sd_vae import AutoencoderConfig, AutoencoderKL, abstract_autoencoder
@@ -190,9 +191,7 @@ def locate_weights(path: str | os.PathLike) -> tuple[Path, Path | None]:
     """(weights file, its diffusers config.json or None) for a diffusers folder, a pipeline
     folder with a `vae/` subfolder, a diffusers weights file or a single-file checkpoint.
     Raises FileNotFoundError saying what to download when nothing usable is there."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"no SD-VAE weights at {p}: {GET_WEIGHTS}")
+    p = weights_at(path, "SD-VAE weights", GET_WEIGHTS)
     if p.is_file():
         sibling = p.parent / CONFIG_NAME
         is_diffusers = p.name in DIFFUSERS_WEIGHT_NAMES and sibling.is_file()
