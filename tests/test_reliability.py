@@ -11,6 +11,7 @@ need the real command line.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -108,6 +109,20 @@ def cli_env(shared_dir: Path) -> dict[str, str]:
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=TIMEOUT,
                           cwd=REPO)
+
+
+@contextlib.contextmanager
+def _started(args: list[str], env: dict[str, str], **streams: Any
+             ) -> Iterator[subprocess.Popen]:
+    """`args` (a _cli command) running in the repository, its `streams` as Popen takes them;
+    killed on the way out of the block if it still runs (a failed assertion leaves no run)."""
+    proc = subprocess.Popen(args, env=env, cwd=REPO, **streams)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture(scope="session")
@@ -276,18 +291,12 @@ def test_sigkill_five_times_resumes_exactly(tmp_path, reference, cli_env):
         # A restart drops the rows logged after the checkpoint it resumes from (one per step).
         lines_before = expected_start or 0
         stderr_path = tmp_path / f"stderr_{i}.txt"
-        with open(stderr_path, "w") as stderr:
-            proc = subprocess.Popen(_cli(workdir), env=cli_env, stdout=subprocess.DEVNULL,
-                                    stderr=stderr, cwd=REPO)
-            try:
-                if kind == "finish":
-                    assert proc.wait(TIMEOUT) == 0, stderr_path.read_text()[-3000:]
-                else:
-                    _kill_when(kind, proc, workdir, lines_before, expected_start or 0, rng)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+        with (open(stderr_path, "w") as stderr,
+              _started(_cli(workdir), cli_env, stdout=subprocess.DEVNULL, stderr=stderr) as proc):
+            if kind == "finish":
+                assert proc.wait(TIMEOUT) == 0, stderr_path.read_text()[-3000:]
+            else:
+                _kill_when(kind, proc, workdir, lines_before, expected_start or 0, rng)
         err = stderr_path.read_text()
         new_steps = _logged_steps(workdir)[lines_before:]
         history.append(f"run {i} ({kind}): expected start {expected_start}, logged "
@@ -314,18 +323,13 @@ def test_sigterm_saves_the_current_step_and_exits_0(tmp_path, reference, cli_env
     """SIGTERM mid-run: the current step is checkpointed (no periodic checkpoint would have
     been), the exit status is 0, and the next start resumes there and ends like the reference."""
     workdir = tmp_path / "run"
-    proc = subprocess.Popen(_cli(workdir, "--config.train.checkpoint_every=1000"), env=cli_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     target = random.randint(2, STEPS - 3)
-    try:
+    with _started(_cli(workdir, "--config.train.checkpoint_every=1000"), cli_env,
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         _wait_for(lambda: any(s >= target for s in _logged_steps(workdir)), proc,
                   f"step {target}")
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err[-3000:]
     saved = int(re.search(r"Preempted \(SIGTERM\): saved step (\d+) in ", out).group(1))
     assert target <= saved < STEPS
@@ -717,9 +721,8 @@ def test_second_trainer_on_a_workdir_in_use_is_refused(tmp_path, reference, cli_
     that it certainly holds the lock) then finishes exactly like the reference."""
     workdir = tmp_path / "run"
     lock = workdir / ".lock"
-    first = subprocess.Popen(_cli(workdir), env=cli_env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, cwd=REPO)
-    try:
+    with _started(_cli(workdir), cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                  text=True) as first:
         _wait_for(lambda: lock.is_file() and lock.read_text().strip() == str(first.pid), first,
                   "the first run to take the lock")
         first.send_signal(signal.SIGSTOP)
@@ -728,10 +731,6 @@ def test_second_trainer_on_a_workdir_in_use_is_refused(tmp_path, reference, cli_
         after = _snapshot(workdir)
         first.send_signal(signal.SIGCONT)
         _, err = first.communicate(timeout=TIMEOUT)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
     assert second.returncode == 2, second.stderr[-3000:]
     line = _error_line(second.stderr)
     assert line == (f"error: workdir {workdir} is in use by another process (pid {first.pid}): "
