@@ -3,6 +3,7 @@ before JAX initializes), and a session-wide latent dataset made from real photos
 SD-VAE-shaped autoencoder."""
 
 import fcntl
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -140,3 +141,28 @@ def rel_err(a, b) -> float:
 
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@functools.cache
+def _perturb():
+    """The jitted perturbation of `randomize` (JAX is imported here, after the settings above)."""
+    import jax
+
+    @jax.jit
+    def perturb(state, key, scale):
+        leaves, treedef = jax.tree.flatten(state)
+        keys = jax.random.split(key, len(leaves))
+        leaves = [p + scale * jax.random.normal(k, p.shape)
+                  for k, p in zip(keys, leaves, strict=True)]
+        return jax.tree.unflatten(treedef, leaves)
+
+    return perturb
+
+
+def randomize(module, seed: int = 1, scale: float = 0.05) -> None:
+    """Every parameter of the NNX `module` (the zero-initialized ones included) plus
+    scale · N(0, 1) noise drawn from key(seed), in place, so that outputs are nonzero."""
+    import jax
+    from flax import nnx
+
+    nnx.update(module, _perturb()(nnx.state(module, nnx.Param), jax.random.key(seed), scale))
