@@ -98,6 +98,46 @@ def latent_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
+def encode_latents_killed(config, out: Path, chunks: int = 2, leave_temporary: bool = False):
+    """encode_latents of `config` into `out` (chunks of 4, as latent_setup's), killed
+    (KeyboardInterrupt) once `chunks` chunks are written; with `leave_temporary` the kill leaves
+    a temporary file, as one mid-write does."""
+    from vdm_jax.pipelines import encode_latents as encode_lib
+
+    real, written = encode_lib._write_chunk, []
+
+    def dying(path, moments, labels):
+        if len(written) == chunks:
+            if leave_temporary:
+                (path.parent / f".{path.name}.killed.tmp").write_bytes(b"partial")
+            raise KeyboardInterrupt("killed")
+        real(path, moments, labels)
+        written.append(path)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(encode_lib, "_write_chunk", dying)
+        with pytest.raises(KeyboardInterrupt):
+            encode_lib.encode_latents(config, out, chunk_size=4, batch_size=8, progress=False)
+
+
+def assert_same_latents(out: Path, reference: Path) -> None:
+    """The latent dataset `out` is `reference`: the same chunk files, byte for byte, and the same
+    metadata but for where the autoencoder's weights lay (its path and weights file)."""
+    import json
+
+    files = sorted(p.relative_to(reference) for p in reference.rglob("*.array_record"))
+    assert files == sorted(p.relative_to(out) for p in out.rglob("*.array_record"))
+    for rel in files:
+        assert (out / rel).read_bytes() == (reference / rel).read_bytes(), rel
+
+    def meta(root: Path) -> dict:
+        m = json.loads((root / "metadata.json").read_text())
+        return {**m, "autoencoder": {k: v for k, v in m["autoencoder"].items()
+                                     if k not in ("path", "weights_file")}}
+
+    assert meta(out) == meta(reference)
+
+
 def photo_config(paths: dict[str, Path], latents: bool = False):
     """A tiny class-conditional DiT config on the photo ImageFolder (pixels, or its latents)."""
     from vdm_jax import config as config_lib
