@@ -175,6 +175,25 @@ def digits_classifier_cache(tmp_path_factory, worker_id) -> Path:
     return path
 
 
+def snapshot(root: Path) -> dict[str, tuple[int, int]] | None:
+    """{relative path: (size, mtime_ns)} of everything under `root`, directories included; None
+    when it is absent: equal before and after a command that wrote nothing there."""
+    root = Path(root)
+    if not root.exists():
+        return None
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
+
+
+def error_line(stderr: str) -> str:
+    """The one `error: ...` line of a refused command's stderr (bad input, a stopped run): no
+    traceback, exactly one such line."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
 def rel_err(a, b) -> float:
     """max |a − b| / max |b| in float64: a parity test's error relative to the output's scale."""
     import numpy as np

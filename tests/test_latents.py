@@ -17,8 +17,10 @@ from conftest import (
     PIXELS,
     assert_same_latents,
     encode_latents_killed,
+    error_line,
     make_tiny_vae,
     photo_config,
+    snapshot,
     xla_flags,
 )
 from flax import nnx
@@ -36,17 +38,6 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1",
 def _run(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "launch" / script), *args],
                           capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=timeout)
-
-
-def _error_line(proc: subprocess.CompletedProcess) -> str:
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, proc.stderr[-3000:]
-    return lines[0]
-
-
-def _snapshot(root: Path) -> dict[str, int]:
-    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
 
 
 def _config_file(tmp: Path, paths: dict, latents: bool) -> Path:
@@ -202,12 +193,12 @@ def test_bad_input_exits_2_and_writes_nothing(case, latent_setup, tmp_path):
         args = ("train.py", f"--config={cfg}", f"--workdir={run}",
                 f"--config.data.latent_dir={tmp_path / 'nowhere'}")
         expected = r"holds no latent dataset.*encode_latents"
-    before = _snapshot(latent_setup["latents"])
+    before = snapshot(latent_setup["latents"])
     proc = _run(*args)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert re.search(expected, _error_line(proc)), proc.stderr[-2000:]
+    assert re.search(expected, error_line(proc.stderr)), proc.stderr[-2000:]
     assert not out.exists() and not run.exists()
-    assert _snapshot(latent_setup["latents"]) == before
+    assert snapshot(latent_setup["latents"]) == before
 
 
 def test_shard_every_example_once_over_hosts(latent_setup):
