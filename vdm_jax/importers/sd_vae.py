@@ -60,10 +60,11 @@ from vdm_jax.importers.common import (
     identity,
     linear_kernel,
     read_state_dict,
+    save_state_dict,
     strip_prefix,
     weights_at,
 )
-from vdm_jax.io import publish, read_json_object, write_json
+from vdm_jax.io import read_json_object, write_json
 from vdm_jax.nn.autoencoders.sd_vae import AutoencoderConfig, AutoencoderKL, abstract_autoencoder
 
 __all__ = [
@@ -333,8 +334,6 @@ def save_autoencoder(model: AutoencoderKL, folder: str | os.PathLike) -> Path:
     """Write `model` as a diffusers folder (config.json + diffusion_pytorch_model.safetensors,
     PyTorch layouts), which `load_autoencoder` and diffusers' AutoencoderKL.from_pretrained
     read. For models trained or made here (e.g. tiny random ones in tests); no torch needed."""
-    from safetensors.numpy import save_file
-
     folder = Path(folder).expanduser()
     state = {}
     for key, var in nnx.to_flat_state(nnx.state(model)):
@@ -344,12 +343,11 @@ def save_autoencoder(model: AutoencoderKL, folder: str | os.PathLike) -> Path:
             value = value.transpose(3, 2, 0, 1)
         elif path[-1] == "kernel":  # (I, O) → Linear (O, I)
             value = value.T
-        state[diffusers_name(path)] = np.ascontiguousarray(value)
+        state[diffusers_name(path)] = value
     config = {"_class_name": "AutoencoderKL", **model.config.to_dict(),
               "down_block_types": ["DownEncoderBlock2D"] * len(model.config.block_out_channels),
               "up_block_types": ["UpDecoderBlock2D"] * len(model.config.block_out_channels),
               "act_fn": "silu"}
     write_json(folder / CONFIG_NAME, config)
-    with publish(folder / DIFFUSERS_WEIGHT_NAMES[0]) as tmp:
-        save_file(state, str(tmp))
+    save_state_dict(folder / DIFFUSERS_WEIGHT_NAMES[0], state)
     return folder
