@@ -23,30 +23,39 @@ def load_avg() -> list[float] | None:
         return None
 
 
-def environment(
-    script: str, argv: Sequence[str], args: argparse.Namespace | None = None
-) -> dict[str, Any]:
-    """What a figure needs next to it: command, device, JAX version, host, date, load, flags."""
-    import jax
-
-    dev = jax.devices()[0]
-    load = load_avg()
+def host_environment(script: str, argv: Sequence[str]) -> dict[str, Any]:
+    """What any figure needs next to it, without JAX (for the processes that only run others):
+    date, host, platform, processor, cores, Python, load, and the command
+    `python -m benchmarks.<script> argv…`."""
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "backend": jax.default_backend(),
-        "device_kind": dev.device_kind,
-        "device_count": jax.device_count(),
-        "jax_version": jax.__version__,
+        "hostname": platform.node(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "load_avg_1_5_15": load,
+        "python": platform.python_version(),
+        "load_avg_1_5_15": load_avg(),
+        "command": " ".join(
+            [f"python -m benchmarks.{os.path.splitext(os.path.basename(script))[0]}", *argv]),
+    }
+
+
+def environment(
+    script: str, argv: Sequence[str], args: argparse.Namespace | None = None
+) -> dict[str, Any]:
+    """What a figure needs next to it: host_environment, and the device, JAX version and flags."""
+    import jax
+
+    return {
+        **host_environment(script, argv),
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "device_count": jax.device_count(),
+        "jax_version": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "host_malloc_retain": bool(getattr(args, "host_malloc_applied", False)),
         "host_settings": getattr(args, "host", None),  # vdm_jax.parallel.host.configure()
-        "hostname": platform.node(),
-        "command": " ".join([f"benchmarks/{os.path.basename(script)}", *argv]),
     }
 
 

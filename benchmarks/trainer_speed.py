@@ -24,10 +24,8 @@ issue is |ratio − 1| ≤ 5 %.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -117,12 +115,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result_row["ratio"] = result_row["trainer_s"] / result_row["benchmark_s"]
     result_row["within_5pct"] = abs(result_row["ratio"] - 1) <= 0.05
     loads = [r[s]["load_before"][0] for r in rounds for s in r if r[s]["load_before"]]
-    environment = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "hostname": platform.node(), "platform": platform.platform(),
-        "cpu_count": os.cpu_count(), "load_1min_range": [min(loads), max(loads)] if loads else None,
-        "command": " ".join(["python -m benchmarks.trainer_speed", *argv]),
-    }
+    environment = {**report.host_environment(__file__, argv),
+                   "load_1min_range": [min(loads), max(loads)] if loads else None}
     result = {"benchmark": "trainer_speed", "environment": environment, "settings": vars(args),
               "results": [result_row], "raw": rounds}
     print("| trainer s/step | benchmark s/step | trainer ÷ benchmark | per-round | load |")

@@ -32,10 +32,8 @@ their spread, the load average around every measurement, and the environment.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -256,14 +254,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raw.append({"task": task, "guidance": scale, "rounds": rounds})
         report.print_table(rows[-1:], COLUMNS)
     versions = sorted({r[s]["version"] for m in raw for r in m["rounds"] for s in r})
-    environment = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "hostname": platform.node(), "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "cpus_pinned": cpus, "threads": len(cpus), "versions": versions,
-        "python": platform.python_version(), "load_avg_1_5_15_end": report.load_avg(),
-        "command": " ".join(["python -m benchmarks.vs_pytorch", *argv]),
-    }
+    # (the load average is the one at the end; each measurement has its own before and after)
+    environment = {**report.host_environment(__file__, argv), "cpus_pinned": cpus,
+                   "threads": len(cpus), "versions": versions}
     result = {"benchmark": "vs_pytorch", "environment": environment,
               "settings": {k: v for k, v in vars(args).items()
                            if k not in ("worker", "task", "scale")},
