@@ -20,8 +20,9 @@ for (block_until_ready / a synchronous torch call); the median is reported as im
 batch / median seconds. Ratio = JAX images/s ÷ PyTorch images/s (> 1: JAX faster).
 
 Prints one markdown row per dtype and writes --out (JSON: command, date, host CPU and cores,
-versions, every timing). This file imports only the standard library at the top, so that the
-PyTorch worker (`--torch_worker`) runs in an environment without JAX.
+versions, every timing). This file imports only the standard library and benchmarks.report
+(itself standard library at the top) at the top, so that the PyTorch worker (`--torch_worker`)
+runs in an environment without JAX.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+
+from benchmarks import report
 
 SD_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
               norm_num_groups=32)
@@ -76,7 +79,7 @@ def host() -> dict[str, Any]:
     except OSError:
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load = report.load_avg()
     return {"cpu_model": cpu, "cpu_count": os.cpu_count(), "usable_cores": usable,
             "platform": platform.platform(), "python": platform.python_version(),
             "load_avg_1_5_15": load}
@@ -244,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("|" + "---|" * len(COLUMNS), flush=True)
     rows = []
     for dtype_name in args.dtypes:
-        load = os.getloadavg() if hasattr(os, "getloadavg") else None  # shared machines
+        load = report.load_avg()  # shared machines
         j = bench_jax(dtype_name, args)
         t = bench_torch(python, dtype_name, args) if python else None
         if t and "error" in t:
@@ -266,10 +269,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "diffusers_version": torch_done.get("diffusers_version"),
         "config": args.config, "results": rows,
     }
-    if args.out:
-        from vdm_jax.io import write_json
-
-        write_json(args.out, result)
+    report.write_json(args.out, result)
     return result
 
 

@@ -12,9 +12,8 @@ temporary directory, prepares it, then times `--num-batches` local batches of
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
+import sys
 import tempfile
 import time
 
@@ -22,7 +21,12 @@ import numpy as np
 from ml_collections import ConfigDict
 from PIL import Image
 
+from benchmarks import report
 from vdm_jax.data import dataset_info, train_iterator
+
+COLUMNS = [("images", "num_images"), ("size", "image_size"), ("batch", "batch_size"),
+           ("workers", "worker_count"), ("threads", "read_threads"), ("prepare s", "prepare_s"),
+           ("images/s", "images_per_s")]
 
 
 def write_image_folder(root: str, num_images: int, num_classes: int = 10, seed: int = 0) -> None:
@@ -61,7 +65,6 @@ def run(args: argparse.Namespace, workdir: str) -> dict:
     elapsed = time.perf_counter() - start
     images = args.num_batches * args.batch_size
     return {
-        "benchmark": "input_pipeline",
         "source": "synthetic ImageFolder JPEG, ~500x375 (w 400..600, h 300..450), quality 90",
         "num_images": args.num_images,
         "image_size": args.image_size,
@@ -74,12 +77,11 @@ def run(args: argparse.Namespace, workdir: str) -> dict:
         "timed_images": images,
         "elapsed_s": round(elapsed, 3),
         "images_per_s": round(images / elapsed, 1),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
     }
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-images", type=int, default=512)
     parser.add_argument("--image-size", type=int, default=256)
@@ -92,23 +94,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     if args.workdir:
-        result = run(args, args.workdir)
+        row = run(args, args.workdir)
     else:
         with tempfile.TemporaryDirectory(prefix="vdm_jax_input_bench_") as workdir:
-            result = run(args, workdir)
-
-    print("| images | size | batch | workers | threads | prepare s | images/s |")
-    print("|---|---|---|---|---|---|---|")
-    print(
-        f"| {result['num_images']} | {result['image_size']} | {result['batch_size']} | "
-        f"{result['worker_count']} | {result['read_threads']} | {result['prepare_s']} | "
-        f"{result['images_per_s']} |"
-    )
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+            row = run(args, workdir)
+    return report.finish("input_pipeline", __file__, argv, args, [row], COLUMNS)
 
 
 if __name__ == "__main__":

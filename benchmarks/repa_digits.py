@@ -94,11 +94,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             "repa_loss": metrics.get("repa_loss"),
             "wall_min": (time.perf_counter() - start) / 60, "results": res,
         })
-    report.print_table(rows, COLUMNS)
-    result = {"environment": report.environment(__file__, argv, args),
-              "settings": vars(args), "results": rows}
-    report.write_json(args.out, result)
-    return result
+    return report.finish("repa_digits", __file__, argv, args, rows, COLUMNS, settings=vars(args))
 
 
 if __name__ == "__main__":

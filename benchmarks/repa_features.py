@@ -83,11 +83,9 @@ def main(argv: list[str]) -> dict[str, Any]:
         f"stored MB read per step (batch {args.step_batch})":
             bytes_per_view * args.step_batch / 1e6,
     }
-    report.print_table([{"quantity": k, "value": v} for k, v in rows.items()], COLUMNS)
-    result = {"environment": report.environment(__file__, argv, args),
-              "results": {**rows, "compile_s": compile_s, "time": stats}}
-    report.write_json(args.out, result)
-    return result
+    return report.finish("repa_features", __file__, argv, args,
+                         [{"quantity": k, "value": v} for k, v in rows.items()], COLUMNS,
+                         results={**rows, "compile_s": compile_s, "time": stats})
 
 
 if __name__ == "__main__":

@@ -116,12 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         rows.append(run_config(args, model, params, batch, dtype, sampler, n,
                                                w, peak))
                         report.print_table(rows[-1:], COLUMNS)
-    result = {"benchmark": "sampling", "environment": report.environment(__file__, argv, args),
-              "results": rows}
-    print()
-    report.print_table(rows, COLUMNS)
-    report.write_json(args.out, result)
-    return result
+    return report.finish("sampling", __file__, argv, args, rows, COLUMNS)
 
 
 if __name__ == "__main__":

@@ -125,11 +125,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     raise SystemExit(f"--batch {batch} is not divisible by {n} devices")
                 rows.append(run_config(args, n, dtype, batch))
     add_ratios(rows)
-    result = {"benchmark": "scaling", "environment": report.environment(__file__, argv, args),
-              "fsdp_tolerance": FSDP_TOLERANCE, "results": rows}
-    report.print_table(rows, COLUMNS)
-    report.write_json(args.out, result)
-    return result
+    return report.finish("scaling", __file__, argv, args, rows, COLUMNS,
+                         fsdp_tolerance=FSDP_TOLERANCE)
 
 
 if __name__ == "__main__":

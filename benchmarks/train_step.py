@@ -157,12 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             step.time(args.steps, peak, args.peak_runs)
     rows = [make_row(a, batch, dtype, peak, step.result(), load)
             for a, batch, dtype, peak, step, load in runs]
-    result = {"benchmark": "train_step", "environment": report.environment(__file__, argv, args),
-              "results": rows}
-    print()
-    report.print_table(rows, COLUMNS)
-    report.write_json(args.out, result)
-    return result
+    return report.finish("train_step", __file__, argv, args, rows, COLUMNS)
 
 
 if __name__ == "__main__":

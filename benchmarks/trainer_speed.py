@@ -24,16 +24,16 @@ issue is |ratio − 1| ≤ 5 %.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from benchmarks import report
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "synthetic_dit.py"
@@ -45,13 +45,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-def load_avg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def run_trainer(args: argparse.Namespace) -> dict[str, Any]:
     """launch/train.py for warmup + steps steps; per-step seconds from its metrics.jsonl."""
     with tempfile.TemporaryDirectory() as workdir:
@@ -59,14 +52,14 @@ def run_trainer(args: argparse.Namespace) -> dict[str, Any]:
                f"--workdir={workdir}", f"--config.train.num_steps={args.warmup + args.steps}",
                f"--config.train.global_batch_size={args.batch}", "--config.train.log_every=1",
                *(f"--config.{o}" for o in args.override)]
-        before = load_avg()
+        before = report.load_avg()
         proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(f"launch/train.py failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
         lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
         logged = [json.loads(line) for line in lines]
     seconds = [args.batch / m["images_per_sec"] for m in logged if m["step"] > args.warmup]
-    return {"walls": seconds, "load_before": before, "load_after": load_avg(),
+    return {"walls": seconds, "load_before": before, "load_after": report.load_avg(),
             "command": " ".join(cmd[1:])}
 
 
@@ -79,14 +72,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                "--peak_size=0", f"--input_size={args.input_size}",
                f"--in_channels={args.in_channels}", f"--num_classes={args.num_classes}",
                f"--out={out}"]
-        before = load_avg()
+        before = report.load_avg()
         proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(f"benchmarks.train_step failed ({proc.returncode}):\n"
                              f"{proc.stderr[-4000:]}")
         (row,) = json.loads(out.read_text())["results"]
     return {"walls": row["step_walls_s"], "median_s": row["step_time"]["median_s"], "row": row,
-            "load_before": before, "load_after": load_avg(), "command": " ".join(cmd[1:])}
+            "load_before": before, "load_after": report.load_avg(), "command": " ".join(cmd[1:])}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -122,12 +115,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result_row["ratio"] = result_row["trainer_s"] / result_row["benchmark_s"]
     result_row["within_5pct"] = abs(result_row["ratio"] - 1) <= 0.05
     loads = [r[s]["load_before"][0] for r in rounds for s in r if r[s]["load_before"]]
-    environment = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "hostname": platform.node(), "platform": platform.platform(),
-        "cpu_count": os.cpu_count(), "load_1min_range": [min(loads), max(loads)] if loads else None,
-        "command": " ".join(["python -m benchmarks.trainer_speed", *argv]),
-    }
+    environment = {**report.host_environment(__file__, argv),
+                   "load_1min_range": [min(loads), max(loads)] if loads else None}
     result = {"benchmark": "trainer_speed", "environment": environment, "settings": vars(args),
               "results": [result_row], "raw": rounds}
     print("| trainer s/step | benchmark s/step | trainer ÷ benchmark | per-round | load |")
@@ -136,10 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{result_row['ratio']:.3f} | "
           f"{', '.join(f'{x:.3f}' for x in result_row['round_ratios'])} | "
           f"{environment['load_1min_range']} |")
-    if args.out:
-        from vdm_jax.io import write_json
-
-        write_json(args.out, result)
+    report.write_json(args.out, result)
     return result
 
 

@@ -32,15 +32,15 @@ their spread, the load average around every measurement, and the environment.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from typing import Any
+
+from benchmarks import report
 
 TASKS = ("train", "sample")
 WORKER_ARGS = ("model", "input_size", "in_channels", "num_classes", "batch", "sample_batch",
@@ -172,13 +172,6 @@ def usable_cpus() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
-def load_avg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def run_worker(side: str, task: str, scale: float, args: argparse.Namespace, cpus: list[int],
                argv: list[str]) -> dict[str, Any]:
     """One measurement in a fresh process pinned to `cpus`; its JSON result."""
@@ -189,14 +182,14 @@ def run_worker(side: str, task: str, scale: float, args: argparse.Namespace, cpu
                OMP_NUM_THREADS=str(len(cpus)), MKL_NUM_THREADS=str(len(cpus)))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    before = load_avg()
+    before = report.load_avg()
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True,
                           preexec_fn=lambda: os.sched_setaffinity(0, cpus))
     if proc.returncode:
         raise SystemExit(f"{side} {task} worker failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result.update(load_before=before, load_after=load_avg(),
+    result.update(load_before=before, load_after=report.load_avg(),
                   process_s=round(time.perf_counter() - start, 1))
     return result
 
@@ -238,22 +231,6 @@ COLUMNS = [("task", "task"), ("guidance", "guidance"), ("batch", "batch"),
            ("per-round ratios", "round_ratios"), ("load (1 min)", "load_1min")]
 
 
-def print_rows(rows: list[dict[str, Any]]) -> None:
-    def fmt(v: Any) -> str:
-        if v is None:
-            return "–"
-        if isinstance(v, float):
-            return f"{v:.3g}"
-        if isinstance(v, list):
-            return ", ".join(f"{x:.3g}" for x in v)
-        return str(v)
-
-    print("| " + " | ".join(h for h, _ in COLUMNS) + " |")
-    print("|" + "---|" * len(COLUMNS))
-    for r in rows:
-        print("| " + " | ".join(fmt(r.get(k)) for _, k in COLUMNS) + " |", flush=True)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -275,26 +252,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         batch = args.batch if task == "train" else args.sample_batch
         rows.append(summarize(task, scale, batch, rounds))
         raw.append({"task": task, "guidance": scale, "rounds": rounds})
-        print_rows(rows[-1:])
+        report.print_table(rows[-1:], COLUMNS)
     versions = sorted({r[s]["version"] for m in raw for r in m["rounds"] for s in r})
-    environment = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "hostname": platform.node(), "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "cpus_pinned": cpus, "threads": len(cpus), "versions": versions,
-        "python": platform.python_version(), "load_avg_1_5_15_end": load_avg(),
-        "command": " ".join(["python -m benchmarks.vs_pytorch", *argv]),
-    }
+    # (the load average is the one at the end; each measurement has its own before and after)
+    environment = {**report.host_environment(__file__, argv), "cpus_pinned": cpus,
+                   "threads": len(cpus), "versions": versions}
     result = {"benchmark": "vs_pytorch", "environment": environment,
               "settings": {k: v for k, v in vars(args).items()
                            if k not in ("worker", "task", "scale")},
               "results": rows, "raw": raw}
     print()
-    print_rows(rows)
-    if args.out:
-        from vdm_jax.io import write_json
-
-        write_json(args.out, result)
+    report.print_table(rows, COLUMNS)
+    report.write_json(args.out, result)
     return result
 
 

@@ -3,6 +3,7 @@ before JAX initializes), and a session-wide latent dataset made from real photos
 SD-VAE-shaped autoencoder."""
 
 import fcntl
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -97,6 +98,46 @@ def latent_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
+def encode_latents_killed(config, out: Path, chunks: int = 2, leave_temporary: bool = False):
+    """encode_latents of `config` into `out` (chunks of 4, as latent_setup's), killed
+    (KeyboardInterrupt) once `chunks` chunks are written; with `leave_temporary` the kill leaves
+    a temporary file, as one mid-write does."""
+    from vdm_jax.pipelines import encode_latents as encode_lib
+
+    real, written = encode_lib._write_chunk, []
+
+    def dying(path, moments, labels):
+        if len(written) == chunks:
+            if leave_temporary:
+                (path.parent / f".{path.name}.killed.tmp").write_bytes(b"partial")
+            raise KeyboardInterrupt("killed")
+        real(path, moments, labels)
+        written.append(path)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(encode_lib, "_write_chunk", dying)
+        with pytest.raises(KeyboardInterrupt):
+            encode_lib.encode_latents(config, out, chunk_size=4, batch_size=8, progress=False)
+
+
+def assert_same_latents(out: Path, reference: Path) -> None:
+    """The latent dataset `out` is `reference`: the same chunk files, byte for byte, and the same
+    metadata but for where the autoencoder's weights lay (its path and weights file)."""
+    import json
+
+    files = sorted(p.relative_to(reference) for p in reference.rglob("*.array_record"))
+    assert files == sorted(p.relative_to(out) for p in out.rglob("*.array_record"))
+    for rel in files:
+        assert (out / rel).read_bytes() == (reference / rel).read_bytes(), rel
+
+    def meta(root: Path) -> dict:
+        m = json.loads((root / "metadata.json").read_text())
+        return {**m, "autoencoder": {k: v for k, v in m["autoencoder"].items()
+                                     if k not in ("path", "weights_file")}}
+
+    assert meta(out) == meta(reference)
+
+
 def photo_config(paths: dict[str, Path], latents: bool = False):
     """A tiny class-conditional DiT config on the photo ImageFolder (pixels, or its latents)."""
     from vdm_jax import config as config_lib
@@ -134,9 +175,53 @@ def digits_classifier_cache(tmp_path_factory, worker_id) -> Path:
     return path
 
 
+def snapshot(root: Path) -> dict[str, tuple[int, int]] | None:
+    """{relative path: (size, mtime_ns)} of everything under `root`, directories included; None
+    when it is absent: equal before and after a command that wrote nothing there."""
+    root = Path(root)
+    if not root.exists():
+        return None
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
+
+
+def error_line(stderr: str) -> str:
+    """The one `error: ...` line of a refused command's stderr (bad input, a stopped run): no
+    traceback, exactly one such line."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
 def rel_err(a, b) -> float:
     """max |a − b| / max |b| in float64: a parity test's error relative to the output's scale."""
     import numpy as np
 
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@functools.cache
+def _perturb():
+    """The jitted perturbation of `randomize` (JAX is imported here, after the settings above)."""
+    import jax
+
+    @jax.jit
+    def perturb(state, key, scale):
+        leaves, treedef = jax.tree.flatten(state)
+        keys = jax.random.split(key, len(leaves))
+        leaves = [p + scale * jax.random.normal(k, p.shape)
+                  for k, p in zip(keys, leaves, strict=True)]
+        return jax.tree.unflatten(treedef, leaves)
+
+    return perturb
+
+
+def randomize(module, seed: int = 1, scale: float = 0.05) -> None:
+    """Every parameter of the NNX `module` (the zero-initialized ones included) plus
+    scale · N(0, 1) noise drawn from key(seed), in place, so that outputs are nonzero."""
+    import jax
+    from flax import nnx
+
+    nnx.update(module, _perturb()(nnx.state(module, nnx.Param), jax.random.key(seed), scale))

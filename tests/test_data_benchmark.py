@@ -18,7 +18,9 @@ def test_benchmark_runs_and_writes_json(tmp_path):
             "--workdir", str(tmp_path / "work"), "--out", str(out)]
     result = bench.main(argv)
     assert json.loads(out.read_text()) == result
-    assert result["timed_images"] == 6 and result["images_per_s"] > 0
+    assert "date" in result["environment"] and "command" in result["environment"]
+    (row,) = result["results"]
+    assert row["timed_images"] == 6 and row["images_per_s"] > 0
     files = sorted((tmp_path / "work" / "images" / "train").rglob("*.jpg"))
     assert len(files) == 6
     for f in files:

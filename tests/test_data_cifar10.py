@@ -5,6 +5,7 @@ import tarfile
 
 import numpy as np
 import pytest
+from conftest import snapshot
 from ml_collections import ConfigDict
 
 from vdm_jax.data import DatasetNotFoundError, dataset_info, eval_iterator, train_iterator
@@ -107,22 +108,18 @@ def _bad_input(tmp_path, layout, damage):
     return cfg, manual
 
 
-def _snapshot(directory):
-    return sorted((p, p.read_bytes()) for p in directory.rglob("*") if p.is_file())
-
-
 def _assert_one_line_and_nothing_prepared(err, tmp_path, manual, before):
     message = str(err.value)
     assert "\n" not in message and err.value.__cause__ is None, message
     assert "https://www.cs.toronto.edu/~kriz/cifar.html" in message and str(manual) in message
     assert not list((tmp_path / "tfds").rglob("dataset_info.json"))
     assert not list((tmp_path / "tfds").rglob("*incomplete*"))
-    assert _snapshot(manual) == before  # the inputs are left as they were
+    assert snapshot(manual) == before  # the inputs are left as they were
 
 
 def test_archive_without_test_batch_names_the_member(tmp_path):
     cfg, manual = _bad_input(tmp_path, "archive", lambda files: files.pop("test_batch.bin"))
-    before = _snapshot(manual)
+    before = snapshot(manual)
     with pytest.raises(DatasetNotFoundError) as err:
         dataset_info(cfg)
     assert (f"{manual / 'cifar-10-binary.tar.gz'} has no cifar-10-batches-bin/test_batch.bin"
@@ -135,7 +132,7 @@ def test_truncated_archive_is_named(tmp_path):
     cfg, manual = _bad_input(tmp_path, "archive", lambda files: None)
     archive = manual / "cifar-10-binary.tar.gz"
     archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
-    before = _snapshot(manual)
+    before = snapshot(manual)
     with pytest.raises(ValueError) as err:
         dataset_info(cfg)
     assert f"cifar10: {archive} is truncated or corrupt" in str(err.value)
@@ -148,7 +145,7 @@ def test_bin_file_one_byte_short_is_named(tmp_path, layout):
         files["data_batch_3.bin"] = files["data_batch_3.bin"][:-1]
 
     cfg, manual = _bad_input(tmp_path, layout, cut)
-    before = _snapshot(manual)
+    before = snapshot(manual)
     with pytest.raises(ValueError) as err:
         dataset_info(cfg)
     where = ("cifar-10-batches-bin/data_batch_3.bin in " + str(manual / "cifar-10-binary.tar.gz")
@@ -167,7 +164,7 @@ def test_label_out_of_range_is_named(tmp_path):
         files["test_batch.bin"] = bytes(data)
 
     cfg, manual = _bad_input(tmp_path, "archive", corrupt)
-    before = _snapshot(manual)
+    before = snapshot(manual)
     with pytest.raises(ValueError) as err:
         dataset_info(cfg)
     assert "record 1 of cifar-10-batches-bin/test_batch.bin" in str(err.value)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import xla_flags
+from conftest import error_line, snapshot, xla_flags
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,10 +100,6 @@ CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
 }
 
 
-def _snapshot(directory: Path) -> list[tuple[Path, bytes]]:
-    return sorted((p, p.read_bytes()) for p in directory.rglob("*") if p.is_file())
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     """Every case's launch/train.py run, started together (the runs mostly import: ~15 s each
@@ -123,7 +119,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
         out[case] = dict(proc=proc, manual=manual, data_dir=data_dir, workdir=workdir,
-                         expected=expected, before=_snapshot(manual))
+                         expected=expected, before=snapshot(manual))
     for run in out.values():
         _, run["stderr"] = run["proc"].communicate(timeout=300)
     return out
@@ -135,11 +131,10 @@ def test_damaged_data_exits_2_with_one_line(runs, case):
     run = runs[case]
     stderr = run["stderr"]
     assert run["proc"].returncode == 2, stderr[-3000:]
-    assert "Traceback" not in stderr, stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and stderr.rstrip().endswith(errors[0]), stderr
-    assert re.search(run["expected"], errors[0]), errors[0]
+    line = error_line(stderr)
+    assert stderr.rstrip().endswith(line), stderr
+    assert re.search(run["expected"], line), line
     assert not run["workdir"].exists()
     assert not list(run["data_dir"].rglob("dataset_info.json"))
     assert not list(run["data_dir"].rglob("*incomplete*"))
-    assert _snapshot(run["manual"]) == run["before"]
+    assert snapshot(run["manual"]) == run["before"]

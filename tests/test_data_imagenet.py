@@ -8,6 +8,7 @@ import tarfile
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import snapshot
 from ml_collections import ConfigDict
 from PIL import Image
 
@@ -170,10 +171,6 @@ def _end_of_member(tar_path, index):
     return member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
-def _snapshot(directory):
-    return sorted((p, p.read_bytes()) for p in directory.rglob("*") if p.is_file())
-
-
 @pytest.mark.parametrize("cut", ["inside_a_member", "at_a_member_boundary"])
 @pytest.mark.parametrize("which", ["ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"])
 def test_truncated_tar_is_named_before_preparing(manual_dir, tmp_path, monkeypatch, which, cut):
@@ -183,7 +180,7 @@ def test_truncated_tar_is_named_before_preparing(manual_dir, tmp_path, monkeypat
     path = manual_dir / which
     end = _end_of_member(path, 1)
     path.write_bytes(path.read_bytes()[: end - 700 if cut == "inside_a_member" else end])
-    before = _snapshot(manual_dir)
+    before = snapshot(manual_dir)
     cfg = _cfg(data_dir=str(tmp_path / "tfds"), manual_dir=str(manual_dir), image_size=64)
     with pytest.raises(ValueError) as err:
         dataset_info(cfg)
@@ -193,7 +190,7 @@ def test_truncated_tar_is_named_before_preparing(manual_dir, tmp_path, monkeypat
            f"{manual_dir}" in message
     assert "\n" not in message and err.value.__cause__ is None
     assert not list((tmp_path / "tfds").rglob("dataset_info.json"))
-    assert _snapshot(manual_dir) == before
+    assert snapshot(manual_dir) == before
 
 
 def test_validation_labels_follow_the_file_number(manual_dir, tmp_path, monkeypatch):

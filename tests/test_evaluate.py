@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import error_line, snapshot
 from threadpoolctl import threadpool_limits
 
 from vdm_jax.data import pixels
@@ -249,10 +250,8 @@ def test_cli_bad_input_exits_2_with_a_short_message(case, tmp_path):
     else:
         ref.write_bytes(ref.read_bytes()[:100])
         expected = r"ref\.npz is not a readable \.npz file"
-    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    before = snapshot(tmp_path)
     proc = _run_cli(*args)
     assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(error_lines) == 1 and re.search(expected, error_lines[0])
-    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+    assert re.search(expected, error_line(proc.stderr)), proc.stderr
+    assert snapshot(tmp_path) == before

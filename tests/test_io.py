@@ -1,6 +1,7 @@
 """The one atomic write (vdm_jax.io): concurrent writers of one path both complete and the file is
 one writer's whole content; a failed write leaves the old file; publish() for path-based
-writers; stale temporaries are removable."""
+writers; stale temporaries are removable; a JSON object read as input, or one line on what is
+wrong with it."""
 
 import multiprocessing
 import os
@@ -60,3 +61,18 @@ def test_publish_and_npz_and_stale_temporaries(tmp_path):
     stale.write_bytes(b"left by a killed writer")
     assert io.remove_stale_temporaries(tmp_path) == [stale] and not stale.exists()
     assert os.path.exists(tmp_path / "a.npz")
+
+
+def test_read_json_object(tmp_path):
+    good = tmp_path / "good.json"
+    io.write_json(good, {"a": 1})
+    assert io.read_json_object(good, "config") == {"a": 1}
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "broken.json").write_text("{")
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe")
+    unreadable = "is not readable JSON"
+    for name, why in [("list.json", "holds a JSON list, expected an object"),
+                      ("broken.json", unreadable), ("binary.json", unreadable),
+                      ("absent.json", unreadable)]:
+        with pytest.raises(ValueError, match=f"^settings file .*{name} {why}"):
+            io.read_json_object(tmp_path / name, "settings file")

@@ -13,7 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PIXELS, make_tiny_vae, photo_config, xla_flags
+from conftest import (
+    PIXELS,
+    assert_same_latents,
+    encode_latents_killed,
+    error_line,
+    make_tiny_vae,
+    photo_config,
+    snapshot,
+    xla_flags,
+)
 from flax import nnx
 
 from vdm_jax.data import latents, train_iterator
@@ -29,17 +38,6 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1",
 def _run(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "launch" / script), *args],
                           capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=timeout)
-
-
-def _error_line(proc: subprocess.CompletedProcess) -> str:
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, proc.stderr[-3000:]
-    return lines[0]
-
-
-def _snapshot(root: Path) -> dict[str, int]:
-    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
 
 
 def _config_file(tmp: Path, paths: dict, latents: bool) -> Path:
@@ -106,39 +104,17 @@ def test_latent_batches_are_normalized_posterior_draws(latent_setup):
     assert min(gaps) > 1e-4  # posterior draws, not means
 
 
-def test_killed_encoding_resumes_to_the_uninterrupted_dataset(latent_setup, tmp_path,
-                                                              monkeypatch):
+def test_killed_encoding_resumes_to_the_uninterrupted_dataset(latent_setup, tmp_path):
     """An encoding that dies after 2 chunks (leaving a temporary file, as a kill mid-write does)
     and is rerun gives byte-identical chunks and the same metadata as the uninterrupted run."""
     config = photo_config(latent_setup)
     out = tmp_path / "latents"
-    real = encode_lib._write_chunk
-    written = []
-
-    def dying(path, moments, labels):
-        if len(written) == 2:
-            (path.parent / f".{path.name}.killed.tmp").write_bytes(b"partial")
-            raise KeyboardInterrupt("killed")
-        real(path, moments, labels)
-        written.append(path)
-
-    monkeypatch.setattr(encode_lib, "_write_chunk", dying)
-    with pytest.raises(KeyboardInterrupt):
-        encode_lib.encode_latents(config, out, chunk_size=4, batch_size=8, progress=False)
+    encode_latents_killed(config, out, chunks=2, leave_temporary=True)
     assert "stats" not in json.loads((out / "metadata.json").read_text())
     with pytest.raises(ValueError, match="unfinished"):
         latents.open_latents(out)
-    monkeypatch.setattr(encode_lib, "_write_chunk", real)
     encode_lib.encode_latents(config, out, chunk_size=4, batch_size=8, progress=False)
-    reference = latent_setup["latents"]
-    ref_files = sorted(p.relative_to(reference) for p in reference.rglob("*.array_record"))
-    assert ref_files == sorted(p.relative_to(out) for p in out.rglob("*.array_record"))
-    for rel in ref_files:
-        assert (out / rel).read_bytes() == (reference / rel).read_bytes(), rel
-    strip = lambda m: {**m, "autoencoder": {k: v for k, v in m["autoencoder"].items()
-                                            if k not in ("path", "weights_file")}}
-    assert strip(json.loads((out / "metadata.json").read_text())) == strip(
-        json.loads((reference / "metadata.json").read_text()))
+    assert_same_latents(out, latent_setup["latents"])
 
 
 @pytest.mark.slow
@@ -217,12 +193,12 @@ def test_bad_input_exits_2_and_writes_nothing(case, latent_setup, tmp_path):
         args = ("train.py", f"--config={cfg}", f"--workdir={run}",
                 f"--config.data.latent_dir={tmp_path / 'nowhere'}")
         expected = r"holds no latent dataset.*encode_latents"
-    before = _snapshot(latent_setup["latents"])
+    before = snapshot(latent_setup["latents"])
     proc = _run(*args)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert re.search(expected, _error_line(proc)), proc.stderr[-2000:]
+    assert re.search(expected, error_line(proc.stderr)), proc.stderr[-2000:]
     assert not out.exists() and not run.exists()
-    assert _snapshot(latent_setup["latents"]) == before
+    assert snapshot(latent_setup["latents"]) == before
 
 
 def test_shard_every_example_once_over_hosts(latent_setup):

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import randomize
 from flax import nnx
 
 from vdm_jax.core import meanflow as mf
@@ -430,18 +431,6 @@ def tiny_dit(second_time, seed=0, num_classes=10):
     spec = {**TINY, "second_time": True} if second_time else TINY
     return build_model(spec, input_size=HW, in_channels=3, num_classes=num_classes,
                        rngs=nnx.Rngs(seed))
-
-
-@jax.jit
-def _perturb(state, key, scale):
-    leaves, treedef = jax.tree.flatten(state)
-    keys = jax.random.split(key, len(leaves))
-    leaves = [p + scale * jax.random.normal(k, p.shape) for k, p in zip(keys, leaves, strict=True)]
-    return jax.tree.unflatten(treedef, leaves)
-
-
-def randomize(module, seed=1, scale=0.05):
-    nnx.update(module, _perturb(nnx.state(module, nnx.Param), jax.random.key(seed), scale))
 
 
 def dit_inputs(seed=0, batch=4):

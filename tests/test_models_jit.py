@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import randomize
 from flax import nnx
 
 from vdm_jax.nn.layers import apply_rope, rope_2d
@@ -30,19 +31,6 @@ def inputs(seed=0, batch=4, num_classes=10):
     t = jax.random.uniform(kt, (batch,))
     y = jax.random.randint(ky, (batch,), 0, num_classes + 1)
     return x, t, y
-
-
-@jax.jit
-def _perturb(state, key, scale):
-    leaves, treedef = jax.tree.flatten(state)
-    keys = jax.random.split(key, len(leaves))
-    leaves = [p + scale * jax.random.normal(k, p.shape) for k, p in zip(keys, leaves, strict=True)]
-    return jax.tree.unflatten(treedef, leaves)
-
-
-def randomize(model, seed=1, scale=0.05):
-    """Perturb every parameter (the zero-initialized ones included) so outputs are nonzero."""
-    nnx.update(model, _perturb(nnx.state(model, nnx.Param), jax.random.key(seed), scale))
 
 
 @nnx.jit

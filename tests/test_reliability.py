@@ -11,6 +11,7 @@ need the real command line.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -33,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import xla_flags
+from conftest import error_line, snapshot, xla_flags
 from ml_collections import ConfigDict
 
 from configs import digits_dit
@@ -108,6 +109,20 @@ def cli_env(shared_dir: Path) -> dict[str, str]:
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=TIMEOUT,
                           cwd=REPO)
+
+
+@contextlib.contextmanager
+def _started(args: list[str], env: dict[str, str], **streams: Any
+             ) -> Iterator[subprocess.Popen]:
+    """`args` (a _cli command) running in the repository, its `streams` as Popen takes them;
+    killed on the way out of the block if it still runs (a failed assertion leaves no run)."""
+    proc = subprocess.Popen(args, env=env, cwd=REPO, **streams)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture(scope="session")
@@ -217,22 +232,6 @@ def _wait_for(cond: Callable[[], bool], proc: subprocess.Popen, what: str,
         time.sleep(poll)
 
 
-def _snapshot(path: Path) -> dict[str, tuple[int, int]] | None:
-    """{relative path: (size, mtime_ns)} of everything under `path`; None if it is absent."""
-    if not path.exists():
-        return None
-    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(path.rglob("*"))}
-
-
-def _error_line(stderr: str) -> str:
-    """The one `error: ...` line of a bad-input exit; no traceback."""
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, stderr
-    return lines[0]
-
-
 # ------------------------------------------------------------------------------ fault tests
 def _kill_when(kind: str, proc: subprocess.Popen, workdir: Path, lines_before: int,
                start: int, rng: random.Random) -> None:
@@ -276,18 +275,12 @@ def test_sigkill_five_times_resumes_exactly(tmp_path, reference, cli_env):
         # A restart drops the rows logged after the checkpoint it resumes from (one per step).
         lines_before = expected_start or 0
         stderr_path = tmp_path / f"stderr_{i}.txt"
-        with open(stderr_path, "w") as stderr:
-            proc = subprocess.Popen(_cli(workdir), env=cli_env, stdout=subprocess.DEVNULL,
-                                    stderr=stderr, cwd=REPO)
-            try:
-                if kind == "finish":
-                    assert proc.wait(TIMEOUT) == 0, stderr_path.read_text()[-3000:]
-                else:
-                    _kill_when(kind, proc, workdir, lines_before, expected_start or 0, rng)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+        with (open(stderr_path, "w") as stderr,
+              _started(_cli(workdir), cli_env, stdout=subprocess.DEVNULL, stderr=stderr) as proc):
+            if kind == "finish":
+                assert proc.wait(TIMEOUT) == 0, stderr_path.read_text()[-3000:]
+            else:
+                _kill_when(kind, proc, workdir, lines_before, expected_start or 0, rng)
         err = stderr_path.read_text()
         new_steps = _logged_steps(workdir)[lines_before:]
         history.append(f"run {i} ({kind}): expected start {expected_start}, logged "
@@ -314,18 +307,13 @@ def test_sigterm_saves_the_current_step_and_exits_0(tmp_path, reference, cli_env
     """SIGTERM mid-run: the current step is checkpointed (no periodic checkpoint would have
     been), the exit status is 0, and the next start resumes there and ends like the reference."""
     workdir = tmp_path / "run"
-    proc = subprocess.Popen(_cli(workdir, "--config.train.checkpoint_every=1000"), env=cli_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     target = random.randint(2, STEPS - 3)
-    try:
+    with _started(_cli(workdir, "--config.train.checkpoint_every=1000"), cli_env,
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         _wait_for(lambda: any(s >= target for s in _logged_steps(workdir)), proc,
                   f"step {target}")
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err[-3000:]
     saved = int(re.search(r"Preempted \(SIGTERM\): saved step (\d+) in ", out).group(1))
     assert target <= saved < STEPS
@@ -395,13 +383,13 @@ def test_every_checkpoint_unreadable_is_an_error_naming_them(tmp_path, reference
     for step in steps:
         _truncate_params(workdir / "checkpoints" / str(step))
         (workdir / "checkpoints" / str(step) / ckpt_lib.MANIFEST).unlink()
-    before = _snapshot(workdir)
+    before = snapshot(workdir)
     with pytest.raises(FileNotFoundError, match=r"No readable checkpoint.*step \d+:.*"
                                                 r"start fresh"):
         trainer.set_up(_tiny_config(), workdir, jax.devices()[:1])
     warned = [r.getMessage() for r in caplog.records if "skipping unreadable" in r.getMessage()]
     assert len(warned) == len(steps)
-    assert _snapshot(workdir) == before
+    assert snapshot(workdir) == before
 
 
 class _NaNAt:
@@ -454,7 +442,7 @@ def test_diverging_run_exits_1_with_one_line(tmp_path, cli_env):
     workdir = tmp_path / "run"
     proc = _run(_cli(workdir, "--config.optim.lr=1e38"), cli_env)
     assert proc.returncode == 1, proc.stderr[-3000:]
-    line = _error_line(proc.stderr)
+    line = error_line(proc.stderr)
     step = int(re.search(r"Non-finite .* at step (\d+) ", line).group(1))
     assert all(s < step for s in _finalized_steps(workdir))
 
@@ -482,7 +470,7 @@ def test_bad_flags_exit_2_with_one_line(tmp_path, cli_env, flag, expected):
                 for a in args[:-1]]
     proc = _run(args, cli_env)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert re.search(expected, _error_line(proc.stderr)), proc.stderr
+    assert re.search(expected, error_line(proc.stderr)), proc.stderr
     assert not workdir.exists()
 
 
@@ -532,13 +520,13 @@ def test_checkpoint_of_another_model_config_is_refused(tmp_path, capsys, referen
     key with both values and how to start fresh; the workdir is left exactly as it was."""
     workdir = tmp_path / "run"
     shutil.copytree(reference, workdir)
-    before = _snapshot(workdir)
+    before = snapshot(workdir)
     config = _tiny_config(**{"model.spec.hidden_size": 64})
     _expect_bad_input(capsys, lambda: trainer.train(config, workdir, jax.devices()[:1]),
                       r"holds a run of another configuration \(checkpoint step \d+\): "
                       r"model\.spec\.hidden_size: checkpoint 32, now 64\. Refusing to mix runs"
                       r".*new --workdir")
-    assert _snapshot(workdir) == before
+    assert snapshot(workdir) == before
 
 
 def test_workdir_of_another_config_without_checkpoints_starts_again_with_a_warning(
@@ -694,7 +682,7 @@ def test_image_folder_that_gained_a_class_is_refused_naming_it(tmp_path, capsys,
     _image_tree(root, ["ant"])
     assert dataset_info(config.data).num_classes == 3  # prepared again (its lines not checked)
     capsys.readouterr()
-    before = _snapshot(workdir)
+    before = snapshot(workdir)
     err = _expect_bad_input(
         capsys, lambda: trainer.train(config, workdir, jax.devices()[:1]),
         rf"^error: {re.escape(str(workdir))} \(checkpoint step 0\) was trained on other data "
@@ -702,7 +690,7 @@ def test_image_folder_that_gained_a_class_is_refused_naming_it(tmp_path, capsys,
         r"run, 3 now\. The dataset changed since the run started .*restore it as it was to "
         r"resume this run, or use a new --workdir")
     assert len(err.strip().splitlines()) == 1
-    assert _snapshot(workdir) == before
+    assert snapshot(workdir) == before
     assert "unreadable" not in err
     assert not [r for r in caplog.records if "unreadable" in r.getMessage()]
     # tfds's "Using custom data configuration" (how every image folder is named) is not shown.
@@ -717,23 +705,18 @@ def test_second_trainer_on_a_workdir_in_use_is_refused(tmp_path, reference, cli_
     that it certainly holds the lock) then finishes exactly like the reference."""
     workdir = tmp_path / "run"
     lock = workdir / ".lock"
-    first = subprocess.Popen(_cli(workdir), env=cli_env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, cwd=REPO)
-    try:
+    with _started(_cli(workdir), cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                  text=True) as first:
         _wait_for(lambda: lock.is_file() and lock.read_text().strip() == str(first.pid), first,
                   "the first run to take the lock")
         first.send_signal(signal.SIGSTOP)
-        before = _snapshot(workdir)
+        before = snapshot(workdir)
         second = _run(_cli(workdir), cli_env)
-        after = _snapshot(workdir)
+        after = snapshot(workdir)
         first.send_signal(signal.SIGCONT)
         _, err = first.communicate(timeout=TIMEOUT)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
     assert second.returncode == 2, second.stderr[-3000:]
-    line = _error_line(second.stderr)
+    line = error_line(second.stderr)
     assert line == (f"error: workdir {workdir} is in use by another process (pid {first.pid}): "
                     "wait for it to finish or stop it, or use another --workdir")
     assert after == before
@@ -808,7 +791,7 @@ def test_full_disk_during_an_asynchronous_save(tmp_path, reference, cli_env, how
                    r"MiB free\. Raise the limit and rerun: the run resumes from its newest "
                    r"complete checkpoint, step (\d+)\.")
     assert proc.returncode == 1, proc.stderr[-3000:]
-    line = _error_line(proc.stderr)
+    line = error_line(proc.stderr)
     m = re.fullmatch(pattern, line)
     assert m, line
     for noise in ("Event loop is closed", "exception was never retrieved"):
@@ -890,7 +873,7 @@ def test_ctrl_c_saves_and_stops_and_a_second_aborts_at_once(tmp_path, cli_env):
             proc.wait()
     err = stderr.read_text()
     assert proc.returncode == 130, err[-3000:]
-    assert _error_line(err) == ("error: aborted by Ctrl-C; rerun the same command to resume "
+    assert error_line(err) == ("error: aborted by Ctrl-C; rerun the same command to resume "
                                 "from the newest complete checkpoint")
     assert "Preempted" not in out and elapsed < 10, elapsed
     newest = _finalized_steps(workdir)[-1]
@@ -984,7 +967,7 @@ def test_fresh_run_feedback_and_a_run_directory_alone_suffices(tmp_path, cli_env
         [sys.executable, str(REPO / "launch" / "evaluate.py"), "--samples=~/junk.npz",
          "--digits"], env=env, capture_output=True, text=True, timeout=TIMEOUT, cwd=cwd)
     assert evaluate.returncode == 2
-    assert _error_line(evaluate.stderr).startswith(f"error: sample batch {junk} is not a "
+    assert error_line(evaluate.stderr).startswith(f"error: sample batch {junk} is not a "
                                                    "readable .npz file")
     assert list(cwd.iterdir()) == []  # no literal '~' directory
 
@@ -1027,7 +1010,7 @@ def test_a_bad_key_on_the_command_line_exits_2_before_anything(tmp_path, cli_env
     workdir = tmp_path / "run"
     proc = _run(_cli(workdir, "--config.sample.ema=0.5"), cli_env)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert _error_line(proc.stderr) == ("error: sample.ema='0.5': EMA '0.5' is not trained in "
+    assert error_line(proc.stderr) == ("error: sample.ema='0.5': EMA '0.5' is not trained in "
                                         "this run; choose one of ['0.999'] or 'none'")
     assert not workdir.exists()
 
@@ -1064,11 +1047,11 @@ def test_unusable_workdir_exits_2_with_one_line(tmp_path, cli_env, case):
                                                               for a in _cli(workdir))]
         else:
             pytest.skip("root ignores permissions, and no user namespace for a read-only mount")
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     proc = _run(command or _cli(workdir), cli_env)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert _error_line(proc.stderr) == expected
-    assert _snapshot(tmp_path) == before
+    assert error_line(proc.stderr) == expected
+    assert snapshot(tmp_path) == before
 
 
 def _damaged_npz(path: Path, kind: str, arrays: dict[str, np.ndarray]) -> None:
@@ -1109,7 +1092,7 @@ def test_evaluate_cli_with_a_damaged_npz_exits_2(tmp_path, case):
     damaged = samples if case == "truncated_samples" else ref
     _damaged_npz(damaged, case.split("_")[0],
                  {"arr_0": images} if damaged == samples else {"mu": np.zeros(4)})
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     proc = subprocess.run([sys.executable, str(REPO / "launch" / "evaluate.py"),
                            f"--samples={samples}", f"--ref={ref}", "--random_inception"],
                           capture_output=True, text=True, timeout=TIMEOUT, cwd=REPO)
@@ -1117,9 +1100,9 @@ def test_evaluate_cli_with_a_damaged_npz_exits_2(tmp_path, case):
     label = "sample batch" if damaged == samples else "reference batch"
     assert re.fullmatch(rf"error: {label} {re.escape(str(damaged))} is not a readable \.npz "
                         r"file \(truncated or not an array archive: \w+\); regenerate it",
-                        _error_line(proc.stderr))
+                        error_line(proc.stderr))
     assert "pickle" not in proc.stderr
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 # ----------------------------------------------------- 10. the stored config is the base
@@ -1152,17 +1135,17 @@ def test_unsafe_override_on_resume_is_refused_with_one_line(tmp_path, reference,
     """Resuming (--config omitted) with an override of a key fixed for a run: exit 2, one line
     naming the key with both values and what to do; the run untouched."""
     workdir = _copy_run(reference, tmp_path / "run")
-    before = _snapshot(workdir)
+    before = snapshot(workdir)
     proc = _run([sys.executable, str(REPO / "launch" / "train.py"), f"--workdir={workdir}",
                  "--config.model.spec.hidden_size=64"], cli_env)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    line = _error_line(proc.stderr)
+    line = error_line(proc.stderr)
     assert re.fullmatch(
         rf"error: {re.escape(str(workdir))} holds a run whose model\.spec\.hidden_size: 32 in "
         r"the run, 64 now\. These keys are fixed for a run .*"
         r"drop those overrides to resume it, or use a new --workdir to start another run\.",
         line), line
-    assert _snapshot(workdir) == before
+    assert snapshot(workdir) == before
 
 
 # ------------------------------------------------------------- 11. sample.py never overwrites
@@ -1194,13 +1177,13 @@ def test_sample_never_overwrites_a_finished_batch(tmp_path, reference, cli_env):
     settings = json.loads(new[0].with_suffix(".json").read_text())
     assert settings["ema"] == "none" and settings["seed"] == 5
 
-    before = _snapshot(workdir)
+    before = snapshot(workdir)
     third = _sample(workdir, cli_env, "--seed=6", f"--out={a}")
     assert third.returncode == 2, third.stderr[-3000:]
-    assert _error_line(third.stderr) == (
+    assert error_line(third.stderr) == (
         f"error: {a} already holds samples of other settings (see {a.with_suffix('.json')}): "
         "choose another --out, or delete it to draw these")
-    assert _snapshot(workdir) == before
+    assert snapshot(workdir) == before
 
 
 # ============================================================ issue 28: reliability, 3rd pass
@@ -1250,7 +1233,7 @@ def test_a_setting_that_cannot_compile_leaves_no_workdir(tmp_path, cli_env):
     workdir = tmp_path / "run"
     proc = _run(_cli(workdir, "--config.model.dtype=float16"), cli_env)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "F16" in _error_line(proc.stderr)
+    assert "F16" in error_line(proc.stderr)
     assert not workdir.exists()
 
 

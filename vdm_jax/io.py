@@ -36,6 +36,7 @@ __all__ = [
     "json_default",
     "publish",
     "read_json",
+    "read_json_object",
     "remove_stale_temporaries",
     "write_bytes",
     "write_json",
@@ -124,6 +125,18 @@ def read_json(path: str | os.PathLike) -> Any | None:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+def read_json_object(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """The JSON object (a dict) in `path`, a file given as input; ValueError naming `what`
+    (e.g. "settings file") and the path when it is unreadable, not JSON or not an object."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{what} {path} is not readable JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what} {path} holds a JSON {type(obj).__name__}, expected an object")
+    return obj
 
 
 def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:

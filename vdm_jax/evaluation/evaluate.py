@@ -22,7 +22,8 @@ from vdm_jax.evaluation.features import (
     load_eval_inception,
 )
 from vdm_jax.evaluation.inception_metrics import IS_SPLITS, PR_K, sample_metrics
-from vdm_jax.evaluation.results import read_json_object, read_sample_settings, write_results_json
+from vdm_jax.evaluation.results import read_sample_settings, write_results_json
+from vdm_jax.io import read_json_object
 from vdm_jax.nn.encoders.inception import InceptionV3
 from vdm_jax.rundir import RunDir
 

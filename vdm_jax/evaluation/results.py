@@ -8,27 +8,16 @@ preprocessing, k, splits), so every figure is reproducible.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from vdm_jax.evaluation.inception_metrics import PR_K
-from vdm_jax.io import write_json
+from vdm_jax.io import read_json_object, write_json
 from vdm_jax.rundir import RunDir
 
-__all__ = ["format_table", "read_json_object", "read_sample_settings", "write_results_json"]
-
-
-def read_json_object(path: Path, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{what} {path} must hold a JSON object, got {type(obj).__name__}")
-    return obj
+__all__ = ["format_table", "read_sample_settings", "write_results_json"]
 
 
 def read_sample_settings(

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
 
 from vdm_jax.importers import rae, sd_vae
-from vdm_jax.importers.common import file_sha256
+from vdm_jax.importers.common import file_sha256, weights_at
 
 __all__ = ["KINDS", "autoencoder_kind", "describe_weights", "latent_geometry",
            "load_autoencoder", "weights_sha256"]
@@ -34,11 +33,8 @@ KINDS = ("sd_vae", "rae")
 def autoencoder_kind(path: str | os.PathLike, kind: str | None = None) -> str:
     """'rae' or 'sd_vae' for the weights at `path`; ValueError when `kind` says otherwise,
     FileNotFoundError when nothing is there."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(
-            f"no autoencoder weights at {p}: for the SD-VAE, {sd_vae.GET_WEIGHTS}; for the RAE, "
-            f"{rae.GET_WEIGHTS}")
+    p = weights_at(path, "autoencoder weights",
+                   f"for the SD-VAE, {sd_vae.GET_WEIGHTS}; for the RAE, {rae.GET_WEIGHTS}")
     found = "rae" if rae.is_rae(p) else "sd_vae"
     if kind is not None and kind not in KINDS:
         raise ValueError(f"autoencoder.kind={kind!r}; expected one of {KINDS} (or unset: read "

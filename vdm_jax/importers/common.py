@@ -12,6 +12,10 @@ name, the shape it must have there, and the function taking the source array to 
 `assign` then checks the whole state dict first — every missing, misshaped and unexpected tensor
 is listed in one `WeightMismatchError` — and only then writes the arrays into the module.
 
+Bad input is said once, the same way by every importer: `weights_at` — nothing at the path
+(FileNotFoundError saying what to download); `check_anchors` — a file that is not the expected
+model (its identifying tensors missing, what it holds instead).
+
 Formats: `.safetensors` are read with the safetensors package's NumPy API (no torch); `.bin`,
 `.pt`, `.pth` and `.ckpt` are torch pickles and need torch, an optional dependency
 (`pip install torch`; the CPU wheel suffices), imported only here and only for those files.
@@ -43,6 +47,7 @@ __all__ = [
     "Tensor",
     "WeightMismatchError",
     "assign",
+    "check_anchors",
     "conv_kernel",
     "file_sha256",
     "flat_variables",
@@ -52,6 +57,8 @@ __all__ = [
     "read_state_dict",
     "save_state_dict",
     "strip_prefix",
+    "tensor_names",
+    "weights_at",
 ]
 
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -105,6 +112,39 @@ def strip_prefix(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     if not any(k.startswith(prefix) for k in state_dict):
         return dict(state_dict)
     return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def weights_at(path: str | os.PathLike, what: str, get: str, *, file: bool = False) -> Path:
+    """`path` (~ expanded) when something is there (a file, with `file`); otherwise
+    FileNotFoundError "no {what} at {path}: {get}", `get` saying what to download."""
+    p = Path(path).expanduser()
+    if not (p.is_file() if file else p.exists()):
+        raise FileNotFoundError(f"no {what} at {p}: {get}")
+    return p
+
+
+def tensor_names(state: Mapping[str, Any], n: int = 6) -> str:
+    """'N tensors (a, b, …)': the count and the first `n` names, sorted, of what a file holds
+    (for the message on a file that is not the expected model)."""
+    names = ", ".join(sorted(state)[:n]) + (", ..." if len(state) > n else "")
+    return f"{len(state)} tensor{'' if len(state) == 1 else 's'} ({names or 'none'})"
+
+
+def check_anchors(
+    state: Mapping[str, Any],
+    anchors: Iterable[str],
+    not_it: str,
+    *,
+    get: str = "",
+    error: type[ValueError] = ValueError,
+) -> None:
+    """Raises `error` when `state` lacks any of `anchors`, the tensors that identify the
+    expected model: "{not_it}: missing a, b; found N tensors (…)", then "; {get}" (what to
+    download) when given."""
+    missing = [k for k in anchors if k not in state]
+    if missing:
+        raise error(f"{not_it}: missing {', '.join(missing)}; found {tensor_names(state)}"
+                    + (f"; {get}" if get else "."))
 
 
 def _block(title: str, items: list[str]) -> str:

@@ -23,7 +23,6 @@ import dataclasses
 import math
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
@@ -33,10 +32,12 @@ from flax import nnx
 from vdm_jax.importers.common import (
     Tensor,
     assign,
+    check_anchors,
     conv_kernel,
     identity,
     linear_kernel,
     read_state_dict,
+    weights_at,
 )
 from vdm_jax.nn.encoders.dino_disc import DinoDiscConfig, DinoDiscriminator
 
@@ -53,10 +54,8 @@ def dino_disc_config_of(state: dict[str, Any], *, source: str, num_heads: int | 
                         base: DinoDiscConfig | None = None) -> DinoDiscConfig:
     """The discriminator's config from a DINO state dict's shapes (and `base` for the rest)."""
     base = base or DinoDiscConfig()
-    if "cls_token" not in state or "patch_embed.proj.weight" not in state:
-        some = ", ".join(sorted(state)[:5]) or "no tensors"
-        raise ValueError(f"{source} does not hold a DINO ViT (no cls_token / patch_embed.proj."
-                         f"weight; found {some}): {GET_WEIGHTS}")
+    check_anchors(state, ("cls_token", "patch_embed.proj.weight"),
+                  f"{source} does not hold a DINO ViT", get=GET_WEIGHTS)
     d, _, p, _ = np.shape(state["patch_embed.proj.weight"])
     n = np.shape(state["pos_embed"])[1] - 1 if "pos_embed" in state else 0
     g = math.isqrt(n)
@@ -128,8 +127,8 @@ def load_dino_discriminator(dino: str | os.PathLike, heads: str | os.PathLike | 
     `heads` (module docstring); otherwise heads initialized from `seed`. Raises
     FileNotFoundError / ValueError (WeightMismatchError listing every misfit)."""
     for p in (dino, heads):
-        if p is not None and not Path(p).expanduser().is_file():
-            raise FileNotFoundError(f"no discriminator weights file {p}: {GET_WEIGHTS}")
+        if p is not None:
+            weights_at(p, "discriminator weights file", GET_WEIGHTS, file=True)
     state = read_state_dict(dino)
     cfg = dino_disc_config_of(state, source=str(dino), num_heads=num_heads, base=config)
     head_state = None

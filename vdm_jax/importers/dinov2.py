@@ -32,7 +32,6 @@ otherwise: 'hub' for .pth files, 'transformers' for HF folders; REPA uses 'repa'
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -52,7 +51,10 @@ from vdm_jax.importers.common import (
     linear_kernel,
     read_state_dict,
     strip_prefix,
+    tensor_names,
+    weights_at,
 )
+from vdm_jax.io import read_json_object
 from vdm_jax.nn.encoders.dinov2 import (
     SIZES,
     DinoV2,
@@ -161,10 +163,9 @@ def _layout(state_dict: Mapping[str, Any], source: str) -> dict[str, str]:
         if any(".attention.q_proj." in k for k in state_dict):
             return _HF_QKV_PROJ
         return _HF
-    some = ", ".join(sorted(state_dict)[:6]) or "no tensors"
     raise ValueError(
         f"{source} does not hold DINOv2 weights: it has neither 'cls_token' (torch-hub layout) "
-        f"nor 'embeddings.cls_token' (Hugging Face layout); found {some}. "
+        f"nor 'embeddings.cls_token' (Hugging Face layout); found {tensor_names(state_dict)}. "
         f"Expected e.g. {where_to_get()}"
     )
 
@@ -344,9 +345,7 @@ def read_dinov2(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]
     """(state dict with any 'dinov2.' prefix stripped, config.json or None, the weights file)
     of a torch-hub file or a Hugging Face folder; FileNotFoundError saying what to download
     when nothing is there."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"no DINOv2 weights at {p}: " + where_to_get(None, 4))
+    p = weights_at(path, "DINOv2 weights", where_to_get(None, 4))
     return _read(p, None, None)
 
 
@@ -363,10 +362,7 @@ def _read(path: Path, size: str | None, registers: int | None):
                 + where_to_get(size, registers)
             )
         if cfg_file.is_file():
-            try:
-                hf_config = json.loads(cfg_file.read_text())
-            except (OSError, ValueError) as e:
-                raise ValueError(f"{cfg_file} is not readable JSON: {e}") from None
+            hf_config = read_json_object(cfg_file, "config")
         path = found[0]
     try:
         state_dict = read_state_dict(path)
@@ -400,9 +396,7 @@ def load_dinov2(
     """
     if size is not None and size not in SIZES:
         raise ValueError(f"unknown DINOv2 size {size!r}: expected one of {sorted(SIZES)}")
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"no DINOv2 weights at {p}: " + where_to_get(size, registers))
+    p = weights_at(path, "DINOv2 weights", where_to_get(size, registers))
     state_dict, hf_config, file = _read(p, size, registers)
     source = str(file)
     cfg = dinov2_config_of(

@@ -75,6 +75,7 @@ from vdm_jax.importers.common import (
     Tensor,
     WeightMismatchError,
     assign,
+    check_anchors,
     flat_variables,
     identity,
     linear_kernel,
@@ -265,15 +266,6 @@ def _load(
     return state, kind, train_args, where
 
 
-def _not_a_dit(where: str, state: Mapping[str, Any], missing: list[str]) -> WeightMismatchError:
-    found = ", ".join(sorted(state)[:6]) + (", ..." if len(state) > 6 else "")
-    return WeightMismatchError(
-        f"weights from {where} are not a DiT/SiT checkpoint (facebookresearch/DiT or "
-        f"willisma/SiT models.py names): missing {', '.join(missing)}; found "
-        f"{len(state)} tensors ({found or 'none'})."
-    )
-
-
 def _num_heads(
     depth: int, hidden: int, patch: int, num_heads: int | None,
     train_args: dict[str, Any] | None, fmt: str, where: str,
@@ -348,9 +340,9 @@ def import_dit(
     state, kind, train_args, where = _load(source, weights)
     _check_format(format, train_args, where)
     conv = CONVENTIONS[format]
-    missing = [k for k in _ANCHORS if k not in state]
-    if missing:
-        raise _not_a_dit(where, state, missing)
+    check_anchors(state, _ANCHORS, f"weights from {where} are not a DiT/SiT checkpoint "
+                  "(facebookresearch/DiT or willisma/SiT models.py names)",
+                  error=WeightMismatchError)
     if state["x_embedder.proj.weight"].ndim != 4 or state["pos_embed"].ndim != 3:
         raise WeightMismatchError(
             f"weights from {where}: x_embedder.proj.weight {state['x_embedder.proj.weight'].shape}"

@@ -16,13 +16,19 @@ weight (O, I, 3, 3). lin{l} (C,) ← lin{l}.model.1.weight[0, :, 0, 0].
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax.importers.common import Tensor, assign, conv_kernel, identity, read_state_dict
+from vdm_jax.importers.common import (
+    Tensor,
+    assign,
+    conv_kernel,
+    identity,
+    read_state_dict,
+    weights_at,
+)
 from vdm_jax.nn.encoders.lpips import LPIPS, VGG16_STAGES, abstract_lpips
 
 __all__ = ["GET_WEIGHTS", "load_lpips", "vgg16_feature_indices"]
@@ -56,8 +62,8 @@ def load_lpips(vgg: str | os.PathLike, heads: str | os.PathLike | None = None, *
     is a whole LPIPS state dict). Raises FileNotFoundError for a missing file and ValueError
     (WeightMismatchError) for files that are not these networks, every misfit listed."""
     for p in (vgg, heads):
-        if p is not None and not Path(p).expanduser().is_file():
-            raise FileNotFoundError(f"no LPIPS weights file {p}: {GET_WEIGHTS}")
+        if p is not None:
+            weights_at(p, "LPIPS weights file", GET_WEIGHTS, file=True)
     state = dict(read_state_dict(vgg, nested=("state_dict",)))
     if heads is not None:
         state.update({k: v for k, v in read_state_dict(heads).items() if k.startswith("lin")})

@@ -61,10 +61,12 @@ from flax import nnx
 from vdm_jax.importers.common import (
     Tensor,
     assign,
+    check_anchors,
     file_sha256,
     identity,
     linear_kernel,
     read_state_dict,
+    weights_at,
 )
 from vdm_jax.importers.dinov2 import (
     describe as describe_dinov2,
@@ -74,7 +76,7 @@ from vdm_jax.importers.dinov2 import (
     dinov2_source_of,
     read_dinov2,
 )
-from vdm_jax.io import write_json, write_npz
+from vdm_jax.io import read_json_object, write_json, write_npz
 from vdm_jax.nn.autoencoders.rae import (
     DINOV2_REGISTERS,
     RAE,
@@ -117,16 +119,6 @@ _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias"}
 # ------------------------------------------------------------------------------- locating
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a readable JSON config: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} holds a JSON {type(data).__name__}, expected an object")
-    return data
-
-
 def rae_layout(path: str | os.PathLike) -> str | None:
     """'diffusers' for an AutoencoderRAE folder, 'official' for a folder with model.pt and
     dinov2/ (or its model.pt), 'digits' for the digits RAE's folder, None for anything else
@@ -155,9 +147,7 @@ def is_rae(path: str | os.PathLike) -> bool:
 
 
 def _folder(path: str | os.PathLike) -> Path:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"no RAE weights at {p}: {GET_WEIGHTS}")
+    p = weights_at(path, "RAE weights", GET_WEIGHTS)
     return p.parent if p.is_file() else p
 
 
@@ -245,7 +235,7 @@ def _encoder_config(enc_state: Mapping[str, Any], source: str, hf_config: Any, h
 
 
 def _read_diffusers(folder: Path) -> _Read:
-    config = _read_json(folder / CONFIG_NAME)
+    config = read_json_object(folder / CONFIG_NAME, "config")
     weights = folder / DIFFUSERS_WEIGHTS
     if not weights.is_file():
         raise FileNotFoundError(f"{folder} has an AutoencoderRAE {CONFIG_NAME} but no "
@@ -259,10 +249,8 @@ def _read_diffusers(folder: Path) -> _Read:
     state = read_state_dict(weights)
     source = str(weights)
     enc_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-    if "encoder.embeddings.cls_token" not in state or "decoder.decoder_embed.weight" not in state:
-        some = ", ".join(sorted(state)[:4]) or "no tensors"
-        raise ValueError(f"{weights} does not hold an AutoencoderRAE (no encoder.embeddings."
-                         f"cls_token / decoder.decoder_embed.weight; found {some}): {GET_WEIGHTS}")
+    check_anchors(state, ("encoder.embeddings.cls_token", "decoder.decoder_embed.weight"),
+                  f"{weights} does not hold an AutoencoderRAE", get=GET_WEIGHTS)
     enc = _encoder_config(enc_state, source, None,
                           int(config.get("encoder_hidden_size", 768)) // 64)
     declared = (config.get("encoder_hidden_size", 768), config.get("encoder_num_hidden_layers", 12),
@@ -329,10 +317,8 @@ def _read_official(folder: Path) -> _Read:
             raise FileNotFoundError(f"{folder} looks like an official RAE folder but lacks "
                                     f"{need.name} ({what}): {GET_WEIGHTS}")
     dec_state = read_state_dict(dec_file, nested=("state_dict", "model"))
-    if "decoder_embed.weight" not in dec_state:
-        some = ", ".join(sorted(dec_state)[:5]) or "no tensors"
-        raise ValueError(f"{dec_file} is not an RAE decoder (no decoder_embed.weight; found "
-                         f"{some}): {GET_WEIGHTS}")
+    check_anchors(dec_state, ("decoder_embed.weight",), f"{dec_file} is not an RAE decoder",
+                  get=GET_WEIGHTS)
     enc_state, hf_config, enc_file = read_dinov2(enc_dir)
     enc = _encoder_config(enc_state, str(enc_file), hf_config, None)
     d, c = np.shape(dec_state["decoder_embed.weight"])
@@ -350,7 +336,7 @@ def _read_official(folder: Path) -> _Read:
     heads = HEADS_OF_WIDTH.get(d, max(d // 64, 1))
     eps = 1e-12
     if (folder / CONFIG_NAME).is_file():
-        dcfg = _read_json(folder / CONFIG_NAME)
+        dcfg = read_json_object(folder / CONFIG_NAME, "config")
         if dcfg.get("model_type") not in (None, "vit_mae"):
             raise ValueError(f"{folder / CONFIG_NAME} has model_type {dcfg.get('model_type')!r}; "
                              "the official RAE decoder config is a 'vit_mae' one")
@@ -370,7 +356,7 @@ def _read_official(folder: Path) -> _Read:
         g = 16
     image_mean, image_std = IMAGENET_MEAN, IMAGENET_STD
     if (enc_dir / "preprocessor_config.json").is_file():
-        proc = _read_json(enc_dir / "preprocessor_config.json")
+        proc = read_json_object(enc_dir / "preprocessor_config.json", "config")
         image_mean = tuple(proc.get("image_mean", image_mean))
         image_std = tuple(proc.get("image_std", image_std))
     cfg = RAEConfig(
@@ -396,7 +382,7 @@ def _read_official(folder: Path) -> _Read:
 
 def _digits_sizes(folder: Path) -> dict[str, int]:
     """The digits RAE's sizes from its config.json (module docstring)."""
-    cfg = _read_json(folder / CONFIG_NAME)
+    cfg = read_json_object(folder / CONFIG_NAME, "config")
     missing = [k for k in _DIGITS_SIZES if not isinstance(cfg.get(k), int)]
     if missing:
         raise ValueError(f"{folder / CONFIG_NAME}: a {DIGITS_CLASS} config needs integer "

@@ -55,6 +55,7 @@ from vdm_jax.importers.common import (
     Tensor,
     WeightMismatchError,
     assign,
+    check_anchors,
     flat_variables,
     identity,
     linear_kernel,
@@ -137,12 +138,8 @@ def import_rae_dit(
     Raises FileNotFoundError, ValueError (unreadable or inconsistent file, bad argument) and
     WeightMismatchError (every missing, misshaped and unexpected tensor in one message)."""
     state, kind, _, where = _load(source, weights)
-    missing = [k for k in _ANCHORS if k not in state]
-    if missing:
-        found = ", ".join(sorted(state)[:6]) + (", ..." if len(state) > 6 else "")
-        raise WeightMismatchError(
-            f"weights from {where} are not an RAE stage-2 DiTwDDTHead checkpoint: missing "
-            f"{', '.join(missing)}; found {len(state)} tensors ({found or 'none'}).")
+    check_anchors(state, _ANCHORS, f"weights from {where} are not an RAE stage-2 DiTwDDTHead "
+                  "checkpoint", error=WeightMismatchError)
     dh, in_channels, patch, _ = state["x_embedder.proj.weight"].shape
     d = state["s_embedder.proj.weight"].shape[0]
     tokens = state["pos_embed"].shape[1]

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vdm_jax.importers.common import weights_at
 from vdm_jax.importers.dinov2 import load_dinov2, where_to_get
 from vdm_jax.nn.encoders.digits import TOKEN_DIM, abstract_digits_cnn, from_arrays
 from vdm_jax.nn.encoders.dinov2 import DinoV2Config, abstract_dinov2
@@ -67,8 +68,7 @@ def _how_to_get(encoder: str, size: str) -> str:
 
 
 def _load_digits(path: Path) -> nnx.Module:
-    if not path.is_file():
-        raise FileNotFoundError(f"no digits CNN weights at {path}: {_how_to_get('digits', '')}")
+    weights_at(path, "digits CNN weights", _how_to_get("digits", ""), file=True)
     try:
         with np.load(path) as npz:
             arrays = {k: npz[k] for k in npz.files}

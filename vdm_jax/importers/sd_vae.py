@@ -43,7 +43,6 @@ WeightMismatchError; a missing path raises FileNotFoundError saying what to down
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -61,9 +60,11 @@ from vdm_jax.importers.common import (
     identity,
     linear_kernel,
     read_state_dict,
+    save_state_dict,
     strip_prefix,
+    weights_at,
 )
-from vdm_jax.io import publish, write_json
+from vdm_jax.io import read_json_object, write_json
 from vdm_jax.nn.autoencoders.sd_vae import AutoencoderConfig, AutoencoderKL, abstract_autoencoder
 
 __all__ = [
@@ -191,9 +192,7 @@ def locate_weights(path: str | os.PathLike) -> tuple[Path, Path | None]:
     """(weights file, its diffusers config.json or None) for a diffusers folder, a pipeline
     folder with a `vae/` subfolder, a diffusers weights file or a single-file checkpoint.
     Raises FileNotFoundError saying what to download when nothing usable is there."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"no SD-VAE weights at {p}: {GET_WEIGHTS}")
+    p = weights_at(path, "SD-VAE weights", GET_WEIGHTS)
     if p.is_file():
         sibling = p.parent / CONFIG_NAME
         is_diffusers = p.name in DIFFUSERS_WEIGHT_NAMES and sibling.is_file()
@@ -215,12 +214,7 @@ def locate_weights(path: str | os.PathLike) -> tuple[Path, Path | None]:
 
 
 def _read_config_json(path: Path) -> AutoencoderConfig:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a readable JSON config: {e}") from None
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{path} holds a JSON {type(data).__name__}, expected an object")
+    data = read_json_object(path, "config")
     try:
         return AutoencoderConfig.from_diffusers_config(data)
     except (TypeError, ValueError) as e:
@@ -340,8 +334,6 @@ def save_autoencoder(model: AutoencoderKL, folder: str | os.PathLike) -> Path:
     """Write `model` as a diffusers folder (config.json + diffusion_pytorch_model.safetensors,
     PyTorch layouts), which `load_autoencoder` and diffusers' AutoencoderKL.from_pretrained
     read. For models trained or made here (e.g. tiny random ones in tests); no torch needed."""
-    from safetensors.numpy import save_file
-
     folder = Path(folder).expanduser()
     state = {}
     for key, var in nnx.to_flat_state(nnx.state(model)):
@@ -351,12 +343,11 @@ def save_autoencoder(model: AutoencoderKL, folder: str | os.PathLike) -> Path:
             value = value.transpose(3, 2, 0, 1)
         elif path[-1] == "kernel":  # (I, O) → Linear (O, I)
             value = value.T
-        state[diffusers_name(path)] = np.ascontiguousarray(value)
+        state[diffusers_name(path)] = value
     config = {"_class_name": "AutoencoderKL", **model.config.to_dict(),
               "down_block_types": ["DownEncoderBlock2D"] * len(model.config.block_out_channels),
               "up_block_types": ["UpDecoderBlock2D"] * len(model.config.block_out_channels),
               "act_fn": "silu"}
     write_json(folder / CONFIG_NAME, config)
-    with publish(folder / DIFFUSERS_WEIGHT_NAMES[0]) as tmp:
-        save_file(state, str(tmp))
+    save_state_dict(folder / DIFFUSERS_WEIGHT_NAMES[0], state)
     return folder
