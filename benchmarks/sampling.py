@@ -8,7 +8,9 @@ classifier-free guidance, through the real generation path (vdm_jax.generation.g
 For each (dtype, batch, sampler, num_steps, guidance) configuration: `make_generate_fn` is
 compiled ONCE ahead of time (compile time reported), run --warmup times untimed, then
 --steps times device-synchronized; the median gives images/s = batch / seconds. NFE is the
-sampler's count of model evaluations (`samplers.nfe`: N, 2N − 1 for Heun); with guidance
+sampler's count of model evaluations (`samplers.nfe`: N, 2N − 1 for Heun; for the adaptive
+'dopri5' the count each timed run made, returned by the program: the median, and
+`nfe_per_run`); with guidance
 (scale ≠ 1) every evaluation is one forward pass of 2B (conditional + null batch), so the
 forward passes per image are NFE × 2. TFLOP/s = forward FLOPs (model_cost) × passes × batch ÷
 seconds, and MFU divides by the peak of an n×n matmul in the same dtype (--peak_size),
@@ -19,6 +21,7 @@ initialization (the cost of a forward pass does not depend on the weights' value
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from typing import Any
@@ -46,7 +49,7 @@ def run_config(
 ) -> dict[str, Any]:
     """Compile once, warm up, and time one sampling configuration."""
     spec = SamplingSpec(sampler=sampler, num_steps=num_steps, guidance_scale=guidance)
-    fn = make_generate_fn(model, batch, spec)
+    fn = make_generate_fn(model, batch, spec, return_nfe=True)
     labels = jnp.arange(batch, dtype=jnp.int32) % max(args.num_classes, 1)
     rng = jax.random.key(0)
     start = time.perf_counter()
@@ -57,13 +60,20 @@ def run_config(
     if peak is not None:
         peak.reset()
     keys = [jax.random.fold_in(rng, args.warmup + i) for i in range(args.steps)]
-    times, _ = timing.time_interleaved(
-        lambda i: compiled(params, labels, keys[i]), args.steps, peak, args.peak_runs
-    )
+    outputs = []  # (images, NFE) of each timed run
+
+    def run(i: int) -> Any:
+        outputs.append(compiled(params, labels, keys[i]))
+        return outputs[-1]
+
+    times, _ = timing.time_interleaved(run, args.steps, peak, args.peak_runs)
     stats = timing.summarize(times)
 
     guided = spec.guided(model.num_classes)
-    nfe = spec.nfe
+    # The evaluations each run made: the fixed count, or what an adaptive solver ('dopri5')
+    # chose for that run's noise; FLOPs and the NFE column take their median.
+    nfe_per_run = [int(count) for _, count in outputs]
+    nfe = statistics.median(nfe_per_run)
     passes = nfe * (2 if guided else 1)
     flops = cli_args.forward_cost(args)["flops"] * passes * batch
     achieved = flops / stats["median_s"]
@@ -71,7 +81,7 @@ def run_config(
         "model": cli_args.model_label(args.model), "input_size": args.input_size,
         "in_channels": args.in_channels, "num_classes": args.num_classes,
         "batch": batch, "dtype": dtype, "sampler": sampler, "num_steps": num_steps,
-        "guidance_scale": guidance, "guided": guided, "nfe": nfe,
+        "guidance_scale": guidance, "guided": guided, "nfe": nfe, "nfe_per_run": nfe_per_run,
         "forward_passes_per_image": passes, "seconds_per_batch": stats["median_s"],
         "time": stats, "images_per_s": batch / stats["median_s"], "compile_s": compile_s,
         "memory": memory.memory_stats(compiled), "achieved_tflops": achieved / 1e12,

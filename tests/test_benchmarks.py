@@ -84,15 +84,17 @@ def test_train_step_benchmark_rows_per_scan_and_remat(tmp_path):
 def test_sampling_benchmark(tmp_path):
     out = tmp_path / "sampling.json"
     result = _load("sampling").main(
-        [*TINY_ARGS, "--batch", "2", "--samplers", "ddim,heun,dpm_solver_2m", "--num_steps", "2",
-         "--guidance", "1,3", "--steps", "1", "--warmup", "0", "--peak_runs", "1",
-         "--out", str(out)])
+        [*TINY_ARGS, "--batch", "2", "--samplers", "ddim,heun,dpm_solver_2m,dopri5",
+         "--num_steps", "2", "--guidance", "1,3", "--steps", "1", "--warmup", "0",
+         "--peak_runs", "1", "--out", str(out)])
     rows = _check_json(out, result)
     got = {(r["sampler"], r["guidance_scale"]): r for r in rows}
-    assert len(got) == 6
+    assert len(got) == 8
     for (sampler, w), r in got.items():
-        nfe = 3 if sampler == "heun" else 2
-        assert r["nfe"] == nfe and r["guided"] == (w != 1)
+        # dopri5 measures its count per run: 2 + 6 per attempted step
+        nfe = {"heun": 3, "dopri5": r["nfe"]}.get(sampler, 2)
+        assert r["nfe"] == nfe == r["nfe_per_run"][0] and r["guided"] == (w != 1)
+        assert sampler != "dopri5" or (nfe >= 8 and (nfe - 2) % 6 == 0)
         assert r["forward_passes_per_image"] == nfe * (2 if w != 1 else 1)
         assert r["images_per_s"] > 0 and r["compile_s"] > 0 and r["mfu"] > 0
 
