@@ -97,6 +97,7 @@ DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 OFFICIAL_DECODER, OFFICIAL_STATS, OFFICIAL_ENCODER = "model.pt", "stat.pt", "dinov2"
 DIGITS_CLASS, DIGITS_WEIGHTS = "DigitsRAE", "digits_rae.npz"
 _DIGITS_SIZES = ("num_classes", "hidden", "layers", "heads", "mlp")
+_CONFIG_LAYOUTS = {"AutoencoderRAE": "diffusers", DIGITS_CLASS: "digits"}  # by _class_name
 HEADS_OF_WIDTH = {768: 12, 1024: 16, 1152: 16}  # official configs/decoder/ViT{B,L,XL}
 POSITION_TOLERANCE = 1e-5
 GET_WEIGHTS = (
@@ -132,8 +133,8 @@ def rae_layout(path: str | os.PathLike) -> str | None:
     if cfg.is_file():
         try:
             name = json.loads(cfg.read_text()).get("_class_name")
-            if name in ("AutoencoderRAE", DIGITS_CLASS):
-                return "diffusers" if name == "AutoencoderRAE" else "digits"
+            if name in _CONFIG_LAYOUTS:
+                return _CONFIG_LAYOUTS[name]
         except (OSError, UnicodeDecodeError, ValueError, AttributeError):
             pass
     if (p / OFFICIAL_DECODER).is_file() or (p / OFFICIAL_ENCODER).is_dir():
@@ -444,8 +445,9 @@ def load_rae(path: str | os.PathLike, *, dtype: Any = jnp.float32) -> RAE:
     Raises FileNotFoundError (nothing there, saying what to download) or ValueError (unreadable
     or foreign files, mismatched statistics, every missing/misshaped/unexpected tensor listed).
     """
-    if rae_layout(_folder(path)) == "digits":
-        return _load_digits(_folder(path))  # float32: the digits RAE is tiny
+    folder = _folder(path)
+    if rae_layout(folder) == "digits":
+        return _load_digits(folder)  # float32: the digits RAE is tiny
     r = _read(path)
     model = abstract_rae(r.config, dtype=dtype)
     what = (f"the RAE ({r.layout} layout: DINOv2 {describe_dinov2(r.config.encoder)}, decoder "
@@ -459,10 +461,10 @@ def rae_files(path: str | os.PathLike) -> list[Path]:
     diffusers: config.json, the safetensors; official: model.pt, stat.pt (when present), the
     DINOv2 weights file."""
     folder = _folder(path)
-    if rae_layout(folder) == "diffusers":
-        return [folder / CONFIG_NAME, folder / DIFFUSERS_WEIGHTS]
-    if rae_layout(folder) == "digits":
-        return [folder / CONFIG_NAME, folder / DIGITS_WEIGHTS]
+    layout = rae_layout(folder)
+    if layout in ("diffusers", "digits"):
+        return [folder / CONFIG_NAME,
+                folder / (DIFFUSERS_WEIGHTS if layout == "diffusers" else DIGITS_WEIGHTS)]
     enc = folder / OFFICIAL_ENCODER
     enc_file = next((enc / n for n in ("model.safetensors", "pytorch_model.bin")
                      if (enc / n).is_file()), enc / "model.safetensors")
