@@ -60,6 +60,13 @@ def check_arguments(r: dict, chips: int = 4) -> None:
     assert closed <= arg <= r["state_and_batch_tiled_bytes_per_chip"], (arg, closed)
     batch_shard = 32 * (16 * 16 * 4 * 4 + 4) // chips  # images float32 + labels int32
     assert 0.9 * (closed - batch_shard) <= r["memory"]["alias_size"] <= arg
+    # The peak is libtpu's heap peak (what its RESOURCE_EXHAUSTED check compares), within the
+    # parts' sum; the temporaries at the peak are what it holds beyond arguments and outputs.
+    mem = r["memory"]
+    assert r["peak_source"] == "libtpu heap"
+    assert arg <= r["peak_bytes"] == mem["reported_peak_bytes"] <= mem["peak_bytes"]
+    assert r["temp_at_peak_bytes"] == (r["peak_bytes"] - arg - mem["output_size"]
+                                       + mem["alias_size"]) <= mem["temp_size"]
     assert r["fits"]
 
 

@@ -15,8 +15,13 @@ SamplingSpec) on the sampler's mesh (data parallel over every chip, parameters r
 one chunk of `sample_batch` images.
 
 Figures per chip (XLA's memory and cost analyses of the TPU executable):
-    argument / output / alias / temp bytes and peak = argument + output − alias + temp,
-    against the chip's HBM (vdm_jax.parallel.aot.CHIPS): fits when peak ≤ HBM;
+    argument / output / alias / temp bytes, and the peak: libtpu's own heap peak
+    (`peak_memory_in_bytes`, what libtpu checks when it refuses a program with
+    RESOURCE_EXHAUSTED), else argument + output − alias + temp; temporaries at the peak =
+    peak − argument − output + alias. Against the chip's HBM (vdm_jax.parallel.aot.CHIPS): fits
+    when peak ≤ HBM. (libtpu's temp_size can exceed what its heap holds at once: for a scanned
+    DiT-XL/2 step 18.07 GiB against 14.60 GiB, and libtpu compiled that step for one v5e at a
+    batch whose sum-based peak was 17.6 GiB, its own 15.70 GiB under the 15.75 GiB it allows);
     XLA FLOPs: one run of the program, a loop's body counted once (XLA's convention), so a
     train step with k micro-batches reports one micro-batch's gradient and a sampler one step;
     analytic FLOPs of the same unit (nn/cost.py, FLOPs = 2·MACs):
@@ -193,9 +198,15 @@ def _figures(compiled: Any, chip: aot.Chip, analytic: float | None, trips: int |
     refused = compiled if isinstance(compiled, str) else None
     mem = {} if refused else aot.memory_stats(compiled) or {}
     flops = None if refused else aot.xla_flops(compiled)
-    peak = mem.get("peak_bytes")
+    # libtpu's heap peak where it reports one; the sum of the parts is an upper bound.
+    peak = mem.get("reported_peak_bytes") or mem.get("peak_bytes")
+    temp_at_peak = (None if peak is None else peak - mem["argument_size"]
+                    - mem["output_size"] + mem["alias_size"])
     out = {
         "memory": mem, "hbm_bytes": chip.hbm_bytes, "out_of_memory": refused,
+        "peak_bytes": peak, "temp_at_peak_bytes": temp_at_peak,
+        "peak_source": None if peak is None else
+        "libtpu heap" if mem.get("reported_peak_bytes") else "argument + output − alias + temp",
         "fits": False if refused else None if peak is None else peak <= chip.hbm_bytes,
         "xla_flops_per_chip": flops, "analytic_flops_per_chip": analytic, "loop_trips": trips,
         "flops_ratio": (flops / analytic) if flops and analytic else None,
@@ -408,7 +419,7 @@ def find_max_batch(config: ConfigDict, topology: str, *, hbm_bytes: int | None =
         c = copy.deepcopy(config)
         c.train.global_batch_size = k * unit
         r = compile_train_step(c, devices, chip, count_unrolled=False)
-        peak = r["memory"].get("peak_bytes")
+        peak = r["peak_bytes"]
         ok = r["out_of_memory"] is None and peak is not None and peak <= limit
         tries.append({"batch": k * unit, "peak_bytes": peak, "fits": ok,
                       "out_of_memory": r["out_of_memory"], "compile_s": r["compile_s"]})
@@ -466,9 +477,9 @@ def format_report(report: Mapping[str, Any]) -> str:
             + ("" if "state_and_batch_bytes_per_chip" not in r else
                f" (the state's and batch's shards: {_gib(r['state_and_batch_bytes_per_chip'])}, "
                f"{_gib(r['state_and_batch_tiled_bytes_per_chip'])} in whole TPU tiles)")
-            + f", temporaries "
-            f"{_gib(m.get('temp_size'))}, outputs {_gib(m.get('output_size'))}, aliased "
-            f"{_gib(m.get('alias_size'))}, peak {_gib(m.get('peak_bytes'))} of "
+            + f", temporaries {_gib(r['temp_at_peak_bytes'])} at the peak (temp_size "
+            f"{_gib(m.get('temp_size'))}), outputs {_gib(m.get('output_size'))}, aliased "
+            f"{_gib(m.get('alias_size'))}, peak {_gib(r['peak_bytes'])} ({r['peak_source']}) of "
             f"{_gib(r['hbm_bytes'])}: {'fits' if r['fits'] else 'DOES NOT FIT'}",
             f"  FLOPs per chip (one loop trip; {r['loop_trips']} per "
             f"{'step' if name.startswith('train_step') else 'chunk'}): XLA "
@@ -488,9 +499,10 @@ def format_report(report: Mapping[str, Any]) -> str:
         scanned, unrolled = report["train_step"], report["train_step_unrolled"]
         lines.append(f"scan over layers: compiled {_compile_s(unrolled) / _compile_s(scanned):.2f}"
                      f"× faster than unrolled ({_compile_s(scanned):.1f} s against "
-                     f"{_compile_s(unrolled):.1f} s); temporaries "
-                     f"{_gib(scanned['memory'].get('temp_size'))} against "
-                     f"{_gib(unrolled['memory'].get('temp_size'))}")
+                     f"{_compile_s(unrolled):.1f} s); temporaries at the peak "
+                     f"{_gib(scanned['temp_at_peak_bytes'])} against "
+                     f"{_gib(unrolled['temp_at_peak_bytes'])}, peak "
+                     f"{_gib(scanned['peak_bytes'])} against {_gib(unrolled['peak_bytes'])}")
     host = report["host"]
     lines.append(f"host load average {host['load_avg_before'][0]:.1f} → "
                  f"{host['load_avg_after'][0]:.1f} on {host['cpus']} CPUs (compile times grow "
