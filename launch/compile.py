@@ -13,8 +13,9 @@ libtpu: `pip install "jax[tpu]==<jax version>"`, Linux x86-64): the trainer's ji
 the config's mesh, FSDP, micro-batches and REPA's frozen encoder, and the sampler of the
 config's `sample` section for one chunk of --sample_batch images (0: no sampler), compiled by
 libtpu for --num_slices slices of --topology (several slices: a hybrid mesh, data parallel
-across them). Prints per chip: argument, temporary, output and aliased bytes, their peak against
-the chip's HBM and whether it fits, XLA's FLOPs beside the model's analytic cost
+across them). Prints per chip: argument, temporary, output and aliased bytes, the peak of
+libtpu's own heap (what its out-of-memory check compares) against the chip's HBM and whether it
+fits, XLA's FLOPs beside the model's analytic cost
 (vdm_jax/nn/cost.py), the roofline bound of the step at the chip's bf16 peak and the compile
 time, with the host's load average (see vdm_jax.pipelines.compile). --out writes every figure as
 JSON; --save the serialized train-step executable. Override any config field with
@@ -90,7 +91,8 @@ def main() -> None:
 
 
 def _print_try(batch: int, t: dict) -> None:
-    size = ("out of memory" if t["peak_bytes"] is None
+    size = (f"refused by libtpu ({t['out_of_memory'][:200]})" if t["out_of_memory"]
+            else "no memory figure" if t["peak_bytes"] is None
             else f"peak {t['peak_bytes'] / 2**30:.2f} GiB per chip")
     print(f"global batch {batch}: {size}, {'fits' if t['fits'] else 'does not fit'} "
           f"(compiled in {t['compile_s']:.1f} s)", flush=True)

@@ -237,3 +237,36 @@ def test_libtpu_processes_run_side_by_side_silently(tmp_path):
     assert [p.returncode for p in procs] == [0, 0, 0], outs
     assert [o[0].strip() for o in outs] == ["4", "4", "3"]
     assert [o[1] for o in outs] == ["", "", ""]
+
+
+def test_find_max_batch_bisects_on_libtpu_heap_peak(monkeypatch):
+    """find_max_batch's search over fake compiles (no libtpu needed): the peak grows linearly
+    with the batch, libtpu refuses batches past its own limit; the result is the largest
+    multiple of the unit whose peak fits, refusals count as not fitting, and the number of
+    compiles is about 2·log2(max / unit)."""
+    from vdm_jax.parallel import aot
+    from vdm_jax.pipelines import compile as aot_compile
+
+    base, per_image, refused_above = 10 * 2**30, 0.3 * 2**30, 15.75 * 2**30
+    batches = []
+
+    def fake_compile(config, devices, chip, count_unrolled=True):
+        b = config.train.global_batch_size
+        batches.append(b)
+        peak = base + per_image * b
+        if peak > refused_above:
+            return {"peak_bytes": None, "out_of_memory": "RESOURCE_EXHAUSTED", "compile_s": 0.0}
+        return {"peak_bytes": int(peak), "out_of_memory": None, "compile_s": 0.0}
+
+    monkeypatch.setattr(aot, "topology_devices", lambda topology, num_slices: [object()])
+    monkeypatch.setattr(aot_compile, "compile_train_step", fake_compile)
+    c = tiny_config()
+    result = aot_compile.find_max_batch(c, "v5e:1x1", granularity=1)
+    assert result["max_batch"] == 19  # 10 + 0.3·19 = 15.7 ≤ 15.75 < 10 + 0.3·20 (refused)
+    assert len(batches) <= 2 * 5 + 1
+    assert [t["fits"] for t in result["tries"]] == [b <= 19 for b in batches]
+    # A limit below libtpu's: peaks above it do not fit though libtpu compiled them.
+    batches.clear()
+    result = aot_compile.find_max_batch(c, "v5e:1x1", granularity=2,
+                                        hbm_bytes=13 * 2**30)
+    assert result["max_batch"] == 10 and all(b % 2 == 0 for b in batches)
