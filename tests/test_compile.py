@@ -270,3 +270,30 @@ def test_find_max_batch_bisects_on_libtpu_heap_peak(monkeypatch):
     result = aot_compile.find_max_batch(c, "v5e:1x1", granularity=2,
                                         hbm_bytes=13 * 2**30)
     assert result["max_batch"] == 10 and all(b % 2 == 0 for b in batches)
+
+
+@pytest.mark.parametrize("host_temp", [0, 3 * 2**30])
+def test_peak_is_libtpus_heap_unless_buffers_go_to_host(host_temp):
+    """The peak that decides `fits`: libtpu's own heap peak (peak_memory_in_bytes), lower than
+    the parts' sum for a scanned step; with buffers offloaded to host memory libtpu's figure
+    adds the host's temporaries to the arguments, so the sum (an upper bound) stands."""
+    from types import SimpleNamespace
+
+    from vdm_jax.parallel import aot
+    from vdm_jax.pipelines import compile as aot_compile
+
+    gib = 2**30
+    analysis = SimpleNamespace(
+        argument_size_in_bytes=10 * gib, output_size_in_bytes=10 * gib,
+        alias_size_in_bytes=10 * gib, temp_size_in_bytes=7 * gib, generated_code_size_in_bytes=0,
+        host_temp_size_in_bytes=host_temp,
+        peak_memory_in_bytes=10 * gib + (host_temp or 5 * gib))
+    compiled = SimpleNamespace(memory_analysis=lambda: analysis, cost_analysis=lambda: {})
+    chip, _ = aot.parse_topology("v5e:1x1")  # 16 GiB
+    r = aot_compile._figures(compiled, chip, None, 1, 0.0, 0.0)
+    if host_temp:
+        assert r["peak_bytes"] == 17 * gib and r["peak_source"].startswith("argument + output")
+        assert not r["fits"]
+    else:
+        assert r["peak_bytes"] == 15 * gib and r["peak_source"] == "libtpu heap"
+        assert r["temp_at_peak_bytes"] == 5 * gib and r["fits"]

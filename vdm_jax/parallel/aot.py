@@ -124,8 +124,9 @@ def topology_devices(name: str, num_slices: int = 1) -> list[Any]:
 def memory_stats(compiled: Any) -> dict[str, int] | None:
     """Per-device sizes from `compiled.memory_analysis()` (None where the backend has none):
     argument, output, alias (outputs reusing donated inputs), temp, and peak_bytes =
-    argument + output − alias + temp, everything XLA's buffer assignment holds at once at most.
-    reported_peak_bytes is the backend's own peak figure where it gives one (0 otherwise)."""
+    argument + output − alias + temp, everything XLA's buffer assignment holds at once at most;
+    host_temp (bytes placed in host memory: remat offloading). reported_peak_bytes is the
+    backend's own peak figure where it gives one (0 otherwise)."""
     try:
         m = compiled.memory_analysis()
     except Exception:  # some backends raise instead of returning None
@@ -134,7 +135,7 @@ def memory_stats(compiled: Any) -> dict[str, int] | None:
         return None
     out = {k: int(getattr(m, f"{k}_in_bytes", 0) or 0)
            for k in ("argument_size", "output_size", "alias_size", "temp_size",
-                     "generated_code_size")}
+                     "generated_code_size", "host_temp_size")}
     out["peak_bytes"] = (out["argument_size"] + out["output_size"] - out["alias_size"]
                          + out["temp_size"])
     out["reported_peak_bytes"] = int(getattr(m, "peak_memory_in_bytes", 0) or 0)

@@ -21,7 +21,9 @@ Figures per chip (XLA's memory and cost analyses of the TPU executable):
     peak − argument − output + alias. Against the chip's HBM (vdm_jax.parallel.aot.CHIPS): fits
     when peak ≤ HBM. (libtpu's temp_size can exceed what its heap holds at once: for a scanned
     DiT-XL/2 step 18.07 GiB against 14.60 GiB, and libtpu compiled that step for one v5e at a
-    batch whose sum-based peak was 17.6 GiB, its own 15.70 GiB under the 15.75 GiB it allows);
+    batch whose sum-based peak was 17.6 GiB, its own 15.70 GiB under the 15.75 GiB it allows.
+    A program that offloads to host memory (remat 'offload_dots') keeps the sum: libtpu's peak
+    figure for it is arguments + host temporaries, not a device peak);
     XLA FLOPs: one run of the program, a loop's body counted once (XLA's convention), so a
     train step with k micro-batches reports one micro-batch's gradient and a sampler one step;
     analytic FLOPs of the same unit (nn/cost.py, FLOPs = 2·MACs):
@@ -198,15 +200,18 @@ def _figures(compiled: Any, chip: aot.Chip, analytic: float | None, trips: int |
     refused = compiled if isinstance(compiled, str) else None
     mem = {} if refused else aot.memory_stats(compiled) or {}
     flops = None if refused else aot.xla_flops(compiled)
-    # libtpu's heap peak where it reports one; the sum of the parts is an upper bound.
-    peak = mem.get("reported_peak_bytes") or mem.get("peak_bytes")
+    # libtpu's heap peak where it reports one; the sum of the parts is an upper bound. With
+    # buffers offloaded to host memory libtpu's figure is no device peak (it adds the host's
+    # temporaries to the arguments), so the bound stands.
+    heap = mem.get("reported_peak_bytes") if not mem.get("host_temp_size") else None
+    peak = heap or mem.get("peak_bytes")
     temp_at_peak = (None if peak is None else peak - mem["argument_size"]
                     - mem["output_size"] + mem["alias_size"])
     out = {
         "memory": mem, "hbm_bytes": chip.hbm_bytes, "out_of_memory": refused,
         "peak_bytes": peak, "temp_at_peak_bytes": temp_at_peak,
         "peak_source": None if peak is None else
-        "libtpu heap" if mem.get("reported_peak_bytes") else "argument + output − alias + temp",
+        "libtpu heap" if heap else "argument + output − alias + temp",
         "fits": False if refused else None if peak is None else peak <= chip.hbm_bytes,
         "xla_flops_per_chip": flops, "analytic_flops_per_chip": analytic, "loop_trips": trips,
         "flops_ratio": (flops / analytic) if flops and analytic else None,
