@@ -297,3 +297,25 @@ def test_peak_is_libtpus_heap_unless_buffers_go_to_host(host_temp):
     else:
         assert r["peak_bytes"] == 15 * gib and r["peak_source"] == "libtpu heap"
         assert r["temp_at_peak_bytes"] == 5 * gib and r["fits"]
+
+
+@requires_libtpu
+def test_heun_sampler_counts_two_evaluations_per_step():
+    """Heun's loop trip holds its corrector (a lax.cond skips it on the last step): XLA's count
+    of one trip is 2 guided evaluations of nn/cost.py's forward (within 5%), 3 trips per chunk,
+    and the roofline counts the NFE, 2·3 − 1 = 5 evaluations."""
+    from vdm_jax.nn.cost import model_cost
+    from vdm_jax.parallel import aot
+    from vdm_jax.pipelines import compile as aot_compile
+
+    c = tiny_config()
+    c.sample.sampler, c.sample.num_steps = "heun", 3
+    chip, _ = aot.parse_topology(TOPOLOGY)
+    r = aot_compile.compile_sampler(c, aot.topology_devices(TOPOLOGY, 1), chip, 32)
+    fwd = model_cost(c.model.spec.to_dict(), input_size=16, in_channels=4,
+                     num_classes=1000)["flops"]
+    per_evaluation = fwd * 2 * 32 / 4  # guided: 2B images per evaluation, over 4 chips
+    assert r["evaluations_per_trip"] == 2 and r["loop_trips"] == 3 and r["nfe"] == 5
+    assert r["analytic_flops_per_chip"] == pytest.approx(2 * per_evaluation)
+    assert abs(r["xla_flops_per_chip"] / (2 * per_evaluation) - 1) <= FLOPS_TOL
+    assert r["roofline_s"] == pytest.approx(5 * per_evaluation / chip.bf16_flops)

@@ -34,7 +34,9 @@ Figures per chip (XLA's memory and cost analyses of the TPU executable):
                  MeanFlow: ((4 + g) · F_net + A) · B / (k · n), the guided target's g network
                  evaluations, the jvp's primal and tangent, the backward
                  (nn/cost.py meanflow_train_flops; A the attention products' FLOPs);
-        sample:  F_net · B_s · (2 if guided else 1) / n, one network evaluation;
+        sample:  F_net · B_s · (2 if guided else 1) · e / n per loop trip (one sampling
+                 step), e = ⌈NFE / steps⌉ its network evaluations (2 for Heun, whose
+                 corrector sits behind a lax.cond); the roofline counts NFE evaluations;
     ratio XLA / analytic (the networks' matmuls dominate: within 5% for DiT / SiT);
     roofline: k · analytic train FLOPs per chip ÷ the chip's bf16 peak, no faster step exists;
     compile seconds (lower + compile; the host's load average beside them: a busy host
@@ -335,8 +337,13 @@ def compile_sampler(config: ConfigDict, devices: list[Any], chip: aot.Chip, batc
     compiled, lower_s, compile_s = _lower_compile(fn, args)
     costs = analytic_flops(config, data_spec_of(config), model)
     guided = spec.guided(model.num_classes)
-    analytic = costs["network"] * batch * (2 if guided else 1) / mesh.size
-    out = _figures(compiled, chip, analytic, spec.nfe, lower_s, compile_s)
+    per_evaluation = costs["network"] * batch * (2 if guided else 1) / mesh.size
+    # One loop trip is one step: Heun's holds its corrector too (behind a lax.cond that skips
+    # it on the last step, whose branches XLA's count includes): ⌈NFE / steps⌉ evaluations.
+    per_trip = 1 if spec.nfe is None else -(-spec.nfe // spec.num_steps)
+    analytic = per_evaluation * per_trip
+    trips = None if spec.nfe is None else spec.num_steps
+    out = _figures(compiled, chip, analytic, trips, lower_s, compile_s)
     if config.model.get("scan_layers") and not isinstance(compiled, str):
         # As for the train step: the compiled scan counts one layer; count the unrolled program.
         unrolled = ConfigDict(config.to_dict())
@@ -348,8 +355,9 @@ def compile_sampler(config: ConfigDict, devices: list[Any], chip: aot.Chip, batc
     out.update(program="sampler", mesh=dict(mesh.shape), batch=batch, sampling=spec.to_dict(),
                guided=guided,
                # An adaptive solver's NFE is known only after sampling: no roofline.
-               roofline_s=None if spec.nfe is None else aot.roofline_seconds(analytic * spec.nfe,
-                                                                             chip))
+               evaluations_per_trip=per_trip, nfe=spec.nfe,
+               roofline_s=None if spec.nfe is None else aot.roofline_seconds(
+                   per_evaluation * spec.nfe, chip))
     return out
 
 
@@ -486,7 +494,10 @@ def format_report(report: Mapping[str, Any]) -> str:
             f"{_gib(m.get('temp_size'))}), outputs {_gib(m.get('output_size'))}, aliased "
             f"{_gib(m.get('alias_size'))}, peak {_gib(r['peak_bytes'])} ({r['peak_source']}) of "
             f"{_gib(r['hbm_bytes'])}: {'fits' if r['fits'] else 'DOES NOT FIT'}",
-            f"  FLOPs per chip (one loop trip; {r['loop_trips']} per "
+            "  FLOPs per chip (one loop trip"
+            + (f" = {r['evaluations_per_trip']} network evaluations"
+               if r.get("evaluations_per_trip", 1) > 1 else "")
+            + f"; {r['loop_trips']} per "
             f"{'step' if name.startswith('train_step') else 'chunk'}): XLA "
             f"{_flops(r['xla_flops_per_chip'])}, analytic {_flops(r['analytic_flops_per_chip'])}"
             + ("" if r["flops_ratio"] is None else
