@@ -22,8 +22,10 @@ Figures per chip (XLA's memory and cost analyses of the TPU executable):
     when peak ≤ HBM. (libtpu's temp_size can exceed what its heap holds at once: for a scanned
     DiT-XL/2 step 18.07 GiB against 14.60 GiB, and libtpu compiled that step for one v5e at a
     batch whose sum-based peak was 17.6 GiB, its own 15.70 GiB under the 15.75 GiB it allows.
-    A program that offloads to host memory (remat 'offload_dots') keeps the sum: libtpu's peak
-    figure for it is arguments + host temporaries, not a device peak);
+    A program that offloads to host memory (remat 'offload_dots') reports the sum, an upper
+    bound, since libtpu's peak figure for it is arguments + host temporaries, not a device
+    peak; it fits when libtpu compiles it: libtpu refuses any program whose device heap
+    exceeds the HBM it allows);
     XLA FLOPs: one run of the program, a loop's body counted once (XLA's convention), so a
     train step with k micro-batches reports one micro-batch's gradient and a sampler one step;
     analytic FLOPs of the same unit (nn/cost.py, FLOPs = 2·MACs):
@@ -204,8 +206,10 @@ def _figures(compiled: Any, chip: aot.Chip, analytic: float | None, trips: int |
     flops = None if refused else aot.xla_flops(compiled)
     # libtpu's heap peak where it reports one; the sum of the parts is an upper bound. With
     # buffers offloaded to host memory libtpu's figure is no device peak (it adds the host's
-    # temporaries to the arguments), so the bound stands.
-    heap = mem.get("reported_peak_bytes") if not mem.get("host_temp_size") else None
+    # temporaries to the arguments): the bound is reported, and the program fits because
+    # libtpu compiled it (it refuses any whose device heap exceeds the HBM it allows).
+    offloaded = bool(mem.get("host_temp_size"))
+    heap = mem.get("reported_peak_bytes") if not offloaded else None
     peak = heap or mem.get("peak_bytes")
     temp_at_peak = (None if peak is None else peak - mem["argument_size"]
                     - mem["output_size"] + mem["alias_size"])
@@ -213,8 +217,10 @@ def _figures(compiled: Any, chip: aot.Chip, analytic: float | None, trips: int |
         "memory": mem, "hbm_bytes": chip.hbm_bytes, "out_of_memory": refused,
         "peak_bytes": peak, "temp_at_peak_bytes": temp_at_peak,
         "peak_source": None if peak is None else
-        "libtpu heap" if heap else "argument + output − alias + temp",
-        "fits": False if refused else None if peak is None else peak <= chip.hbm_bytes,
+        "libtpu heap" if heap else "argument + output − alias + temp (an upper bound)",
+        "offloaded": offloaded,
+        "fits": (False if refused else True if offloaded else None if peak is None
+                 else peak <= chip.hbm_bytes),
         "xla_flops_per_chip": flops, "analytic_flops_per_chip": analytic, "loop_trips": trips,
         "flops_ratio": (flops / analytic) if flops and analytic else None,
         "lower_s": lower_s, "compile_s": compile_s,
@@ -433,7 +439,10 @@ def find_max_batch(config: ConfigDict, topology: str, *, hbm_bytes: int | None =
         c.train.global_batch_size = k * unit
         r = compile_train_step(c, devices, chip, count_unrolled=False)
         peak = r["peak_bytes"]
-        ok = r["out_of_memory"] is None and peak is not None and peak <= limit
+        # The chip's own HBM: libtpu's verdict (`fits`); a lower --hbm_gib: the peak against it
+        # (for an offloading program the upper bound, as no device peak is reported).
+        ok = (bool(r["fits"]) if hbm_bytes is None else
+              r["out_of_memory"] is None and peak is not None and peak <= limit)
         tries.append({"batch": k * unit, "peak_bytes": peak, "fits": ok,
                       "out_of_memory": r["out_of_memory"], "compile_s": r["compile_s"]})
         if on_try is not None:
