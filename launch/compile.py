@@ -93,7 +93,7 @@ def main() -> None:
 def _print_try(batch: int, t: dict) -> None:
     size = (f"refused by libtpu ({t['out_of_memory'][:200]})" if t["out_of_memory"]
             else "no memory figure" if t["peak_bytes"] is None
-            else f"peak {t['peak_bytes'] / 2**30:.2f} GiB per chip")
+            else f"peak {t['peak_bytes'] / 2**30:.2f} GiB per chip ({t['peak_source']})")
     print(f"global batch {batch}: {size}, {'fits' if t['fits'] else 'does not fit'} "
           f"(compiled in {t['compile_s']:.1f} s)", flush=True)
 

@@ -255,10 +255,10 @@ def test_find_max_batch_bisects_on_libtpu_heap_peak(monkeypatch):
         batches.append(b)
         peak = base + per_image * b
         if peak > refused_above:
-            return {"peak_bytes": None, "out_of_memory": "RESOURCE_EXHAUSTED", "fits": False,
-                    "compile_s": 0.0}
-        return {"peak_bytes": int(peak), "out_of_memory": None, "fits": peak <= 16 * 2**30,
-                "compile_s": 0.0}
+            return {"peak_bytes": None, "peak_source": None, "out_of_memory":
+                    "RESOURCE_EXHAUSTED", "fits": False, "compile_s": 0.0}
+        return {"peak_bytes": int(peak), "peak_source": "libtpu heap", "out_of_memory": None,
+                "fits": peak <= 16 * 2**30, "compile_s": 0.0}
 
     monkeypatch.setattr(aot, "topology_devices", lambda topology, num_slices: [object()])
     monkeypatch.setattr(aot_compile, "compile_train_step", fake_compile)

@@ -443,7 +443,8 @@ def find_max_batch(config: ConfigDict, topology: str, *, hbm_bytes: int | None =
         # (for an offloading program the upper bound, as no device peak is reported).
         ok = (bool(r["fits"]) if hbm_bytes is None else
               r["out_of_memory"] is None and peak is not None and peak <= limit)
-        tries.append({"batch": k * unit, "peak_bytes": peak, "fits": ok,
+        tries.append({"batch": k * unit, "peak_bytes": peak, "peak_source": r["peak_source"],
+                      "fits": ok,
                       "out_of_memory": r["out_of_memory"], "compile_s": r["compile_s"]})
         if on_try is not None:
             on_try(k * unit, tries[-1])
