@@ -260,18 +260,24 @@ def _train_program(config: ConfigDict, mesh: Any) -> tuple[Any, tuple, Any, Any,
     return fn, args, model, state, data
 
 
+def _unrolled(config: ConfigDict) -> ConfigDict:
+    """A copy of `config` with the blocks unrolled (model.scan_layers = False): the scanned
+    program's twin, for XLA's FLOP count of every layer and --compare_unrolled."""
+    unrolled = ConfigDict(config.to_dict())
+    unrolled.model.scan_layers = False
+    return unrolled
+
+
 def unrolled_flops_per_chip(config: ConfigDict, mesh: Any) -> float | None:
     """XLA's FLOPs per chip of one micro-batch trip of the step with the blocks unrolled, from
     the lowered (not compiled) global program's cost analysis, divided by the chips of `mesh`.
     XLA counts a loop's body once, so a scanned step's compiled figure holds one layer of the
     scan: this is the comparable count
     (remat's recomputation included, as lowered)."""
-    unrolled = ConfigDict(config.to_dict())
-    unrolled.model.scan_layers = False
     # libtpu's compile-only client gives no cost analysis of a lowered program, the CPU client
     # does: the same global program lowered on one CPU device, divided over the chips.
     cpu = mesh_lib.make_mesh(1, 1, jax.devices("cpu")[:1])
-    fn, args, *_ = _train_program(unrolled, cpu)
+    fn, args, *_ = _train_program(_unrolled(config), cpu)
     flops = aot.xla_flops(fn.lower(*args))
     return None if flops is None else flops / mesh.size
 
@@ -352,10 +358,8 @@ def compile_sampler(config: ConfigDict, devices: list[Any], chip: aot.Chip, batc
     out = _figures(compiled, chip, analytic, trips, lower_s, compile_s)
     if config.model.get("scan_layers") and not isinstance(compiled, str):
         # As for the train step: the compiled scan counts one layer; count the unrolled program.
-        unrolled = ConfigDict(config.to_dict())
-        unrolled.model.scan_layers = False
         cpu = mesh_lib.make_mesh(1, 1, jax.devices("cpu")[:1])
-        u_fn, u_args, *_ = _sampler_program(unrolled, cpu, batch)
+        u_fn, u_args, *_ = _sampler_program(_unrolled(config), cpu, batch)
         flops = aot.xla_flops(u_fn.lower(*u_args))
         _count_unrolled(out, None if flops is None else flops / mesh.size, analytic)
     out.update(program="sampler", mesh=dict(mesh.shape), batch=batch, sampling=spec.to_dict(),
@@ -402,9 +406,7 @@ def compile_programs(config: ConfigDict, topology: str, *, num_slices: int = 1,
     }
     report["train_step"] = compile_train_step(config, devices, chip, save)
     if compare_unrolled:
-        unrolled = ConfigDict(config.to_dict())
-        unrolled.model.scan_layers = False
-        report["train_step_unrolled"] = compile_train_step(unrolled, devices, chip)
+        report["train_step_unrolled"] = compile_train_step(_unrolled(config), devices, chip)
     if sample_batch:
         report["sampler"] = compile_sampler(config, devices, chip, int(sample_batch))
     report["host"]["load_avg_after"] = os.getloadavg()
